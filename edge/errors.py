@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints them as one line; anything else is a bug."""
+
+
+class VoxtralEdgeError(Exception):
+    """Base class: the message names the file, tensor or argument, what was expected and what was found."""
+
+
+class ConfigError(VoxtralEdgeError):
+    """params.json (or another config file) is missing a key or is inconsistent."""
+
+
+class CheckpointError(VoxtralEdgeError):
+    """consolidated.safetensors is damaged or does not match params.json."""
+
+
+class VoiceFileError(VoxtralEdgeError):
+    """A voice_embedding/*.pt file is damaged or carries something other than one tensor."""
+
+
+class TokenizerError(VoxtralEdgeError):
+    """tekken.json (or a tokenizer built from it) is damaged or lacks what a speech prompt needs."""

@@ -1,0 +1,1 @@
+"""Checkpoint side: params.json, consolidated.safetensors, the checkpoint generator, the numpy reference."""

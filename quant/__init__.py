@@ -1,0 +1,1 @@
+"""Quantization of exported graphs (int8 / int4)."""
