@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny generated checkpoints, made once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from voxtral_edge.export.make_checkpoint import make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory):
+    """A tiny checkpoint (seed 0) in the released layout."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", size="tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dirs(tmp_path_factory):
+    """Tiny checkpoints for seeds 0, 1 and 2."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return [make_checkpoint(root / f"tiny{s}", size="tiny", seed=s, progress=False) for s in range(3)]
