@@ -16,14 +16,15 @@ from voxtral_edge.errors import VoxtralEdgeError
 
 
 def _read_text(text: str) -> str:
-    """TEXT argument, or standard input when it is '-'."""
+    """TEXT argument, or standard input when it is '-' (one trailing newline dropped, as `echo` adds it)."""
     if text != "-":
         return text
     data = sys.stdin.buffer.read()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise VoxtralEdgeError(f"standard input: not valid UTF-8 at byte {e.start}") from None
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
