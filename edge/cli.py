@@ -36,7 +36,8 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
             params = json.loads(Path(args.config).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise VoxtralEdgeError(f"{args.config}: cannot read a params.json ({e})") from None
-    out = make_checkpoint(args.out, size=args.size, params=params, seed=args.seed, force=args.force)
+    out = make_checkpoint(args.out, size=args.size, params=params, seed=args.seed, force=args.force,
+                          params_source=args.config or "params.json")
     print(f"wrote {out} ({'from ' + args.config if params else args.size}, seed {args.seed}, random weights)")
     return 0
 

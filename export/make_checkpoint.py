@@ -149,9 +149,9 @@ def _tensor_rng(seed: int, name: str) -> np.random.Generator:
 
 
 def make_checkpoint(out: str | Path, *, size: str = "tiny", params: dict | None = None, seed: int = 0,
-                    force: bool = False, progress: bool = True) -> Path:
+                    force: bool = False, progress: bool = True, params_source: str = "params.json") -> Path:
     """Write a complete checkpoint folder (params.json, consolidated.safetensors in BF16, tekken.json,
-    voice_embedding/*.pt) and return its path. `params` overrides `size`."""
+    voice_embedding/*.pt) and return its path. `params` (read from `params_source`) overrides `size`."""
     from voxtral_edge.torchfile import save_tensor
 
     from .tekken_gen import write_tekken
@@ -161,7 +161,7 @@ def make_checkpoint(out: str | Path, *, size: str = "tiny", params: dict | None 
         if size not in SIZES:
             raise ConfigError(f"--size: unknown size {size!r} (expected one of {', '.join(SIZES)})")
         params = SIZES[size]
-    config = ModelConfig.from_dict(params, source="params.json")
+    config = ModelConfig.from_dict(params, source=params_source)
     shapes = config.tensor_shapes()
     total_bytes = 2 * sum(math.prod(s) for s in shapes.values())
     if out.exists() and any(out.iterdir()) and not force:

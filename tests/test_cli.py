@@ -1,0 +1,78 @@
+"""The command line as a user meets it: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import sys
+
+import pytest
+
+from voxtral_edge.cli import main
+from voxtral_edge.export.checkpoint import Checkpoint
+from voxtral_edge.export.make_checkpoint import TINY_PARAMS
+from voxtral_edge.prompt import tekken_speech_prompt
+from voxtral_edge.tekken import Tekken
+
+
+def run(capsys, *argv, stdin: bytes | None = None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tokens_and_prompt_print_the_library_ids(capsys, monkeypatch, tiny_checkpoint_dir):
+    tekken = Tekken.from_file(tiny_checkpoint_dir / "tekken.json")
+    code, out, _ = run(capsys, "tokens", "--tokenizer", str(tiny_checkpoint_dir / "tekken.json"), "Olá, tudo bem?")
+    assert code == 0 and json.loads(out) == tekken.encode("Olá, tudo bem?")
+    code, out, _ = run(capsys, "prompt", "--checkpoint", str(tiny_checkpoint_dir), "--voice", "fr_female", "Salut !")
+    assert code == 0 and json.loads(out) == tekken_speech_prompt(tekken, "Salut !", "fr_female")
+    code, out, _ = run(capsys, "tokens", "--tokenizer", str(tiny_checkpoint_dir / "tekken.json"), "-",
+                       stdin="Guten Tag\n".encode(), monkeypatch=monkeypatch)
+    assert code == 0 and json.loads(out) == tekken.encode("Guten Tag")
+
+
+def test_errors_are_one_line_with_exit_codes(capsys, monkeypatch, tiny_checkpoint_dir, tmp_path):
+    code, out, err = run(capsys, "prompt", "--checkpoint", str(tiny_checkpoint_dir), "--voice", "nobody", "Hi")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "unknown voice 'nobody'" in err and "casual_male" in err
+    code, _, err = run(capsys, "tokens", "--tokenizer", str(tmp_path / "missing.json"), "Hi")
+    assert code == 1 and "missing.json" in err and "Traceback" not in err
+    code, _, err = run(capsys, "tokens", "--tokenizer", str(tiny_checkpoint_dir / "tekken.json"), "-",
+                       stdin=b"\xff\xfe bad", monkeypatch=monkeypatch)
+    assert code == 1 and "standard input: not valid UTF-8 at byte 0" in err
+    with pytest.raises(SystemExit) as e:
+        main(["tokens"])
+    assert e.value.code == 2
+
+
+def test_make_checkpoint_refuses_to_overwrite_and_takes_a_params_file(capsys, tmp_path):
+    code, out, _ = run(capsys, "make-checkpoint", "--size", "tiny", "--seed", "3", "--out", str(tmp_path / "a"))
+    assert code == 0 and "random weights" in out
+    before = (tmp_path / "a" / "consolidated.safetensors").read_bytes()
+    code, _, err = run(capsys, "make-checkpoint", "--size", "tiny", "--out", str(tmp_path / "a"))
+    assert code == 1 and "exists and is not empty (pass --force" in err
+    assert (tmp_path / "a" / "consolidated.safetensors").read_bytes() == before
+
+    params = copy.deepcopy(TINY_PARAMS)
+    params.update(n_layers=2, hidden_dim=100)
+    params["multimodal"]["audio_model_args"]["acoustic_transformer_args"]["n_layers"] = 1
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    code, _, _ = run(capsys, "make-checkpoint", "--config", str(tmp_path / "params.json"), "--out", str(tmp_path / "b"))
+    assert code == 0
+    ck = Checkpoint(tmp_path / "b")
+    assert ck.weights.shape("layers.1.feed_forward.w1.weight") == (100, 48)
+    assert "layers.2.attention.wq.weight" not in ck.weights.names()
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_make_checkpoint_with_a_bad_params_file_leaves_nothing(capsys, tmp_path):
+    params = copy.deepcopy(TINY_PARAMS)
+    del params["multimodal"]["audio_model_args"]["n_acoustic_codebook"]
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    code, _, err = run(capsys, "make-checkpoint", "--config", str(tmp_path / "params.json"), "--out", str(tmp_path / "c"))
+    assert code == 1 and f"{tmp_path / 'params.json'}: missing key 'multimodal.audio_model_args.n_acoustic_codebook'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.json"]
