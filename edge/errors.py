@@ -19,3 +19,7 @@ class VoiceFileError(VoxtralEdgeError):
 
 class TokenizerError(VoxtralEdgeError):
     """tekken.json (or a tokenizer built from it) is damaged or lacks what a speech prompt needs."""
+
+
+class BundleError(VoxtralEdgeError):
+    """A bundle directory is missing, damaged, or was made by an incompatible version."""

@@ -148,12 +148,16 @@ class SafetensorsFile:
         """The tensor as float32 (BF16 and F16 widen exactly)."""
         return self.raw(name).astype(np.float32)
 
-    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows start..stop of a tensor as float32, without reading the rest of it."""
+    def raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of a tensor in its stored dtype, without reading the rest of it."""
         shape = self.shape(name)
         if not shape or not 0 <= start <= stop <= shape[0]:
             raise CheckpointError(f"{self.path}: rows {start}..{stop} are outside tensor '{name}' {list(shape)}")
-        return self._open().get_slice(name)[start:stop].astype(np.float32)
+        return self._open().get_slice(name)[start:stop]
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of a tensor as float32, without reading the rest of it."""
+        return self.raw_rows(name, start, stop).astype(np.float32)
 
     def check_shapes(self, expected: dict[str, tuple[int, ...]], source: str = PARAMS_FILE) -> None:
         """Every expected tensor is present with its expected shape, and nothing else is there."""

@@ -18,3 +18,12 @@ def tiny_checkpoint_dirs(tmp_path_factory):
     """Tiny checkpoints for seeds 0, 1 and 2."""
     root = tmp_path_factory.mktemp("ckpts")
     return [make_checkpoint(root / f"tiny{s}", size="tiny", seed=s, progress=False) for s in range(3)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dirs(tiny_checkpoint_dirs, tmp_path_factory):
+    """Bundles exported from the three tiny checkpoints (fp32, 256 positions of context)."""
+    from voxtral_edge.export.bundle import export_bundle
+
+    root = tmp_path_factory.mktemp("bundles")
+    return [export_bundle(ck, root / ck.name, max_context=256, progress=False) for ck in tiny_checkpoint_dirs]

@@ -1,0 +1,141 @@
+"""checkpoint folder -> bundle folder: the three graphs, the embedding tables, voices, tokenizer, manifest.
+
+Tensors are read one at a time and written straight to disk, so the full-size export needs memory for
+the largest tensor, not for the model. The bundle appears under its name only once it is complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from voxtral_edge import __version__
+from voxtral_edge.errors import VoxtralEdgeError
+from voxtral_edge.manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
+from voxtral_edge.progress import Progress
+
+from .checkpoint import Checkpoint
+from .config import EMPTY_AUDIO, END_AUDIO, N_AUDIO_SPECIALS
+from .graphs import GraphFile, build_backbone, build_codec, build_flow_head
+
+DEFAULT_MAX_CONTEXT = 4096  # positions of rotary table and KV cache: the reference server's max_model_len
+ROWS_PER_CHUNK = 8192
+# How the runtime reads an embedding table stored in each checkpoint dtype.
+TABLE_DTYPES = {"BF16": ("bfloat16", np.uint16), "F16": ("float16", np.float16), "F32": ("float32", np.float32)}
+
+
+def _write_table(ck: Checkpoint, name: str, path: Path, bar: Progress) -> dict:
+    """Copy an embedding table to a .npy the runtime can memory-map, in its stored precision
+    (BF16 as its raw 16-bit patterns, which the runtime widens exactly)."""
+    dtype_name, np_dtype = TABLE_DTYPES[ck.weights.dtype(name)]
+    shape = ck.weights.shape(name)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=shape)
+    for start in range(0, shape[0], ROWS_PER_CHUNK):
+        rows = ck.weights.raw_rows(name, start, min(start + ROWS_PER_CHUNK, shape[0]))
+        out[start:start + len(rows)] = rows.view(np_dtype)
+        bar.advance(rows.nbytes, name)
+    out.flush()
+    del out
+    return {"file": path.name, "dtype": dtype_name, "shape": list(shape)}
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int | None = None,
+                  force: bool = False, progress: bool = True) -> Path:
+    """Export a checkpoint folder (released layout) to a bundle folder and return its path.
+    `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller."""
+    ck = Checkpoint(checkpoint)
+    cfg = ck.config
+    out = Path(out)
+    b = cfg.backbone
+    max_context = min(DEFAULT_MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
+    if b.head_dim % 16:
+        raise VoxtralEdgeError(f"{ck.dir / 'params.json'}: head_dim {b.head_dim} is not a multiple of 16, which "
+                               f"onnxruntime's GroupQueryAttention needs")
+    if not 1 <= max_context <= b.max_seq_len:
+        raise VoxtralEdgeError(f"--max-context {max_context}: must be between 1 and the model's max_seq_len "
+                               f"({b.max_seq_len})")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise VoxtralEdgeError(f"{out}: exists and is not empty (pass --force to replace it)")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "voices").mkdir(parents=True)
+
+    shapes = cfg.tensor_shapes()
+    total = 4 * sum(int(np.prod(s)) for n, s in shapes.items() if "embeddings" not in n)
+    total += 2 * sum(int(np.prod(s)) for n, s in shapes.items() if "embeddings" in n)
+    bar = Progress(f"exporting {out.name}", total, unit="B", enabled=progress)
+    tensor_bytes = {n: 4 * int(np.prod(s)) for n, s in shapes.items()}
+
+    def tensor(name: str) -> np.ndarray:
+        bar.advance(tensor_bytes[name], name)
+        return ck.tensor(name)
+
+    try:
+        graphs: dict[str, GraphFile] = {
+            "backbone_step": build_backbone(cfg, tensor, tmp / "backbone_step.onnx", max_context),
+            "flow_head": build_flow_head(cfg, tensor, tmp / "flow_head.onnx"),
+            "codec_decoder": build_codec(cfg, tensor, tmp / "codec_decoder.onnx"),
+        }
+        embeddings = {
+            "text": _write_table(ck, "mm_audio_embeddings.tok_embeddings.weight", tmp / "text_embeddings.npy", bar),
+            "audio": _write_table(ck, "mm_audio_embeddings.audio_codebook_embeddings.embeddings.weight",
+                                  tmp / "audio_embeddings.npy", bar),
+        }
+        voices = {}
+        for name in ck.voice_names():
+            rows = ck.voice(name)
+            np.save(tmp / "voices" / f"{name}.npy", rows)
+            voices[name] = {"file": f"voices/{name}.npy", "tokens": int(rows.shape[0])}
+        if not voices:
+            raise VoxtralEdgeError(f"{ck.dir / 'voice_embedding'}: no voice files; a bundle needs at least one voice")
+        ck.tekken.save_hf_tokenizer(tmp / "tokenizer.json")
+        from voxtral_edge.prompt import SpeechSpecialIds
+
+        files = {}
+        for g in graphs.values():
+            for name, digest in g.hashes.items():
+                files[name] = file_entry(tmp / name, digest)
+        for path in [tmp / "text_embeddings.npy", tmp / "audio_embeddings.npy", tmp / "tokenizer.json",
+                     *sorted((tmp / "voices").iterdir())]:
+            files[str(path.relative_to(tmp))] = file_entry(path)
+
+        a, f, c = cfg.audio, cfg.flow_head, cfg.codec
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "created_by": f"voxtral-edge {__version__}",
+            "source": {"checkpoint": ck.dir.name, "params": cfg.source},
+            "model": {
+                "backbone": {"dim": b.dim, "n_layers": b.n_layers, "n_heads": b.n_heads, "n_kv_heads": b.n_kv_heads,
+                             "head_dim": b.head_dim, "vocab_size": b.vocab_size, "max_context": max_context},
+                "flow_head": {"dim": f.dim, "n_layers": f.n_layers, "n_decoding_steps": f.n_decoding_steps},
+                "codec": {"samples_per_frame": c.samples_per_frame, "dim": c.dim},
+            },
+            "audio": {"sample_rate": a.sampling_rate, "frame_rate": a.frame_rate,
+                      "samples_per_frame": c.samples_per_frame, "num_codebooks": a.num_codebooks,
+                      "semantic_codebook_size": a.semantic_codebook_size,
+                      "acoustic_codebook_size": a.acoustic_codebook_size,
+                      "n_acoustic_codebook": a.n_acoustic_codebook, "codebook_offsets": list(a.codebook_offsets),
+                      "n_specials": N_AUDIO_SPECIALS, "empty_audio": EMPTY_AUDIO, "end_audio": END_AUDIO},
+            "special_ids": SpeechSpecialIds.from_tekken(ck.tekken).to_dict(),
+            "graphs": {name: {"file": f"{name}.onnx",
+                              "data": f"{name}.onnx.data" if f"{name}.onnx.data" in g.hashes else None,
+                              "precision": "fp32", "inputs": g.inputs, "outputs": g.outputs}
+                       for name, g in graphs.items()},
+            "embeddings": embeddings,
+            "voices": voices,
+            "tokenizer": {"file": "tokenizer.json"},
+            "quantization": {"plan": "fp32", "graphs": {name: "fp32" for name in graphs}},
+            "files": files,
+        }
+        write_manifest(tmp, manifest)
+        bar.finish()
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,287 @@
+"""The three ONNX graphs, built straight from checkpoint tensors (no tracing).
+
+backbone_step   inputs_embeds [1, T, dim], past_length [1], past_key_i/past_value_i [1, kv_heads, max_context, head_dim]
+                -> hidden_states [1, T, dim] (after the final norm), semantic_logits [1, n_logits] (last position,
+                EMPTY_AUDIO and padding at -inf), present_key_i/present_value_i. T > 1 is a prefill. Attention is
+                onnxruntime's GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same
+                buffer as input and output, the KV cache is written in place, never copied.
+flow_head       x [B, n_acoustic], t [1], h [B, dim] -> velocity [B, n_acoustic]: one Euler evaluation.
+codec_decoder   codes [F, n_codebooks] (no specials, F >= 1) -> audio [F * samples_per_frame].
+
+Weight layout changes done here, each exact up to float rounding: linear weights stored [in, out] for
+MatMul; wq/wk/wv packed into one matrix and w1/w3 into another; weight norm and the codec's layer
+scales folded into the weights; the semantic embedding divided by its cluster usage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from onnx import TensorProto
+
+from .config import EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
+from .onnx_graph import MS_DOMAIN, GraphBuilder
+from .reference import alibi_slopes, weight_norm
+
+FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+DTYPE_NAMES = {FLOAT: "float32", INT64: "int64"}
+
+
+@dataclass
+class GraphFile:
+    """What the manifest records about an exported graph."""
+
+    name: str
+    inputs: dict[str, dict]
+    outputs: dict[str, dict]
+    hashes: dict[str, str]  # file name -> sha256
+
+
+class _Graph(GraphBuilder):
+    """GraphBuilder plus the layers the three graphs share."""
+
+    def __init__(self, name: str, path: Path, tensor: Callable[[str], np.ndarray]):
+        super().__init__(name, path)
+        self.tensor = tensor
+        self.io: dict[str, dict[str, dict]] = {"inputs": {}, "outputs": {}}
+
+    def add_input(self, name: str, elem_type: int, shape: list) -> str:
+        self.io["inputs"][name] = {"dtype": DTYPE_NAMES[elem_type], "shape": shape}
+        return self.input(name, elem_type, shape)
+
+    def add_output(self, name: str, elem_type: int, shape: list) -> str:
+        self.io["outputs"][name] = {"dtype": DTYPE_NAMES[elem_type], "shape": shape}
+        return self.output(name, elem_type, shape)
+
+    def finish(self) -> GraphFile:
+        return GraphFile(self.name, self.io["inputs"], self.io["outputs"], self.save())
+
+    # layers ---------------------------------------------------------------------------------
+    def rms_norm(self, x: str, weight: str, eps: float, outputs: list[str] | None = None) -> str:
+        w = self.weight("norm_weight", self.tensor(weight))
+        return self.op("RMSNormalization", [x, w], axis=-1, epsilon=float(eps), name="rms_norm", outputs=outputs)
+
+    def linear(self, x: str, weight: np.ndarray, name: str, outputs: list[str] | None = None) -> str:
+        """x @ weight.T for a checkpoint weight [out, in]."""
+        return self.op("MatMul", [x, self.weight(name, np.ascontiguousarray(weight.T))], name=name, outputs=outputs)
+
+    def feed_forward(self, x: str, prefix: str, scale: np.ndarray | None = None) -> str:
+        """SwiGLU with w1 and w3 in one MatMul; an optional output scale folded into w2."""
+        with self.scope("feed_forward"):
+            w1, w3 = self.tensor(f"{prefix}.feed_forward.w1.weight"), self.tensor(f"{prefix}.feed_forward.w3.weight")
+            gate_up = self.linear(x, np.concatenate([w1, w3]), "w1_w3")
+            gate, up = self.op("Split", [gate_up, self.const([len(w1), len(w3)], np.int64)], 2, axis=-1)
+            act = self.op("Mul", [self.op("Mul", [gate, self.op("Sigmoid", [gate])], name="silu"), up])
+            w2 = self.tensor(f"{prefix}.feed_forward.w2.weight")
+            return self.linear(act, w2 if scale is None else w2 * scale[:, None], "w2")
+
+    def heads(self, x: str, n_heads: int, head_dim: int) -> str:
+        """[B, S, n*d] -> [B, n, S, d]."""
+        return self.op("Transpose", [self.op("Reshape", [x, self.const([0, 0, n_heads, head_dim], np.int64)])],
+                       perm=[0, 2, 1, 3])
+
+    def attention(self, x: str, prefix: str, n_heads: int, n_kv_heads: int, head_dim: int, bias: str | None = None,
+                  qk_norm_eps: float | None = None, out_scale: np.ndarray | None = None) -> str:
+        """Multi-head attention with grouped KV heads over x [B, S, D] (no cache). `bias` is added to the
+        scores; with `qk_norm_eps`, q and k are RMS-normed over their full width before the head split."""
+        with self.scope("attention"):
+            q = self.linear(x, self.tensor(f"{prefix}.attention.wq.weight"), "wq")
+            k = self.linear(x, self.tensor(f"{prefix}.attention.wk.weight"), "wk")
+            v = self.linear(x, self.tensor(f"{prefix}.attention.wv.weight"), "wv")
+            if qk_norm_eps is not None:
+                q = self.rms_norm(q, f"{prefix}.attention.q_norm.weight", qk_norm_eps)
+                k = self.rms_norm(k, f"{prefix}.attention.k_norm.weight", qk_norm_eps)
+            q, k, v = (self.heads(t, n, head_dim) for t, n in ((q, n_heads), (k, n_kv_heads), (v, n_kv_heads)))
+            if n_heads != n_kv_heads:  # query head h reads KV head h // group, like repeat_interleave
+                group = self.const([1, 1, n_heads // n_kv_heads, 1, 1], np.int64)
+                merged = self.const([0, n_heads, -1, head_dim], np.int64)
+                k, v = (self.op("Reshape", [self.op("Expand", [self.op("Unsqueeze", [t, self.const([2], np.int64)]),
+                                                                 group]), merged]) for t in (k, v))
+            scores = self.op("Mul", [self.op("MatMul", [q, self.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                                     self.const(1 / math.sqrt(head_dim))], name="scores")
+            if bias is not None:
+                scores = self.op("Add", [scores, bias])
+            out = self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
+            out = self.op("Reshape", [self.op("Transpose", [out], perm=[0, 2, 1, 3]),
+                                      self.const([0, 0, n_heads * head_dim], np.int64)])
+            wo = self.tensor(f"{prefix}.attention.wo.weight")
+            return self.linear(out, wo if out_scale is None else wo * out_scale[:, None], "wo")
+
+
+def rope_tables(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [positions, head_dim / 2] for rotary pairs, computed in float64."""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.arange(positions, dtype=np.float64)[:, None] * freqs[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def semantic_mask(config: ModelConfig) -> np.ndarray:
+    """0 for the ids greedy decoding may pick, -inf for EMPTY_AUDIO and the padding rows."""
+    mask = np.zeros(config.audio.semantic_logits, dtype=np.float32)
+    mask[EMPTY_AUDIO] = -np.inf
+    mask[N_AUDIO_SPECIALS + config.audio.semantic_codebook_size:] = -np.inf
+    return mask
+
+
+def build_backbone(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path, max_context: int,
+                   on_layer: Callable[[int], None] = lambda i: None) -> GraphFile:
+    b = config.backbone
+    g = _Graph("backbone_step", path, tensor)
+    try:
+        x = g.add_input("inputs_embeds", FLOAT, [1, "T", b.dim])
+        past_length = g.add_input("past_length", INT64, [1])
+        kv_shape = [1, b.n_kv_heads, "max_context", b.head_dim]
+        with g.scope("lengths"):  # GroupQueryAttention takes lengths, not positions
+            t = g.op("Gather", [g.op("Shape", [x]), g.const(1, np.int64)], axis=0, name="T")
+            total = g.op("Add", [past_length, t], name="total")
+            seqlens_k = g.op("Cast", [g.op("Sub", [total, g.const([1], np.int64)])], to=TensorProto.INT32,
+                             name="seqlens_k")
+            total_length = g.op("Cast", [g.op("Squeeze", [total, g.const([0], np.int64)])], to=TensorProto.INT32,
+                                name="total_sequence_length")
+        cos, sin = rope_tables(b.head_dim, b.rope_theta, max_context)
+        cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
+        for i in range(b.n_layers):
+            p = f"layers.{i}"
+            with g.scope(p):
+                past_k = g.add_input(f"past_key_{i}", FLOAT, kv_shape)
+                past_v = g.add_input(f"past_value_{i}", FLOAT, kv_shape)
+                present = [g.add_output(f"present_key_{i}", FLOAT, kv_shape),
+                           g.add_output(f"present_value_{i}", FLOAT, kv_shape)]
+                h = g.rms_norm(x, f"{p}.attention_norm.weight", b.norm_eps)
+                qkv = g.linear(h, np.concatenate([tensor(f"{p}.attention.{w}.weight") for w in ("wq", "wk", "wv")]),
+                               "wqkv")  # packed: GroupQueryAttention splits q, k, v itself
+                attn = g.op("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens_k, total_length, cos, sin],
+                            domain=MS_DOMAIN, num_heads=b.n_heads, kv_num_heads=b.n_kv_heads, do_rotary=1,
+                            rotary_interleaved=1, scale=1 / math.sqrt(b.head_dim), name="attention",
+                            outputs=[g.unique("attention")] + present)[0]
+                x = g.op("Add", [x, g.linear(attn, tensor(f"{p}.attention.wo.weight"), "wo")], name="residual")
+                h = g.rms_norm(x, f"{p}.ffn_norm.weight", b.norm_eps)
+                x = g.op("Add", [x, g.feed_forward(h, p)], name="residual")
+            on_layer(i)
+        hidden = g.rms_norm(x, "norm.weight", b.norm_eps,
+                            outputs=[g.add_output("hidden_states", FLOAT, [1, "T", b.dim])])
+        with g.scope("semantic_head"):
+            last = g.op("Gather", [hidden, g.op("Sub", [t, g.const(1, np.int64)])], axis=1, name="last")
+            logits = g.linear(last, tensor("acoustic_transformer.semantic_codebook_output.weight"), "logits")
+            g.op("Add", [logits, g.weight("mask", semantic_mask(config))],
+                 outputs=[g.add_output("semantic_logits", FLOAT, [1, config.audio.semantic_logits])])
+        return g.finish()
+    except BaseException:
+        g.abort()
+        raise
+
+
+def time_frequencies(dim: int) -> np.ndarray:
+    return np.exp(-math.log(10000.0) * np.arange(dim // 2, dtype=np.float64) / (dim // 2)).astype(np.float32)
+
+
+def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path) -> GraphFile:
+    f, a = config.flow_head, config.audio
+    p = "acoustic_transformer"
+    g = _Graph("flow_head", path, tensor)
+    try:
+        x = g.add_input("x", FLOAT, ["B", a.n_acoustic_codebook])
+        t = g.add_input("t", FLOAT, [1])
+        h = g.add_input("h", FLOAT, ["B", config.backbone.dim])
+        with g.scope("tokens"):
+            acoustic = g.linear(x, tensor(f"{p}.input_projection.weight"), "input_projection")
+            angles = g.op("Mul", [t, g.weight("time_frequencies", time_frequencies(f.dim))])
+            t_emb = g.op("Unsqueeze", [g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=0),
+                                       g.const([0], np.int64)])
+            t_proj = g.op("Expand", [g.linear(t_emb, tensor(f"{p}.time_projection.weight"), "time_projection"),
+                                     g.op("Shape", [acoustic])])
+            llm = g.linear(h, tensor(f"{p}.llm_projection.weight"), "llm_projection")
+            seq = g.op("Concat", [g.op("Unsqueeze", [v, g.const([1], np.int64)]) for v in (acoustic, t_proj, llm)],
+                       axis=1, name="sequence")  # [B, 3, dim]: x, t, h
+        for j in range(f.n_layers):
+            lp = f"{p}.layers.{j}"
+            with g.scope(lp):
+                attn = g.attention(g.rms_norm(seq, f"{lp}.attention_norm.weight", f.norm_eps), lp, f.n_heads,
+                                   f.n_kv_heads, f.head_dim)
+                seq = g.op("Add", [seq, attn], name="residual")
+                seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{lp}.ffn_norm.weight", f.norm_eps), lp)],
+                           name="residual")
+        out = g.op("Gather", [g.rms_norm(seq, f"{p}.norm.weight", f.norm_eps), g.const(0, np.int64)], axis=1)
+        g.linear(out, tensor(f"{p}.acoustic_codebook_output.weight"), "acoustic_codebook_output",
+                 outputs=[g.add_output("velocity", FLOAT, ["B", a.n_acoustic_codebook])])
+        return g.finish()
+    except BaseException:
+        g.abort()
+        raise
+
+
+def build_codec(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path) -> GraphFile:
+    c, a = config.codec, config.audio
+    g = _Graph("codec_decoder", path, tensor)
+    try:
+        codes = g.add_input("codes", INT64, ["F", a.num_codebooks])
+        with g.scope("quantizer"):
+            q = "audio_tokenizer.quantizer.semantic_codebook"
+            table = tensor(f"{q}.embedding_sum") / np.maximum(tensor(f"{q}.cluster_usage"), np.float32(1e-5))[:, None]
+            semantic = g.op("Gather", [g.weight("semantic_embedding", table),
+                                       g.op("Gather", [codes, g.const(0, np.int64)], axis=1)], axis=0)
+            acoustic = g.op("Slice", [codes, g.const([1], np.int64), g.const([a.num_codebooks], np.int64),
+                                      g.const([1], np.int64)])
+            acoustic = g.op("Sub", [g.op("Mul", [g.op("Cast", [acoustic], to=FLOAT),
+                                                 g.const(2 / (a.acoustic_codebook_size - 1))]), g.const(1.0)])
+            latent = g.op("Concat", [semantic, acoustic], axis=1)  # [F, latent]
+            x = g.op("Unsqueeze", [g.op("Transpose", [latent], perm=[1, 0]), g.const([0], np.int64)])  # [1, C, T]
+        for block in c.blocks:
+            prefix = f"audio_tokenizer.decoder_blocks.{block.index}"
+            with g.scope(prefix):
+                if block.kind == "transformer":
+                    x = _codec_transformer(g, c, prefix, x, block.n_layers, block.window)
+                    continue
+                w = weight_norm(tensor(f"{prefix}.conv.parametrizations.weight.original0"),
+                                tensor(f"{prefix}.conv.parametrizations.weight.original1"))
+                if block.kind == "conv":  # causal: replicate the first value K - 1 times on the left
+                    x = g.op("Pad", [x, g.const([0, 0, block.kernel - block.stride, 0, 0, 0], np.int64)],
+                             mode="edge")
+                    x = g.op("Conv", [x, g.weight("weight", w)], strides=[block.stride])
+                else:  # transposed: the last K - stride outputs need the future, so they are cut
+                    x = g.op("ConvTranspose", [x, g.weight("weight", w)], strides=[block.stride])
+                    if block.kernel > block.stride:
+                        x = g.op("Slice", [x, g.const([0], np.int64), g.const([block.stride - block.kernel], np.int64),
+                                           g.const([2], np.int64)])
+        with g.scope("audio_tokenizer.output_proj"):
+            p = "audio_tokenizer.output_proj.conv.parametrizations.weight"
+            w = weight_norm(tensor(f"{p}.original0"), tensor(f"{p}.original1"))
+            x = g.op("Pad", [x, g.const([0, 0, c.patch_proj_kernel - 1, 0, 0, 0], np.int64)], mode="reflect")
+            x = g.op("Conv", [x, g.weight("weight", w)])  # [1, patch, T]
+            # each position's channels are consecutive samples
+            g.op("Reshape", [g.op("Transpose", [x], perm=[0, 2, 1]), g.const([-1], np.int64)],
+                 outputs=[g.add_output("audio", FLOAT, ["samples"])])
+        return g.finish()
+    except BaseException:
+        g.abort()
+        raise
+
+
+def _codec_transformer(g: _Graph, c, prefix: str, x: str, n_layers: int, window: int) -> str:
+    """Causal sliding-window transformer with ALiBi on x [1, C, T] (channels first in and out)."""
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # [1, T, C]
+    with g.scope("alibi"):
+        n = g.op("Gather", [g.op("Shape", [x]), g.const(1, np.int64)], axis=0)
+        pos = g.op("Cast", [g.op("Range", [g.const(0, np.int64), n, g.const(1, np.int64)])], to=FLOAT)
+        rel = g.op("Sub", [g.op("Unsqueeze", [pos, g.const([0], np.int64)]),
+                           g.op("Unsqueeze", [pos, g.const([1], np.int64)])], name="j_minus_i")
+        bias = g.op("Mul", [g.weight("slopes", alibi_slopes(c.n_heads)[:, None, None]),
+                            g.op("Unsqueeze", [rel, g.const([0], np.int64)])])
+        outside = g.op("Or", [g.op("Greater", [rel, g.const(0.0)]), g.op("Less", [rel, g.const(float(-window))])])
+        bias = g.op("Where", [outside, g.const(-np.inf), bias])
+        bias = g.op("Unsqueeze", [bias, g.const([0], np.int64)], name="bias")  # [1, H, T, T]
+    for k in range(n_layers):
+        p = f"{prefix}.layers.{k}"
+        with g.scope(f"layers.{k}"):
+            attn = g.attention(g.rms_norm(x, f"{p}.attention_norm.weight", c.norm_eps), p, c.n_heads, c.n_kv_heads,
+                               c.head_dim, bias=bias, qk_norm_eps=c.qk_norm_eps,
+                               out_scale=g.tensor(f"{p}.attention_scale"))
+            x = g.op("Add", [x, attn], name="residual")
+            ffn = g.feed_forward(g.rms_norm(x, f"{p}.ffn_norm.weight", c.norm_eps), p,
+                                 scale=g.tensor(f"{p}.ffn_scale"))
+            x = g.op("Add", [x, ffn], name="residual")
+    return g.op("Transpose", [x], perm=[0, 2, 1])

@@ -1,0 +1,90 @@
+"""Each exported graph against the numpy reference, on tiny checkpoints of three seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from voxtral_edge.export.checkpoint import Checkpoint
+from voxtral_edge.export.reference import KVCache, Reference
+from voxtral_edge.manifest import Manifest
+from voxtral_edge.prompt import tekken_speech_prompt
+
+SEEDS = [0, 1, 2]
+
+
+def session(bundle, graph):
+    return ort.InferenceSession(str(bundle / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+
+
+def assert_close(got, want, rel=1e-4):
+    """max abs error <= rel x the output's scale (its largest magnitude)."""
+    scale = np.abs(want).max()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= rel * scale, (np.abs(got - want).max(), scale)
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def pair(request, tiny_checkpoint_dirs, tiny_bundle_dirs):
+    return Reference(Checkpoint(tiny_checkpoint_dirs[request.param])), tiny_bundle_dirs[request.param]
+
+
+def test_backbone_prefill_matches_reference(pair):
+    ref, bundle = pair
+    b = ref.config.backbone
+    prompt = tekken_speech_prompt(ref.checkpoint.tekken, "Ciao! Come stai oggi?", "casual_male")
+    x = ref.embed_prompt(prompt, ref.checkpoint.voice("casual_male"))
+    max_context = Manifest.load(bundle)["model"]["backbone"]["max_context"]
+    kv = {f"past_{kind}_{i}": np.zeros((1, b.n_kv_heads, max_context, b.head_dim), np.float32)
+          for i in range(b.n_layers) for kind in ("key", "value")}
+    s = session(bundle, "backbone_step")
+    out = dict(zip([o.name for o in s.get_outputs()],
+                   s.run(None, {"inputs_embeds": x[None], "past_length": np.array([0], np.int64), **kv})))
+    cache = KVCache()
+    want = ref.backbone(x, cache)
+    assert_close(out["hidden_states"][0], want)
+    logits = ref.semantic_logits(want[-1])
+    finite = np.isfinite(logits)
+    assert (np.isfinite(out["semantic_logits"][0]) == finite).all() and not finite[0]
+    assert_close(out["semantic_logits"][0][finite], logits[finite])
+    # the cache holds the rotated keys and the values, [1, kv_heads, position, head_dim]
+    assert_close(out["present_key_0"][0, :, :len(x)], cache.keys[0].transpose(1, 0, 2))
+    assert_close(out["present_value_2"][0, :, :len(x)], cache.values[2].transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("t", [0.0, 3 / 7, 6 / 7])
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_flow_head_matches_reference(pair, t, batch):
+    ref, bundle = pair
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, ref.config.audio.n_acoustic_codebook)).astype(np.float32)
+    h = rng.standard_normal((batch, ref.config.backbone.dim)).astype(np.float32)
+    h[-1] = 0  # the unconditional row
+    v = session(bundle, "flow_head").run(None, {"x": x, "t": np.array([t], np.float32), "h": h})[0]
+    assert_close(v, ref.velocity(x, t, h))
+
+
+@pytest.mark.parametrize("frames", [1, 2, 9])
+def test_codec_matches_reference(pair, frames):
+    ref, bundle = pair
+    a = ref.config.audio
+    rng = np.random.default_rng(frames)
+    codes = np.concatenate([rng.integers(0, a.semantic_codebook_size, (frames, 1)),
+                            rng.integers(0, a.acoustic_codebook_size, (frames, a.n_acoustic_codebook))], axis=1)
+    audio = session(bundle, "codec_decoder").run(None, {"codes": codes})[0]
+    assert audio.shape == (frames * ref.config.codec.samples_per_frame,)
+    assert_close(audio, ref.decode(codes))
+
+
+def test_manifest_describes_the_graphs(tiny_bundle_dirs):
+    m = Manifest.load(tiny_bundle_dirs[0])
+    for name, graph in m["graphs"].items():
+        s = session(m.bundle, name)
+        assert {i.name for i in s.get_inputs()} == set(graph["inputs"])
+        assert {o.name for o in s.get_outputs()} == set(graph["outputs"])
+        assert graph["precision"] == "fp32"
+    assert m["special_ids"] == {"bos": 1, "audio": 24, "begin_audio": 25, "next_audio_text": 36,
+                                "repeat_audio_text": 35}  # ids resolved by name from the generated tekken.json
+    assert set(m["voices"]) == {"casual_male", "neutral_female", "fr_female"}
+    assert m["embeddings"]["text"]["dtype"] == "bfloat16"
