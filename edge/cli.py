@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from voxtral_edge import __version__
 from voxtral_edge.errors import VoxtralEdgeError
 
@@ -55,6 +57,119 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
     tekken = Tekken.from_file(Path(args.checkpoint) / "tekken.json")
     print(json.dumps(tekken_speech_prompt(tekken, _read_text(args.text), args.voice)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from voxtral_edge.export.bundle import export_bundle
+
+    out = export_bundle(args.checkpoint, args.out, max_context=args.max_context, force=args.force)
+    print(f"wrote bundle {out}")
+    return 0
+
+
+def _positive(kind):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, found {value!r}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, found {value}")
+        return number
+    return parse
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """np.save, atomically."""
+    import os
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.partial.npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def synthesize_to(synth, text: str, voice: str, output: str, *, dump_codes: str | None = None, **options):
+    """Synthesize and write a WAV file (or raw 16-bit PCM to stdout for '-'); returns the Result."""
+    from voxtral_edge.audio import to_pcm16, write_wav
+
+    result = synth.synthesize(text, voice, **options)
+    if output == "-":
+        sys.stdout.buffer.write(to_pcm16(result.audio))
+        sys.stdout.buffer.flush()
+    else:
+        write_wav(output, result.audio, result.sample_rate)
+    if dump_codes:
+        _save_npy(dump_codes, result.codes.astype(np.int32))
+    return result
+
+
+def _report(result, output: str) -> str:
+    t, frames = result.timings, max(len(result.codes), 1)
+    where = "stdout" if output == "-" else output
+    ended = "ended by the model" if result.finished else "stopped at max frames"
+    seed = f", seed {result.seed}" if result.seed is not None else ""
+    return (f"wrote {where}: {result.duration:.2f} s of audio ({len(result.codes)} frames, {ended}{seed}) in "
+            f"{t['total_ms'] / 1e3:.2f} s, real-time factor {t['total_ms'] / 1e3 / max(result.duration, 1e-9):.2f}; "
+            f"per frame: backbone {t['backbone_ms'] / frames:.1f} ms, flow head {t['flow_ms'] / frames:.1f} ms, "
+            f"codec {t['codec_ms'] / frames:.1f} ms; prefill {t['prefill_ms']:.0f} ms for {result.prompt_tokens} tokens")
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from voxtral_edge.runtime import Synthesizer
+
+    text = _read_text(args.text)
+    noise = None
+    if args.noise:
+        try:
+            noise = np.load(args.noise, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
+    synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify)
+    result = synthesize_to(synth, text, args.voice, args.output, dump_codes=args.dump_codes, seed=args.seed,
+                           steps=args.steps, cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise)
+    print(_report(result, args.output), file=sys.stderr)
+    return 0
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    from voxtral_edge.manifest import Manifest
+
+    manifest = Manifest.load(args.bundle, verify=False)
+    for name, voice in sorted(manifest["voices"].items()):
+        print(f"{name:20s} {voice['tokens']:4d} tokens")
+    return 0
+
+
+DEMO_TEXT = "Hello! This is voxtral-edge, speaking offline on your CPU."
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voxtral_edge.export.bundle import export_bundle
+    from voxtral_edge.export.make_checkpoint import make_checkpoint
+    from voxtral_edge.runtime import Synthesizer
+
+    root = Path(args.dir)
+    print(f"1/3 writing a tiny checkpoint with random weights to {root / 'checkpoint'}", file=sys.stderr)
+    make_checkpoint(root / "checkpoint", size="tiny", seed=0, force=True, progress=False)
+    print(f"2/3 exporting it to the bundle {root / 'bundle'}", file=sys.stderr)
+    export_bundle(root / "checkpoint", root / "bundle", max_context=512, force=True, progress=False)
+    print(f"3/3 speaking {DEMO_TEXT!r}", file=sys.stderr)
+    synth = Synthesizer.open(root / "bundle")
+    output = str(root / "demo.wav")
+    result = synthesize_to(synth, DEMO_TEXT, "casual_male", output, seed=0, max_frames=args.max_frames)
+    print(_report(result, output), file=sys.stderr)
+    print(f"""
+The pipeline ran end to end: tokenizer -> backbone -> flow head -> codec -> {output}.
+The weights are random, so the audio is noise. To hear real speech, download the released checkpoint
+(mistralai/Voxtral-4B-TTS-2603, CC BY-NC 4.0) and run:
+  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-bundle
+  voxtral-edge say "Hello from the car." --bundle voxtral-bundle --voice casual_male -o hello.wav""")
     return 0
 
 
@@ -106,6 +221,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (reads its tekken.json)")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice name")
     p.add_argument("text", metavar="TEXT")
+
+    p = command(
+        "export", cmd_export, "export a checkpoint folder to a bundle (ONNX graphs + manifest)",
+        "Build the bundle the runtime reads from a checkpoint folder in the released layout: "
+        "backbone_step.onnx (with its KV cache interface), flow_head.onnx, codec_decoder.onnx, the embedding "
+        "tables as memory-mappable .npy files, the voices, tokenizer.json and manifest.json (every file with "
+        "its sha256). Tensors are streamed, so the full-size model exports within 24 GB of memory.",
+        "example:\n  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-bundle")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (released layout)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    p.add_argument("--max-context", type=_positive(int), metavar="N",
+                   help="longest prompt + audio in positions, 12.5 per second of audio (default: 4096, or the "
+                        "model's max_seq_len if smaller)")
+    p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
+
+    p = command(
+        "say", cmd_say, "speak a text to a WAV file (or raw PCM on stdout)",
+        "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. A summary with "
+        "per-stage timings goes to standard error.",
+        "examples:\n  voxtral-edge say 'Turn left in 200 metres.' --bundle voxtral-bundle --voice casual_male -o turn.wav\n"
+        "  echo 'Bonjour' | voxtral-edge say - --bundle voxtral-bundle --voice fr_female -o - | aplay -f S16_LE -r 24000")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder made by `voxtral-edge export`")
+    p.add_argument("--voice", required=True, metavar="NAME", help="preset voice (see `voxtral-edge voices`)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="WAV file to write, or '-' for raw signed 16-bit little-endian mono PCM on stdout")
+    p.add_argument("--seed", type=int, help="random seed of the flow-matching noise (default: random, reported)")
+    p.add_argument("--steps", type=_positive(int), help="Euler steps per frame (default: the model's, 7)")
+    p.add_argument("--cfg", type=float, default=1.2, metavar="ALPHA",
+                   help="classifier-free guidance strength (default: 1.2)")
+    p.add_argument("--max-frames", type=_positive(int), metavar="N",
+                   help="stop after N frames of 80 ms (default: 2048, or the rows of --noise)")
+    p.add_argument("--noise", metavar="FILE.npy", help="float32 [frames, 36]: row f is frame f's initial noise")
+    p.add_argument("--dump-codes", metavar="FILE.npy", help="also write the codes, int32 [frames, 37]")
+    p.add_argument("--threads", type=_positive(int), help="onnxruntime threads (default: onnxruntime's choice)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the bundle's files (sizes are still checked)")
+
+    p = command("voices", cmd_voices, "list the preset voices of a bundle",
+                "List the bundle's preset voices with the number of [AUDIO] tokens each takes in the prompt.")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
+
+    p = command(
+        "demo", cmd_demo, "run the whole pipeline with no downloaded weights",
+        "Make a tiny checkpoint with random weights, export it to a bundle, and speak a sentence to "
+        "DIR/demo.wav. The weights are random, so the audio is noise: the demo shows the pipeline works "
+        "on this machine and how long each stage takes.")
+    p.add_argument("--dir", default="voxtral-demo", metavar="DIR", help="working folder (default: voxtral-demo)")
+    p.add_argument("--max-frames", type=_positive(int), default=40, metavar="N",
+                   help="frames to generate (default: 40, 3.2 s)")
     return parser
 
 
@@ -122,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("voxtral-edge: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, or a failure below us (onnxruntime, the OS): one line, traceback on --debug
+        if args.debug:
+            raise
+        print(f"voxtral-edge: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              f"(run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -76,3 +76,64 @@ def test_make_checkpoint_with_a_bad_params_file_leaves_nothing(capsys, tmp_path)
     code, _, err = run(capsys, "make-checkpoint", "--config", str(tmp_path / "params.json"), "--out", str(tmp_path / "c"))
     assert code == 1 and f"{tmp_path / 'params.json'}: missing key 'multimodal.audio_model_args.n_acoustic_codebook'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.json"]
+
+
+def test_say_writes_a_wav_and_raw_pcm(capsys, monkeypatch, tiny_bundle_dirs, tmp_path):
+    import wave
+
+    import numpy as np
+
+    from voxtral_edge.runtime import Synthesizer
+
+    bundle = str(tiny_bundle_dirs[0])
+    out, codes = tmp_path / "x.wav", tmp_path / "codes.npy"
+    code, _, err = run(capsys, "say", "Bom dia!", "--bundle", bundle, "--voice", "casual_male", "-o", str(out),
+                       "--seed", "5", "--max-frames", "7", "--dump-codes", str(codes))
+    assert code == 0 and "7 frames" in err and "seed 5" in err
+    with wave.open(str(out)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 24000, 7 * 1920)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    saved = np.load(codes)
+    assert saved.dtype == np.int32 and saved.shape == (7, 6)
+    result = Synthesizer.open(bundle).synthesize("Bom dia!", "casual_male", seed=5, max_frames=7)
+    np.testing.assert_array_equal(saved, result.codes)
+    np.testing.assert_array_equal(pcm, np.round(np.clip(result.audio, -1, 1) * 32767).astype("<i2"))
+
+    noise = tmp_path / "noise.npy"
+    np.save(noise, np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32))
+    stdout = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(stdout))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("Boa noite.\n".encode())))
+    assert main(["say", "-", "--bundle", bundle, "--voice", "fr_female", "-o", "-", "--noise", str(noise)]) == 0
+    assert len(stdout.getvalue()) == 4 * 1920 * 2  # raw 16-bit samples, 4 frames
+
+
+def test_say_errors_leave_no_file(capsys, tiny_bundle_dirs, tmp_path):
+    out = tmp_path / "x.wav"
+    code, _, err = run(capsys, "say", "Hi", "--bundle", str(tiny_bundle_dirs[0]), "--voice", "nobody", "-o", str(out))
+    assert code == 1 and "unknown voice 'nobody'" in err and not out.exists()
+    code, _, err = run(capsys, "say", "Hi", "--bundle", str(tmp_path / "nope"), "--voice", "x", "-o", str(out))
+    assert code == 1 and "not a bundle directory" in err
+    code, _, err = run(capsys, "say", "Hi", "--bundle", str(tiny_bundle_dirs[0]), "--voice", "casual_male",
+                       "-o", str(tmp_path), "--max-frames", "2", "--seed", "0")
+    assert code == 1 and "is a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit):
+        main(["say", "Hi", "--bundle", "b", "--voice", "v", "-o", "x.wav", "--steps", "0"])
+
+
+def test_voices_lists_the_bundle(capsys, tiny_bundle_dirs):
+    code, out, _ = run(capsys, "voices", "--bundle", str(tiny_bundle_dirs[0]))
+    assert code == 0 and out.splitlines() == ["casual_male             9 tokens", "fr_female               6 tokens",
+                                              "neutral_female         14 tokens"]
+
+
+def test_export_and_demo(capsys, tmp_path, tiny_checkpoint_dir):
+    code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "b"),
+                       "--max-context", "300")
+    assert code == 0 and (tmp_path / "b" / "manifest.json").exists()
+    code, _, err = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "b"))
+    assert code == 1 and "pass --force" in err
+    code, out, err = run(capsys, "demo", "--dir", str(tmp_path / "demo"), "--max-frames", "5")
+    assert code == 0 and (tmp_path / "demo" / "demo.wav").stat().st_size == 44 + 5 * 1920 * 2
+    assert "random, so the audio is noise" in out and "voxtral-edge export --checkpoint" in out

@@ -1,0 +1,35 @@
+"""Writing audio: 16-bit PCM WAV files (atomically) and raw PCM for pipes."""
+
+from __future__ import annotations
+
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from .errors import VoxtralEdgeError
+
+
+def to_pcm16(audio: np.ndarray) -> bytes:
+    """float audio in [-1, 1] (clipped beyond) -> little-endian signed 16-bit samples."""
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
+    """Write a mono 16-bit WAV; the file appears complete or not at all."""
+    path = Path(path)
+    if path.is_dir():
+        raise VoxtralEdgeError(f"{path}: is a directory; give a file name such as {path / 'out.wav'}")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(to_pcm16(audio))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
+    return path

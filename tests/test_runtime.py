@@ -1,0 +1,185 @@
+"""The runtime against the numpy reference end to end, its KV cache, and bundle verification."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from voxtral_edge.errors import BundleError, VoxtralEdgeError
+from voxtral_edge.export.checkpoint import Checkpoint
+from voxtral_edge.export.reference import KVCache, Reference
+from voxtral_edge.manifest import MANIFEST, Manifest
+from voxtral_edge.runtime import Synthesizer
+
+TEXT = "Der schnelle braune Fuchs springt über den faulen Hund."
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_codes_and_waveform_equal_the_reference(seed, tiny_checkpoint_dirs, tiny_bundle_dirs):
+    ref = Reference(Checkpoint(tiny_checkpoint_dirs[seed]))
+    synth = Synthesizer.open(tiny_bundle_dirs[seed])
+    noise = np.random.default_rng(seed + 10).standard_normal((44, ref.config.audio.n_acoustic_codebook))
+    noise = noise.astype(np.float32)
+    want_codes, want_audio = ref.synthesize(TEXT, "neutral_female", noise, steps=7, cfg_alpha=1.2)
+    result = synth.synthesize(TEXT, "neutral_female", noise=noise, steps=7, cfg_alpha=1.2)
+    assert len(want_codes) == 44 and result.codes.dtype == np.int32
+    np.testing.assert_array_equal(result.codes, want_codes)
+    assert result.audio.shape == want_audio.shape
+    assert np.abs(result.audio - want_audio).max() <= 1e-3
+    assert result.sample_rate == 24000 and not result.finished and result.seed is None
+    assert result.timings["frames"] == 44 and result.timings["total_ms"] > 0
+
+
+def test_seeded_noise_is_reproducible(tiny_bundle_dirs):
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    a = synth.synthesize("Hallo", "casual_male", seed=7, max_frames=6)
+    b = synth.synthesize("Hallo", "casual_male", seed=7, max_frames=6)
+    c = synth.synthesize("Hallo", "casual_male", seed=8, max_frames=6)
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.codes, c.codes) and a.seed == 7
+    # seed s is the same as passing the rows numpy's generator draws from s
+    rng = np.random.default_rng(7)
+    noise = np.stack([rng.standard_normal(a.codes.shape[1] - 1, dtype=np.float32) for _ in range(6)])
+    np.testing.assert_array_equal(synth.synthesize("Hallo", "casual_male", noise=noise).codes, a.codes)
+
+
+def test_prefill_then_steps_equals_one_long_prefill(tiny_checkpoint_dirs, tiny_bundle_dirs):
+    ref = Reference(Checkpoint(tiny_checkpoint_dirs[1]))
+    synth = Synthesizer.open(tiny_bundle_dirs[1])
+    x = synth.prompt_embeddings(synth.prompt(TEXT, "fr_female"), "fr_female")
+    whole, _ = synth.backbone(x, 0)
+    parts = [synth.backbone(x[:9], 0)[0]] + [synth.backbone(x[i:i + 1], i)[0] for i in range(9, 20)]
+    parts.append(synth.backbone(x[20:], 20)[0])  # a prefill chunk after steps
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-4, atol=1e-4 * np.abs(whole).max())
+    np.testing.assert_allclose(whole, ref.backbone(x, KVCache()), rtol=1e-4, atol=1e-4 * np.abs(whole).max())
+
+
+def test_kv_cache_is_one_buffer_written_in_place(tiny_checkpoint_dirs, tiny_bundle_dirs):
+    ref = Reference(Checkpoint(tiny_checkpoint_dirs[0]))
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    x = synth.prompt_embeddings(synth.prompt(TEXT, "casual_male"), "casual_male")
+    kv = synth._kv_cache()
+    pointers = [v.data_ptr() for v in kv]
+    synth.backbone(x[:-1], 0)
+    synth.backbone(x[-1:], len(x) - 1)
+    outputs = synth._io.get_outputs()
+    # every present output IS the bound past buffer: no second cache exists
+    assert [o.data_ptr() for o in outputs[:len(kv)]] == pointers == [v.data_ptr() for v in synth._kv_cache()]
+    cache = KVCache()
+    ref.backbone(x, cache)
+    keys = kv[0].numpy()[0]  # layer 0 keys [kv_heads, max_context, head_dim]
+    np.testing.assert_allclose(keys[:, :len(x)], cache.keys[0].transpose(1, 0, 2), rtol=1e-4, atol=1e-4)
+    assert not keys[:, len(x):].any()  # nothing beyond the last position was written
+
+
+def test_end_audio_ends_the_utterance(tiny_bundle_dirs, monkeypatch):
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    calls = []
+    backbone = Synthesizer.backbone
+
+    def ending_backbone(self, x, past_length):
+        hidden, logits = backbone(self, x, past_length)
+        calls.append(1)
+        if len(calls) == 4:  # the prefill, two steps, then END_AUDIO
+            logits = np.full_like(logits, -np.inf)
+            logits[self.audio_layout["end_audio"]] = 0
+        return hidden, logits
+
+    monkeypatch.setattr(Synthesizer, "backbone", ending_backbone)
+    result = synth.synthesize("Fin.", "casual_male", seed=0, max_frames=20)
+    assert result.finished and len(result.codes) == 3
+    assert result.audio.shape == (3 * 1920,)
+
+
+def test_errors_name_the_argument(tiny_bundle_dirs):
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    with pytest.raises(VoxtralEdgeError, match="unknown voice 'nobody'; this bundle has: casual_male, fr_female"):
+        synth.synthesize("Hi", "nobody", seed=0)
+    with pytest.raises(VoxtralEdgeError, match=r"noise must be float32 \[frames, 5\], found \[3, 4\]"):
+        synth.synthesize("Hi", "casual_male", noise=np.zeros((3, 4), np.float32))
+    with pytest.raises(VoxtralEdgeError, match="max_frames 9 needs 9 rows of noise, found 3"):
+        synth.synthesize("Hi", "casual_male", noise=np.zeros((3, 5), np.float32), max_frames=9)
+    with pytest.raises(VoxtralEdgeError, match="the prompt takes .* positions, max_context is 256"):
+        synth.synthesize("word " * 400, "casual_male", seed=0)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle_dirs, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle_dirs[0], copy)
+    return copy
+
+
+def _no_sessions(monkeypatch):
+    import onnxruntime
+
+    def refuse(*a, **k):
+        raise AssertionError("a session was built for a damaged bundle")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+
+
+def test_damaged_bundles_are_refused_before_any_session(bundle_copy, monkeypatch):
+    _no_sessions(monkeypatch)
+    data = bundle_copy / "flow_head.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, one byte altered
+    data.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"flow_head.onnx.data: sha256 differs from the manifest's"):
+        Synthesizer.open(bundle_copy)
+    data.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(BundleError, match=rf"flow_head.onnx.data: {len(raw) - 10} bytes, the manifest says {len(raw)}"):
+        Synthesizer.open(bundle_copy, verify=False)  # sizes are checked even without hashing
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))  # repaired: now only the voice below is wrong
+    (bundle_copy / "voices" / "fr_female.npy").unlink()
+    with pytest.raises(BundleError, match=r"fr_female.npy: missing from the bundle"):
+        Synthesizer.open(bundle_copy)
+
+
+def test_altered_file_passes_without_verify_only(bundle_copy):
+    voice = bundle_copy / "voices" / "casual_male.npy"
+    raw = bytearray(voice.read_bytes())
+    raw[-1] ^= 0x01  # the last bit of the last value: same size, different content
+    voice.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="casual_male.npy: sha256 differs"):
+        Manifest.load(bundle_copy)
+    Manifest.load(bundle_copy, verify=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(schema_version=2), "schema version 2 was written by a newer voxtral-edge"),
+    (lambda m: m.update(format="something"), "not a voxtral-edge bundle manifest"),
+    (lambda m: m.pop("voices"), r"missing keys \['voices'\]"),
+    (lambda m: m["files"].pop("tokenizer.json"), "'tokenizer.json' is used but not listed"),
+    (lambda m: m["files"].update({"../outside": {"size": 1, "sha256": "0"}}), "points outside the bundle"),
+])
+def test_bad_manifests_are_refused(bundle_copy, monkeypatch, edit, message):
+    import json
+
+    _no_sessions(monkeypatch)
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    edit(manifest)
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        Synthesizer.open(bundle_copy)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a bundle directory"):
+        Synthesizer.open(tmp_path / "nowhere")
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        Synthesizer.open(tmp_path)
+
+
+def test_the_runtime_imports_neither_exporter_nor_export_dependencies(tiny_bundle_dirs):
+    code = (f"import sys; from voxtral_edge.runtime import Synthesizer; s = Synthesizer.open({str(tiny_bundle_dirs[0])!r}); "
+            "s.synthesize('Hi', 'casual_male', seed=0, max_frames=2); "
+            "bad = [m for m in sys.modules if m.startswith(('voxtral_edge.export', 'voxtral_edge.quant', 'onnx.', "
+            "'safetensors', 'ml_dtypes', 'torch')) or m == 'onnx']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
