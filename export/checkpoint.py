@@ -71,7 +71,6 @@ class SafetensorsFile:
             last = spans[-1][2]
             raise CheckpointError(f"{self.path}: truncated: tensor '{last}' ends at byte {end} of the data section "
                                   f"but the file holds only {data_size} bytes of data")
-        self._handle = None
 
     def _parse_header(self, raw: bytes) -> dict[str, dict]:
         def no_duplicates(pairs):
@@ -111,18 +110,16 @@ class SafetensorsFile:
         return header
 
     # -- reading --------------------------------------------------------------------------------
-    def _open(self):
-        if self._handle is None:
-            from safetensors import SafetensorError, safe_open  # the package re-validates what we checked
+    def _read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """One tensor (or rows of it) through the safetensors package, which re-validates what we checked.
+        The file is mapped for this read only, so a long export does not keep the whole checkpoint resident."""
+        from safetensors import SafetensorError, safe_open
 
-            try:
-                self._handle = safe_open(str(self.path), framework="numpy")
-            except (SafetensorError, OSError) as e:
-                raise CheckpointError(f"{self.path}: safetensors refused the file ({e})") from None
-        return self._handle
-
-    def close(self) -> None:
-        self._handle = None
+        try:
+            with safe_open(str(self.path), framework="numpy") as f:
+                return f.get_tensor(name) if rows is None else f.get_slice(name)[rows[0]:rows[1]]
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{self.path}: safetensors refused the file ({e})") from None
 
     def names(self) -> list[str]:
         return list(self.header)
@@ -142,7 +139,7 @@ class SafetensorsFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor in its stored dtype (BF16 as ml_dtypes.bfloat16)."""
         self._info(name)
-        return self._open().get_tensor(name)
+        return self._read(name)
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor as float32 (BF16 and F16 widen exactly)."""
@@ -153,7 +150,7 @@ class SafetensorsFile:
         shape = self.shape(name)
         if not shape or not 0 <= start <= stop <= shape[0]:
             raise CheckpointError(f"{self.path}: rows {start}..{stop} are outside tensor '{name}' {list(shape)}")
-        return self._open().get_slice(name)[start:stop]
+        return self._read(name, (start, stop))
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows start..stop of a tensor as float32, without reading the rest of it."""
