@@ -63,8 +63,17 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from voxtral_edge.export.bundle import export_bundle
 
-    out = export_bundle(args.checkpoint, args.out, max_context=args.max_context, force=args.force)
-    print(f"wrote bundle {out}")
+    out = export_bundle(args.checkpoint, args.out, max_context=args.max_context, precision=args.precision,
+                        force=args.force)
+    print(f"wrote bundle {out} ({args.precision})")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from voxtral_edge.quant.rewrite import quantize_bundle
+
+    out = quantize_bundle(args.bundle, args.out, args.plan, force=args.force)
+    print(f"wrote bundle {out} ({args.plan})")
     return 0
 
 
@@ -118,6 +127,17 @@ def _report(result, output: str) -> str:
             f"{t['total_ms'] / 1e3:.2f} s, real-time factor {t['total_ms'] / 1e3 / max(result.duration, 1e-9):.2f}; "
             f"per frame: backbone {t['backbone_ms'] / frames:.1f} ms, flow head {t['flow_ms'] / frames:.1f} ms, "
             f"codec {t['codec_ms'] / frames:.1f} ms; prefill {t['prefill_ms']:.0f} ms for {result.prompt_tokens} tokens")
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    from voxtral_edge.quant.quality import quality_report, to_markdown, write_report
+
+    report = quality_report(args.reference, args.candidate, voice=args.voice, frames=args.frames,
+                            steps=args.steps, seed=args.seed, threads=args.threads)
+    md, js = write_report(report, args.out)
+    print(to_markdown(report))
+    print(f"wrote {md} and {js}", file=sys.stderr)
+    return 0
 
 
 def cmd_say(args: argparse.Namespace) -> int:
@@ -196,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
         "consolidated.safetensors in BF16, tekken.json, voice_embedding/*.pt) with random weights. "
         "The audio it makes is noise; it exists to test and benchmark without the real weights.",
         "sizes:\n  tiny   a few MB, written in seconds; every dimension differs from the others\n"
+        "  small  the released code layout at 1/6 of the width (about 100 MB): quantization studies\n"
         "  full   the released shapes: 386 tensors, 20 voices, about 8 GB on disk\n\n"
         "example:\n  voxtral-edge make-checkpoint --size tiny --seed 0 --out work/tiny")
-    p.add_argument("--size", choices=["tiny", "full"], default="tiny", help="which shapes (default: tiny)")
+    p.add_argument("--size", choices=["tiny", "small", "full"], default="tiny", help="which shapes (default: tiny)")
     p.add_argument("--config", metavar="PARAMS_JSON", help="take the shapes from this params.json instead")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to create")
@@ -234,7 +255,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=_positive(int), metavar="N",
                    help="longest prompt + audio in positions, 12.5 per second of audio (default: 4096, or the "
                         "model's max_seq_len if smaller)")
+    p.add_argument("--precision", default="fp32", metavar="PLAN",
+                   help="fp32 (default), int8, int4, int4-all, or a TOML plan file; weights are quantized one "
+                        "at a time as they are written (see `voxtral-edge quantize --help`)")
     p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
+
+    p = command(
+        "quantize", cmd_quantize, "write a quantized copy of an fp32 bundle",
+        "Rewrite an fp32 bundle with a precision plan, weight by weight (the fp32 graph is never loaded "
+        "whole). The same plans work with `voxtral-edge export --precision PLAN`, which quantizes while "
+        "exporting and never writes fp32 graphs.",
+        "plans:\n"
+        "  fp32      nothing quantized\n"
+        "  int8      every graph: 8-bit weights in blocks of 32 (onnxruntime MatMulNBits)\n"
+        "  int4      backbone 4-bit, flow head 8-bit, codec fp32 (the quality default)\n"
+        "  int4-all  backbone and flow head 4-bit, codec fp32\n"
+        "  FILE.toml per graph: method (nbits | dynamic-int8 | fp32), bits, block_size, symmetric,\n"
+        "            accuracy_level, skip (weight-name patterns kept fp32); see quant/plans.py\n\n"
+        "example:\n  voxtral-edge quantize voxtral-bundle --plan int4 --out voxtral-bundle-int4")
+    p.add_argument("bundle", metavar="BUNDLE", help="fp32 bundle folder")
+    p.add_argument("--plan", required=True, metavar="PLAN", help="a named plan or a TOML plan file")
+    p.add_argument("--out", required=True, metavar="BUNDLE2", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace BUNDLE2 if it exists")
+
+    p = command(
+        "quality", cmd_quality, "measure a quantized bundle against the fp32 one (markdown + JSON report)",
+        "Run both bundles on the same inputs and the same injected noise: per graph, cosine similarity and "
+        "max error; end to end over several sentences, semantic and acoustic code agreement (teacher-forced "
+        "and free-running), waveform SNR and log-mel distance; bundle sizes and ms per frame per graph.",
+        "example:\n  voxtral-edge quality --reference voxtral-bundle --candidate voxtral-bundle-int4 --out int4-quality")
+    p.add_argument("--reference", required=True, metavar="BUNDLE", help="the fp32 bundle")
+    p.add_argument("--candidate", required=True, metavar="BUNDLE", help="the quantized bundle")
+    p.add_argument("--out", default="quality-report", metavar="PATH",
+                   help="report path without extension: writes PATH.md and PATH.json (default: quality-report)")
+    p.add_argument("--voice", metavar="NAME", help="voice to use (default: the first)")
+    p.add_argument("--frames", type=_positive(int), default=40, help="frames per sentence (default: 40)")
+    p.add_argument("--steps", type=_positive(int), help="Euler steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the injected noise (default: 0)")
+    p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
 
     p = command(
         "say", cmd_say, "speak a text to a WAV file (or raw PCM on stdout)",

@@ -7,7 +7,10 @@ import time
 
 
 class Progress:
-    """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every 10%."""
+    """Redraws one line on a terminal; elsewhere (logs, CI) prints a line every 10%. Silent for the
+    first `quiet_s` seconds, so quick work prints nothing."""
+
+    quiet_s = 2.0
 
     def __init__(self, label: str, total: float, unit: str = "", stream=None, enabled: bool = True):
         self.label, self.total, self.unit = label, max(float(total), 1e-9), unit
@@ -25,7 +28,7 @@ class Progress:
 
     def advance(self, amount: float, note: str = "") -> None:
         self.done_amount += amount
-        if not self.enabled:
+        if not self.enabled or time.perf_counter() - self.start < self.quiet_s:
             return
         fraction = min(self.done_amount / self.total, 1.0)
         line = (f"{self.label}: {fraction:6.1%}  {self._amount(self.done_amount)} / {self._amount(self.total)}"
@@ -39,6 +42,6 @@ class Progress:
             self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled and self._tty:
+        if self.enabled and self._tty and time.perf_counter() - self.start >= self.quiet_s:
             self.stream.write("\n")
             self.stream.flush()

@@ -18,6 +18,8 @@ from voxtral_edge.progress import Progress
 
 from .checkpoint import Checkpoint
 from .config import EMPTY_AUDIO, END_AUDIO, N_AUDIO_SPECIALS
+from voxtral_edge.quant.plans import Plan, load_plan
+
 from .graphs import GraphFile, build_backbone, build_codec, build_flow_head
 
 DEFAULT_MAX_CONTEXT = 4096  # positions of rotary table and KV cache: the reference server's max_model_len
@@ -41,10 +43,26 @@ def _write_table(ck: Checkpoint, name: str, path: Path, bar: Progress) -> dict:
     return {"file": path.name, "dtype": dtype_name, "shape": list(shape)}
 
 
+def graph_entry(g: GraphFile) -> dict:
+    """A graph's manifest entry."""
+    return {"file": f"{g.name}.onnx", "data": f"{g.name}.onnx.data" if f"{g.name}.onnx.data" in g.hashes else None,
+            "precision": g.precision, "inputs": g.inputs, "outputs": g.outputs}
+
+
+def quantization_entry(plan: Plan, graphs: dict[str, GraphFile]) -> dict:
+    """The manifest's record of the plan, with how many weights each graph stores quantized."""
+    described = plan.describe()
+    for name, g in graphs.items():
+        described["graphs"][name]["quantized_weights"] = len(g.quantized)
+    return described
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int | None = None,
-                  force: bool = False, progress: bool = True) -> Path:
+                  precision: str | Path | Plan = "fp32", force: bool = False, progress: bool = True) -> Path:
     """Export a checkpoint folder (released layout) to a bundle folder and return its path.
-    `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller."""
+    `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller. `precision` is a
+    plan (name or TOML file): weights are quantized one at a time as they are written."""
+    plan = precision if isinstance(precision, Plan) else load_plan(precision)
     ck = Checkpoint(checkpoint)
     cfg = ck.config
     out = Path(out)
@@ -74,9 +92,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
 
     try:
         graphs: dict[str, GraphFile] = {
-            "backbone_step": build_backbone(cfg, tensor, tmp / "backbone_step.onnx", max_context),
-            "flow_head": build_flow_head(cfg, tensor, tmp / "flow_head.onnx"),
-            "codec_decoder": build_codec(cfg, tensor, tmp / "codec_decoder.onnx"),
+            "backbone_step": build_backbone(cfg, tensor, tmp / "backbone_step.onnx", max_context,
+                                            plan.graph("backbone_step")),
+            "flow_head": build_flow_head(cfg, tensor, tmp / "flow_head.onnx", plan.graph("flow_head")),
+            "codec_decoder": build_codec(cfg, tensor, tmp / "codec_decoder.onnx", plan.graph("codec_decoder")),
         }
         embeddings = {
             "text": _write_table(ck, "mm_audio_embeddings.tok_embeddings.weight", tmp / "text_embeddings.npy", bar),
@@ -120,14 +139,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
                       "n_acoustic_codebook": a.n_acoustic_codebook, "codebook_offsets": list(a.codebook_offsets),
                       "n_specials": N_AUDIO_SPECIALS, "empty_audio": EMPTY_AUDIO, "end_audio": END_AUDIO},
             "special_ids": SpeechSpecialIds.from_tekken(ck.tekken).to_dict(),
-            "graphs": {name: {"file": f"{name}.onnx",
-                              "data": f"{name}.onnx.data" if f"{name}.onnx.data" in g.hashes else None,
-                              "precision": "fp32", "inputs": g.inputs, "outputs": g.outputs}
-                       for name, g in graphs.items()},
+            "graphs": {name: graph_entry(g) for name, g in graphs.items()},
             "embeddings": embeddings,
             "voices": voices,
             "tokenizer": {"file": "tokenizer.json"},
-            "quantization": {"plan": "fp32", "graphs": {name: "fp32" for name in graphs}},
+            "quantization": quantization_entry(plan, graphs),
             "files": files,
         }
         write_manifest(tmp, manifest)

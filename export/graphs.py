@@ -16,7 +16,7 @@ scales folded into the weights; the semantic embedding divided by its cluster us
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +24,9 @@ import numpy as np
 from onnx import TensorProto
 
 from .config import EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
+from voxtral_edge.quant.matmul import emit_quantized_matmul
+from voxtral_edge.quant.plans import GraphPlan
+
 from .onnx_graph import MS_DOMAIN, GraphBuilder
 from .reference import alibi_slopes, weight_norm
 
@@ -39,14 +42,19 @@ class GraphFile:
     inputs: dict[str, dict]
     outputs: dict[str, dict]
     hashes: dict[str, str]  # file name -> sha256
+    precision: str = "fp32"
+    quantized: list[str] = field(default_factory=list)  # the weights stored quantized
 
 
 class _Graph(GraphBuilder):
-    """GraphBuilder plus the layers the three graphs share."""
+    """GraphBuilder plus the layers the three graphs share; `plan` decides which linear layers are
+    quantized, weight by weight, as they are written."""
 
-    def __init__(self, name: str, path: Path, tensor: Callable[[str], np.ndarray]):
+    def __init__(self, name: str, path: Path, tensor: Callable[[str], np.ndarray], plan: GraphPlan | None = None):
         super().__init__(name, path)
         self.tensor = tensor
+        self.plan = plan or GraphPlan()
+        self.quantized: list[str] = []
         self.io: dict[str, dict[str, dict]] = {"inputs": {}, "outputs": {}}
 
     def add_input(self, name: str, elem_type: int, shape: list) -> str:
@@ -58,7 +66,8 @@ class _Graph(GraphBuilder):
         return self.output(name, elem_type, shape)
 
     def finish(self) -> GraphFile:
-        return GraphFile(self.name, self.io["inputs"], self.io["outputs"], self.save())
+        return GraphFile(self.name, self.io["inputs"], self.io["outputs"], self.save(), self.plan.precision,
+                         self.quantized)
 
     # layers ---------------------------------------------------------------------------------
     def rms_norm(self, x: str, weight: str, eps: float, outputs: list[str] | None = None) -> str:
@@ -66,8 +75,13 @@ class _Graph(GraphBuilder):
         return self.op("RMSNormalization", [x, w], axis=-1, epsilon=float(eps), name="rms_norm", outputs=outputs)
 
     def linear(self, x: str, weight: np.ndarray, name: str, outputs: list[str] | None = None) -> str:
-        """x @ weight.T for a checkpoint weight [out, in]."""
-        return self.op("MatMul", [x, self.weight(name, np.ascontiguousarray(weight.T))], name=name, outputs=outputs)
+        """x @ weight.T for a checkpoint weight [out, in], quantized when the plan says so."""
+        weight_kn = np.ascontiguousarray(weight.T)
+        spec = self.plan.spec_for("/".join(self._scope + [name]))
+        if spec is None:
+            return self.op("MatMul", [x, self.weight(name, weight_kn)], name=name, outputs=outputs)
+        self.quantized.append("/".join(self._scope + [name]))
+        return emit_quantized_matmul(self, x, weight_kn, spec, name, outputs)
 
     def feed_forward(self, x: str, prefix: str, scale: np.ndarray | None = None) -> str:
         """SwiGLU with w1 and w3 in one MatMul; an optional output scale folded into w2."""
@@ -128,9 +142,9 @@ def semantic_mask(config: ModelConfig) -> np.ndarray:
 
 
 def build_backbone(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path, max_context: int,
-                   on_layer: Callable[[int], None] = lambda i: None) -> GraphFile:
+                   plan: GraphPlan | None = None) -> GraphFile:
     b = config.backbone
-    g = _Graph("backbone_step", path, tensor)
+    g = _Graph("backbone_step", path, tensor, plan)
     try:
         x = g.add_input("inputs_embeds", FLOAT, [1, "T", b.dim])
         past_length = g.add_input("past_length", INT64, [1])
@@ -161,7 +175,6 @@ def build_backbone(config: ModelConfig, tensor: Callable[[str], np.ndarray], pat
                 x = g.op("Add", [x, g.linear(attn, tensor(f"{p}.attention.wo.weight"), "wo")], name="residual")
                 h = g.rms_norm(x, f"{p}.ffn_norm.weight", b.norm_eps)
                 x = g.op("Add", [x, g.feed_forward(h, p)], name="residual")
-            on_layer(i)
         hidden = g.rms_norm(x, "norm.weight", b.norm_eps,
                             outputs=[g.add_output("hidden_states", FLOAT, [1, "T", b.dim])])
         with g.scope("semantic_head"):
@@ -179,10 +192,11 @@ def time_frequencies(dim: int) -> np.ndarray:
     return np.exp(-math.log(10000.0) * np.arange(dim // 2, dtype=np.float64) / (dim // 2)).astype(np.float32)
 
 
-def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path) -> GraphFile:
+def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
+                    plan: GraphPlan | None = None) -> GraphFile:
     f, a = config.flow_head, config.audio
     p = "acoustic_transformer"
-    g = _Graph("flow_head", path, tensor)
+    g = _Graph("flow_head", path, tensor, plan)
     try:
         x = g.add_input("x", FLOAT, ["B", a.n_acoustic_codebook])
         t = g.add_input("t", FLOAT, [1])
@@ -214,9 +228,10 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
         raise
 
 
-def build_codec(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path) -> GraphFile:
+def build_codec(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
+                plan: GraphPlan | None = None) -> GraphFile:
     c, a = config.codec, config.audio
-    g = _Graph("codec_decoder", path, tensor)
+    g = _Graph("codec_decoder", path, tensor, plan)
     try:
         codes = g.add_input("codes", INT64, ["F", a.num_codebooks])
         with g.scope("quantizer"):

@@ -92,9 +92,27 @@ def _tiny_params() -> dict:
     return p
 
 
+def _small_params() -> dict:
+    """The released code layout (8192 semantic codes, 36 x 21 acoustic) at 1/6 of the width: big enough
+    that block quantization behaves as it does at full size, small enough to run in seconds."""
+    p = copy.deepcopy(TINY_PARAMS)
+    p.update(dim=512, n_layers=4, head_dim=64, hidden_dim=1536, n_heads=8, n_kv_heads=2, vocab_size=4096,
+             max_seq_len=4096, max_position_embeddings=4096)
+    am = p["multimodal"]["audio_model_args"]
+    am.update(semantic_codebook_size=8192, acoustic_codebook_size=21, n_acoustic_codebook=36)
+    am["audio_encoding_args"]["num_codebooks"] = 37
+    am["acoustic_transformer_args"].update(input_dim=512, dim=512, n_layers=3, head_dim=64, hidden_dim=1536,
+                                           n_heads=8, n_kv_heads=2)
+    p["multimodal"]["audio_tokenizer_args"].update(
+        semantic_codebook_size=8192, semantic_dim=64, acoustic_codebook_size=21, acoustic_dim=36, dim=256,
+        hidden_dim=1024, head_dim=64, n_heads=4, n_kv_heads=4, decoder_transformer_lengths_str="2,2,2,2")
+    return p
+
+
 TINY_PARAMS = _tiny_params()
+SMALL_PARAMS = _small_params()
 TINY_VOICES = {"casual_male": 9, "neutral_female": 14, "fr_female": 6}
-SIZES = {"tiny": TINY_PARAMS, "full": FULL_PARAMS}
+SIZES = {"tiny": TINY_PARAMS, "small": SMALL_PARAMS, "full": FULL_PARAMS}
 # Tensors bigger than this many elements are generated and written in row chunks.
 CHUNK_ELEMENTS = 1 << 24
 
@@ -102,7 +120,7 @@ CHUNK_ELEMENTS = 1 << 24
 def voice_counts(params: dict) -> dict[str, int]:
     """Rows per voice: the released count for a released name, else a fixed count derived from the name."""
     names = params["multimodal"]["audio_tokenizer_args"].get("voice", {})
-    if params is TINY_PARAMS or names.keys() == TINY_VOICES.keys():
+    if names.keys() == TINY_VOICES.keys():
         return dict(TINY_VOICES)
     return {n: RELEASED_VOICES.get(n, 8 + zlib.crc32(n.encode()) % 25) for n in names}
 

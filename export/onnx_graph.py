@@ -19,7 +19,8 @@ from onnx import TensorProto, helper
 
 OPSET = 23  # RMSNormalization
 MS_DOMAIN = "com.microsoft"
-ALIGNMENT = 65536  # external tensors start on a boundary every platform can map
+ALIGNMENT = 65536  # big external tensors start on a boundary every platform can map
+SMALL_ALIGNMENT = 64  # small ones are read, not mapped: keep tiny graphs tiny
 INLINE_BYTES = 1024  # smaller constants stay inside the graph proto
 
 ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
@@ -75,15 +76,16 @@ class GraphBuilder:
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
         return name
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        """An initializer; large ones are appended to the external data file right away."""
+    def weight(self, name: str, array: np.ndarray, exact_name: bool = False) -> str:
+        """An initializer; large ones are appended to the external data file right away. With
+        `exact_name` the name is kept as given (copying a graph), else made unique in the scope."""
         array = np.asarray(array, order="C")  # (not ascontiguousarray: it turns 0-d scalars into 1-d)
-        name = self.unique(name)
+        name = name if exact_name else self.unique(name)
         if array.nbytes <= INLINE_BYTES:
             self.initializers.append(helper.make_tensor(name, ONNX_TYPES[array.dtype], array.shape,
                                                         array.tobytes(), raw=True))
             return name
-        padding = -self.data_bytes % ALIGNMENT
+        padding = -self.data_bytes % (ALIGNMENT if array.nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
         self._write(b"\0" * padding)
         offset = self.data_bytes
         self._write(array.tobytes())

@@ -137,3 +137,21 @@ def test_export_and_demo(capsys, tmp_path, tiny_checkpoint_dir):
     code, out, err = run(capsys, "demo", "--dir", str(tmp_path / "demo"), "--max-frames", "5")
     assert code == 0 and (tmp_path / "demo" / "demo.wav").stat().st_size == 44 + 5 * 1920 * 2
     assert "random, so the audio is noise" in out and "voxtral-edge export --checkpoint" in out
+
+
+def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dirs, tiny_checkpoint_dir):
+    import json as _json
+
+    code, out, _ = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", "int8", "--out", str(tmp_path / "q"))
+    assert code == 0 and "(int8)" in out
+    code, out, err = run(capsys, "quality", "--reference", str(tiny_bundle_dirs[0]), "--candidate", str(tmp_path / "q"),
+                         "--out", str(tmp_path / "report"), "--frames", "4")
+    assert code == 0 and out.startswith("# Quality: int8 against fp32") and "report.md" in err
+    report = _json.loads((tmp_path / "report.json").read_text())
+    assert report["settings"]["frames"] == 4 and len(report["end_to_end"]["utterances"]) == 4
+    code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "e"),
+                       "--precision", "int4-all")
+    assert code == 0 and _json.loads((tmp_path / "e" / "manifest.json").read_text())["quantization"]["plan"] == "int4-all"
+    code, _, err = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", str(tmp_path / "none.toml"),
+                       "--out", str(tmp_path / "x"))
+    assert code == 1 and "neither a named plan" in err and not (tmp_path / "x").exists()

@@ -1,0 +1,147 @@
+"""Precision plans: per graph, which matmuls are quantized and how. Named plans or a TOML file.
+
+    fp32       nothing quantized
+    int8       every graph: 8-bit weights, blocks of 32
+    int4       backbone 4-bit (blocks of 32), flow head 8-bit, codec fp32: the quality default
+    int4-all   backbone and flow head 4-bit, codec fp32
+
+A TOML plan names a table per graph (backbone_step, flow_head, codec_decoder); a graph left out stays
+fp32:
+
+    name = "my-plan"
+    [backbone_step]
+    method = "nbits"          # or "dynamic-int8", or "fp32"
+    bits = 4                  # 4 or 8 (nbits)
+    block_size = 32           # 16, 32, 64, 128 or 256 (nbits)
+    symmetric = true
+    accuracy_level = 4        # 0 (as the weights) .. 4 (int8 compute); see onnxruntime's MatMulNBits
+    skip = ["semantic_head/*"]  # weight names (fnmatch patterns) to keep in fp32
+
+Weight names are the graph's: `layers.3/wqkv`, `layers.3/feed_forward/w2`, `semantic_head/logits`,
+`acoustic_transformer.layers.0/attention/wq`, `tokens/input_projection`, ...
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from voxtral_edge.errors import ConfigError
+
+from .matmul import QuantSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
+METHODS = ("nbits", "dynamic-int8", "fp32")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# The semantic head picks the semantic code by argmax: it stays fp32 unless a plan says otherwise.
+DEFAULT_SKIP = ("semantic_head/*",)
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """How one graph's matmuls are quantized; `spec` None keeps it fp32."""
+
+    spec: QuantSpec | None = None
+    skip: tuple[str, ...] = DEFAULT_SKIP
+
+    def spec_for(self, weight_name: str) -> QuantSpec | None:
+        if self.spec is None or any(fnmatch.fnmatchcase(weight_name, p) for p in self.skip):
+            return None
+        return self.spec
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.spec is None else self.spec.precision
+
+    def describe(self) -> dict:
+        if self.spec is None:
+            return {"method": "fp32"}
+        s = self.spec
+        d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
+        if s.method == "nbits":
+            d.update(block_size=s.block_size, symmetric=s.symmetric, accuracy_level=s.accuracy_level)
+        return d
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    graphs: dict[str, GraphPlan] = field(default_factory=dict)
+
+    def graph(self, name: str) -> GraphPlan:
+        return self.graphs.get(name, GraphPlan())
+
+    def describe(self) -> dict:
+        return {"plan": self.name, "graphs": {g: self.graph(g).describe() for g in GRAPHS}}
+
+
+def _nbits(bits: int) -> GraphPlan:
+    return GraphPlan(QuantSpec("nbits", bits, 32, True, 4))
+
+
+NAMED_PLANS = {
+    "fp32": Plan("fp32"),
+    "int8": Plan("int8", {"backbone_step": _nbits(8), "flow_head": _nbits(8), "codec_decoder": _nbits(8)}),
+    "int4": Plan("int4", {"backbone_step": _nbits(4), "flow_head": _nbits(8)}),
+    "int4-all": Plan("int4-all", {"backbone_step": _nbits(4), "flow_head": _nbits(4)}),
+}
+
+
+def load_plan(plan: str | Path) -> Plan:
+    """A named plan, or a TOML plan file; every mistake is a ConfigError naming the file and key."""
+    if str(plan) in NAMED_PLANS:
+        return NAMED_PLANS[str(plan)]
+    path = Path(plan)
+    if not path.is_file():
+        raise ConfigError(f"--plan {plan}: neither a named plan ({', '.join(NAMED_PLANS)}) nor a TOML file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid TOML plan ({e})") from None
+    unknown = set(data) - set(GRAPHS) - {"name"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table or key {sorted(unknown)} (expected 'name' and tables "
+                          f"{', '.join(GRAPHS)})")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: 'name' must be a string")
+    return Plan(name, {g: _graph_plan(path, g, data[g]) for g in GRAPHS if g in data})
+
+
+def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
+    def fail(key: str, message: str):
+        raise ConfigError(f"{path}: [{graph}] {key}: {message}")
+
+    if not isinstance(table, dict):
+        fail("", "must be a table")
+    known = {"method", "bits", "block_size", "symmetric", "accuracy_level", "skip"}
+    for key in set(table) - known:
+        fail(key, f"unknown key (expected {', '.join(sorted(known))})")
+    method = table.get("method", "nbits")
+    if method not in METHODS:
+        fail("method", f"{method!r} is not one of {', '.join(METHODS)}")
+    if method == "fp32":
+        return GraphPlan()
+    bits = table.get("bits", 8 if method == "dynamic-int8" else 4)
+    if bits not in ((8,) if method == "dynamic-int8" else (4, 8)) or isinstance(bits, bool):
+        fail("bits", f"{bits!r} is not supported by {method} (4 or 8 for nbits, 8 for dynamic-int8)")
+    block = table.get("block_size", 32)
+    if block not in BLOCK_SIZES or isinstance(block, bool):
+        fail("block_size", f"{block!r} is not one of {', '.join(map(str, BLOCK_SIZES))}")
+    symmetric = table.get("symmetric", True)
+    if not isinstance(symmetric, bool):
+        fail("symmetric", f"must be true or false, found {symmetric!r}")
+    level = table.get("accuracy_level", 4)
+    if level not in range(5) or isinstance(level, bool):
+        fail("accuracy_level", f"must be 0..4, found {level!r}")
+    skip = table.get("skip", list(DEFAULT_SKIP))
+    if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
+        fail("skip", "must be a list of weight-name patterns")
+    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip))
