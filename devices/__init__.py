@@ -1,0 +1,1 @@
+"""Shipped device profiles: one TOML file per target, read by voxtral_edge.profiles."""
