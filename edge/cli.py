@@ -140,9 +140,67 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_profile(args: argparse.Namespace) -> None:
+    """A device profile's runtime settings fill in the options not given on the command line."""
+    if getattr(args, "profile", None) is None:
+        return
+    from voxtral_edge.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    for option, value in (("threads", profile.threads), ("steps", profile.steps), ("cfg", profile.cfg),
+                          ("max_context", profile.max_context)):
+        if getattr(args, option, None) is None:
+            setattr(args, option, value)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from voxtral_edge.profiles import list_profiles
+
+    for p in list_profiles():
+        print(f"{p.name:20s} {p.precision:8s} {p.threads:2d} threads  {p.memory_bandwidth_gbs:6.1f} GB/s  "
+              f"{', '.join(p.execution_providers):10s} {p.description}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from voxtral_edge import bench
+
+    _apply_profile(args)
+    info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
+                                 frames=args.frames, repeats=args.repeats, max_context=args.max_context)
+    print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
+    if args.plot:
+        print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
+    if args.estimate:
+        from voxtral_edge.estimate import calibrate, estimate_frame
+        from voxtral_edge.manifest import Manifest
+        from voxtral_edge.profiles import load_profile
+
+        manifest = Manifest.load(args.bundle, verify=False).data
+        here = load_profile(args.here)
+        by_test = {r.test.split(" (")[0]: r.median for r in rows}
+        measured = {"backbone_step": by_test["backbone"], "flow_head": by_test["flow head step"],
+                    "codec_decoder": by_test["codec"]}
+        factors = calibrate(manifest, here, measured, steps=info["steps"], chunk_frames=args.frames)
+        fitted = estimate_frame(manifest, here, steps=info["steps"], calibration=factors, chunk_frames=args.frames)
+        print(f"\ncalibrated on this machine ({here.name}): factors "
+              + ", ".join(f"{k} {v:.2f}" for k, v in factors.items())
+              + f"; reproduces the measured frame: {fitted['frame_ms']:.1f} ms")
+        targets = [load_profile(args.estimate)] if args.estimate != "all" else __import__(
+            "voxtral_edge.profiles", fromlist=["list_profiles"]).list_profiles()
+        print("\n| profile | backbone ms | flow ms/step | flow ms/frame | codec ms | frame ms | rtf |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for target in targets:
+            e = estimate_frame(manifest, target, steps=info["steps"], calibration=factors)
+            print(f"| {target.name} | {e['backbone_ms']:.1f} | {e['flow_step_ms']:.1f} | {e['flow_ms']:.1f} | "
+                  f"{e['codec_ms']:.1f} | {e['frame_ms']:.1f} | {e['rtf']:.2f} |")
+    return 0
+
+
 def cmd_say(args: argparse.Namespace) -> int:
     from voxtral_edge.runtime import Synthesizer
 
+    _apply_profile(args)
     text = _read_text(args.text)
     noise = None
     if args.noise:
@@ -150,9 +208,11 @@ def cmd_say(args: argparse.Namespace) -> int:
             noise = np.load(args.noise, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
-    synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify)
+    synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
+                             max_context=args.max_context)
     result = synthesize_to(synth, text, args.voice, args.output, dump_codes=args.dump_codes, seed=args.seed,
-                           steps=args.steps, cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise)
+                           steps=args.steps, cfg_alpha=1.2 if args.cfg is None else args.cfg,
+                           max_frames=args.max_frames, noise=noise)
     print(_report(result, args.output), file=sys.stderr)
     return 0
 
@@ -256,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest prompt + audio in positions, 12.5 per second of audio (default: 4096, or the "
                         "model's max_seq_len if smaller)")
     p.add_argument("--precision", default="fp32", metavar="PLAN",
-                   help="fp32 (default), int8, int4, int4-all, or a TOML plan file; weights are quantized one "
+                   help="fp32 (default), int8, int4, int4-all, int4-fast, int4-all-fast, or a TOML plan file; "
+                        "weights are quantized one "
                         "at a time as they are written (see `voxtral-edge quantize --help`)")
     p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
 
@@ -267,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         "exporting and never writes fp32 graphs.",
         "plans:\n"
         "  fp32      nothing quantized\n"
-        "  int8      every graph: 8-bit weights in blocks of 32 (onnxruntime MatMulNBits)\n"
-        "  int4      backbone 4-bit, flow head 8-bit, codec fp32 (the quality default)\n"
-        "  int4-all  backbone and flow head 4-bit, codec fp32\n"
+        "  int8           backbone and codec 8-bit (MatMulNBits), flow head dynamic int8\n"
+        "  int4           backbone 4-bit in blocks of 32, flow head int8, codec fp32 (the quality default)\n"
+        "  int4-all       backbone and flow head 4-bit, codec fp32\n"
+        "  int4-fast      int4 with the backbone in blocks of 128 (faster, a little less exact)\n"
+        "  int4-all-fast  int4-all with the backbone in blocks of 128\n"
         "  FILE.toml per graph: method (nbits | dynamic-int8 | fp32), bits, block_size, symmetric,\n"
         "            accuracy_level, skip (weight-name patterns kept fp32); see quant/plans.py\n\n"
         "example:\n  voxtral-edge quantize voxtral-bundle --plan int4 --out voxtral-bundle-int4")
@@ -307,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WAV file to write, or '-' for raw signed 16-bit little-endian mono PCM on stdout")
     p.add_argument("--seed", type=int, help="random seed of the flow-matching noise (default: random, reported)")
     p.add_argument("--steps", type=_positive(int), help="Euler steps per frame (default: the model's, 7)")
-    p.add_argument("--cfg", type=float, default=1.2, metavar="ALPHA",
-                   help="classifier-free guidance strength (default: 1.2)")
+    p.add_argument("--cfg", type=float, metavar="ALPHA",
+                   help="classifier-free guidance strength (default: 1.2; 1 skips the unconditional pass)")
     p.add_argument("--max-frames", type=_positive(int), metavar="N",
                    help="stop after N frames of 80 ms (default: 2048, or the rows of --noise)")
     p.add_argument("--noise", metavar="FILE.npy", help="float32 [frames, 36]: row f is frame f's initial noise")
@@ -316,6 +379,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive(int), help="onnxruntime threads (default: onnxruntime's choice)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the bundle's files (sizes are still checked)")
+    p.add_argument("--max-context", type=_positive(int), metavar="N",
+                   help="KV cache positions to allocate (default: the bundle's)")
+    p.add_argument("--profile", metavar="NAME|FILE",
+                   help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
+
+    p = command("devices", cmd_devices, "list the shipped device profiles",
+                "List the device profiles shipped with voxtral-edge (devices/*.toml): their precision plan, threads, "
+                "memory bandwidth and execution providers. `--profile NAME|FILE` applies one to say and bench.")
+
+    p = command(
+        "bench", cmd_bench, "measure a bundle, llama-bench style (markdown or JSON lines)",
+        "Open a bundle and synthesize a fixed sentence several times; print one row per measure with its "
+        "median and spread: load time, prefill tok/s, backbone / flow head / codec ms per frame, flow head ms "
+        "per Euler step, time to first audio, real-time factor, peak RSS; with the machine, thread count, "
+        "onnxruntime version, bundle precision and git commit. With --estimate, calibrate the roofline model "
+        "on this run and predict a frame's time on another device profile.",
+        "examples:\n  voxtral-edge bench --bundle voxtral-int4\n"
+        "  voxtral-edge bench --bundle voxtral-int4 --json --plot frame.png\n"
+        "  voxtral-edge bench --bundle voxtral-int4 --estimate raspberry-pi-5   (or --estimate all)")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
+    p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
+    p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
+    p.add_argument("--steps", type=_positive(int), help="Euler steps (default: the model's)")
+    p.add_argument("--cfg", type=float, metavar="ALPHA", help="guidance strength (default: 1.2)")
+    p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")
+    p.add_argument("--frames", type=_positive(int), default=25, help="frames per run (default: 25, 2 s)")
+    p.add_argument("--repeats", type=_positive(int), default=3, help="runs (default: 3)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a markdown table")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw where a frame's time goes (needs matplotlib)")
+    p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
+    p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
+                   help="the profile of this machine, for the calibration (default: x86-avx512)")
 
     p = command("voices", cmd_voices, "list the preset voices of a bundle",
                 "List the bundle's preset voices with the number of [AUDIO] tokens each takes in the prompt.")

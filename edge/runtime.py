@@ -171,12 +171,13 @@ class Synthesizer:
         returns codes 0..levels-1."""
         x = np.asarray(noise, dtype=f32).copy()
         timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
-        h_batch = np.stack([h, np.zeros_like(h)]).astype(f32)  # conditional and unconditional rows
+        guided = cfg_alpha != 1  # with alpha 1 the unconditional row has weight 0: skip it
+        h_batch = (np.stack([h, np.zeros_like(h)]) if guided else h[None]).astype(f32)
         flow = self.sessions["flow_head"]
         for k in range(steps):
-            v_cond, v_uncond = flow.run(["velocity"], {"x": np.stack([x, x]), "t": timesteps[k:k + 1],
-                                                       "h": h_batch})[0]
-            v = f32(cfg_alpha) * v_cond + f32(1 - cfg_alpha) * v_uncond
+            rows = flow.run(["velocity"], {"x": np.stack([x] * len(h_batch)), "t": timesteps[k:k + 1],
+                                           "h": h_batch})[0]
+            v = f32(cfg_alpha) * rows[0] + f32(1 - cfg_alpha) * rows[1] if guided else rows[0]
             x = x + v * (timesteps[k + 1] - timesteps[k])
         levels = self.audio_layout["acoustic_codebook_size"]
         return np.round((np.clip(x, -1, 1) + 1) / 2 * (levels - 1)).astype(np.int64)

@@ -99,11 +99,13 @@ class _Graph(GraphBuilder):
                        perm=[0, 2, 1, 3])
 
     def attention(self, x: str, prefix: str, n_heads: int, n_kv_heads: int, head_dim: int, bias: str | None = None,
-                  qk_norm_eps: float | None = None, out_scale: np.ndarray | None = None) -> str:
+                  qk_norm_eps: float | None = None, out_scale: np.ndarray | None = None,
+                  queries: str | None = None) -> str:
         """Multi-head attention with grouped KV heads over x [B, S, D] (no cache). `bias` is added to the
-        scores; with `qk_norm_eps`, q and k are RMS-normed over their full width before the head split."""
+        scores; with `qk_norm_eps`, q and k are RMS-normed over their full width before the head split.
+        `queries` [B, S', D] asks only for those positions' outputs (default: all of x)."""
         with self.scope("attention"):
-            q = self.linear(x, self.tensor(f"{prefix}.attention.wq.weight"), "wq")
+            q = self.linear(x if queries is None else queries, self.tensor(f"{prefix}.attention.wq.weight"), "wq")
             k = self.linear(x, self.tensor(f"{prefix}.attention.wk.weight"), "wk")
             v = self.linear(x, self.tensor(f"{prefix}.attention.wv.weight"), "wv")
             if qk_norm_eps is not None:
@@ -214,8 +216,13 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
         for j in range(f.n_layers):
             lp = f"{p}.layers.{j}"
             with g.scope(lp):
-                attn = g.attention(g.rms_norm(seq, f"{lp}.attention_norm.weight", f.norm_eps), lp, f.n_heads,
-                                   f.n_kv_heads, f.head_dim)
+                normed = g.rms_norm(seq, f"{lp}.attention_norm.weight", f.norm_eps)
+                queries = None
+                if j == f.n_layers - 1:  # only token 0 is read out: its query, output and FFN are all that's left
+                    seq = g.op("Slice", [seq, g.const([0], np.int64), g.const([1], np.int64), g.const([1], np.int64)])
+                    queries = g.op("Slice", [normed, g.const([0], np.int64), g.const([1], np.int64),
+                                             g.const([1], np.int64)], name="token0")
+                attn = g.attention(normed, lp, f.n_heads, f.n_kv_heads, f.head_dim, queries=queries)
                 seq = g.op("Add", [seq, attn], name="residual")
                 seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{lp}.ffn_norm.weight", f.norm_eps), lp)],
                            name="residual")

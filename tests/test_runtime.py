@@ -183,3 +183,11 @@ def test_the_runtime_imports_neither_exporter_nor_export_dependencies(tiny_bundl
             "bad = [m for m in sys.modules if m.startswith(('voxtral_edge.export', 'voxtral_edge.quant', 'onnx.', "
             "'safetensors', 'ml_dtypes', 'torch')) or m == 'onnx']; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_without_guidance_the_unconditional_row_is_skipped_exactly(tiny_checkpoint_dirs, tiny_bundle_dirs):
+    ref = Reference(Checkpoint(tiny_checkpoint_dirs[2]))
+    noise = np.random.default_rng(3).standard_normal((12, 5)).astype(np.float32)
+    want, _ = ref.synthesize(TEXT, "casual_male", noise, steps=4, cfg_alpha=1.0)  # computes both rows
+    got = Synthesizer.open(tiny_bundle_dirs[2]).synthesize(TEXT, "casual_male", noise=noise, steps=4, cfg_alpha=1.0)
+    np.testing.assert_array_equal(got.codes, want)

@@ -1,0 +1,161 @@
+"""`voxtral-edge bench`: llama-bench-style rows, the same columns every time, with provenance.
+
+One run = open the bundle, then `repeats` times: synthesize `frames` frames of a fixed sentence with a
+fixed seed (the model never stops early on random weights; on real weights it may, and the rows then
+divide by the frames made). Rows:
+
+    load          s        opening the bundle (manifest check, sessions), once
+    prefill       tok/s    prompt tokens / prefill time
+    backbone      ms/frame one backbone step
+    flow head     ms/frame all Euler steps of a frame (and ms/step)
+    codec         ms/frame whole-utterance decode / frames
+    first audio   ms       prefill + first `chunk` frames + their codec share (what streaming will hear first)
+    rtf           x        total time / audio duration (< 1 is faster than real time)
+    peak RSS      MB       the process's peak resident memory
+
+Each row gives the median and the spread (min..max) over the repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from voxtral_edge import __version__
+
+BENCH_TEXT = "Turn left in two hundred metres, then keep right at the roundabout."
+
+
+@dataclass
+class Row:
+    test: str
+    unit: str
+    median: float
+    low: float
+    high: float
+
+
+def summarize(test: str, unit: str, values: list[float]) -> Row:
+    return Row(test, unit, statistics.median(values), min(values), max(values))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Hardware", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(synth, threads: int | None) -> dict:
+    import onnxruntime
+
+    m = synth.manifest
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads or "ort-default",
+            "onnxruntime": onnxruntime.__version__, "voxtral_edge": __version__, "commit": git_commit(),
+            "bundle": str(m.bundle), "precision": m["quantization"]["plan"],
+            "size_gb": round(sum(f["size"] for f in m["files"].values()) / 1e9, 3),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
+              frames: int = 25, repeats: int = 3, chunk_frames: int = 4, voice: str | None = None,
+              max_context: int | None = None, text: str = BENCH_TEXT) -> tuple[dict, list[Row]]:
+    """Measure a bundle; returns (provenance, rows)."""
+    from voxtral_edge.runtime import Synthesizer
+
+    start = time.perf_counter()
+    synth = Synthesizer.open(bundle, threads=threads, max_context=max_context)
+    load_s = time.perf_counter() - start
+    voice = voice or sorted(synth.voices)[0]
+    steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
+    synth.synthesize(text, voice, seed=0, steps=steps, cfg_alpha=cfg_alpha, max_frames=2)  # warm-up
+    runs = [synth.synthesize(text, voice, seed=0, steps=steps, cfg_alpha=cfg_alpha, max_frames=frames)
+            for _ in range(repeats)]
+    per = {k: [] for k in ("prefill", "backbone", "flow", "flow_step", "codec", "first", "rtf")}
+    for r in runs:
+        t, n = r.timings, max(len(r.codes), 1)
+        backbone = t["backbone_ms"] / max(n - 1, 1)  # the last frame needs no step
+        flow, codec = t["flow_ms"] / n, t["codec_ms"] / n
+        per["prefill"].append(r.prompt_tokens / (t["prefill_ms"] / 1e3))
+        per["backbone"].append(backbone)
+        per["flow"].append(flow)
+        per["flow_step"].append(flow / max(steps, 1))
+        per["codec"].append(codec)
+        per["first"].append(t["tokenize_ms"] + t["prefill_ms"] + min(chunk_frames, n) * (backbone + flow + codec))
+        per["rtf"].append(t["total_ms"] / 1e3 / max(r.duration, 1e-9))
+    rows = [Row("load", "s", load_s, load_s, load_s),
+            summarize(f"prefill pp{runs[0].prompt_tokens}", "tok/s", per["prefill"]),
+            summarize("backbone", "ms/frame", per["backbone"]),
+            summarize(f"flow head ({steps} steps)", "ms/frame", per["flow"]),
+            summarize("flow head step", "ms/step", per["flow_step"]),
+            summarize("codec", "ms/frame", per["codec"]),
+            summarize(f"first audio ({chunk_frames} frames)", "ms", per["first"]),
+            summarize("rtf", "x", per["rtf"])]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
+    rows.append(Row("peak RSS", "MB", rss, rss, rss))
+    info = provenance(synth, threads)
+    info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice)
+    return info, rows
+
+
+def to_markdown(info: dict, rows: list[Row]) -> str:
+    head = (f"{info['cpu']}, {info['cores']} cores, threads {info['threads']}, onnxruntime {info['onnxruntime']}, "
+            f"voxtral-edge {info['voxtral_edge']} ({info['commit']}), {info['date']}")
+    lines = [head, "", "| bundle | precision | size GB | steps | test | median | min | max | unit |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+    name = Path(info["bundle"]).name
+    for r in rows:
+        lines.append(f"| {name} | {info['precision']} | {info['size_gb']:.2f} | {info['steps']} | {r.test} | "
+                     f"{r.median:.2f} | {r.low:.2f} | {r.high:.2f} | {r.unit} |")
+    return "\n".join(lines)
+
+
+def to_json_lines(info: dict, rows: list[Row]) -> str:
+    return "\n".join(json.dumps({**info, **asdict(r)}) for r in rows)
+
+
+def plot(info: dict, rows: list[Row], path: str | Path) -> Path:
+    """Where a frame's time goes, as a horizontal stacked bar (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import VoxtralEdgeError
+
+        raise VoxtralEdgeError("--plot needs matplotlib: pip install matplotlib") from None
+    parts = {r.test.split(" (")[0]: r.median for r in rows if r.unit == "ms/frame"}
+    fig, ax = plt.subplots(figsize=(8, 2.2))
+    left = 0.0
+    for label, value in parts.items():
+        ax.barh([0], [value], left=left, label=f"{label} {value:.1f} ms")
+        left += value
+    ax.axvline(1000 / 12.5, color="k", linestyle="--", label="real time (80 ms)")
+    ax.set_yticks([])
+    ax.set_xlabel("ms per frame")
+    ax.set_title(f"{Path(info['bundle']).name} ({info['precision']}), {info['threads']} threads, {info['steps']} steps")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
