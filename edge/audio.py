@@ -33,3 +33,35 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
         tmp.unlink(missing_ok=True)
         raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
+
+
+class WavWriter:
+    """A mono 16-bit WAV written as audio arrives. `close()` fixes the header (so what was written so
+    far is a valid file, after Ctrl-C too) and moves it into place; `discard()` leaves nothing."""
+
+    def __init__(self, path: str | Path, sample_rate: int):
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise VoxtralEdgeError(f"{self.path}: is a directory; give a file name such as {self.path / 'out.wav'}")
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self.wave = wave.open(str(self.tmp), "wb")
+        except OSError as e:
+            raise VoxtralEdgeError(f"{self.path}: cannot write ({e.strerror or e})") from None
+        self.wave.setnchannels(1)
+        self.wave.setsampwidth(2)
+        self.wave.setframerate(int(sample_rate))
+        self.samples = 0
+
+    def write(self, audio: np.ndarray) -> None:
+        self.wave.writeframes(to_pcm16(audio))
+        self.samples += len(audio)
+
+    def close(self) -> Path:
+        self.wave.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.wave.close()
+        self.tmp.unlink(missing_ok=True)

@@ -103,18 +103,12 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
-def synthesize_to(synth, text: str, voice: str, output: str, *, dump_codes: str | None = None, **options):
-    """Synthesize and write a WAV file (or raw 16-bit PCM to stdout for '-'); returns the Result."""
-    from voxtral_edge.audio import to_pcm16, write_wav
+def synthesize_to(synth, text: str, voice: str, output: str, **options):
+    """Synthesize a whole utterance and write it as a WAV file; returns the Result."""
+    from voxtral_edge.audio import write_wav
 
     result = synth.synthesize(text, voice, **options)
-    if output == "-":
-        sys.stdout.buffer.write(to_pcm16(result.audio))
-        sys.stdout.buffer.flush()
-    else:
-        write_wav(output, result.audio, result.sample_rate)
-    if dump_codes:
-        _save_npy(dump_codes, result.codes.astype(np.int32))
+    write_wav(output, result.audio, result.sample_rate)
     return result
 
 
@@ -198,7 +192,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    from voxtral_edge.runtime import Synthesizer
+    from voxtral_edge.audio import WavWriter, to_pcm16
+    from voxtral_edge.runtime import RunawayWarning, Synthesizer
 
     _apply_profile(args)
     text = _read_text(args.text)
@@ -210,11 +205,78 @@ def cmd_say(args: argparse.Namespace) -> int:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
                              max_context=args.max_context)
-    result = synthesize_to(synth, text, args.voice, args.output, dump_codes=args.dump_codes, seed=args.seed,
-                           steps=args.steps, cfg_alpha=1.2 if args.cfg is None else args.cfg,
-                           max_frames=args.max_frames, noise=noise)
-    print(_report(result, args.output), file=sys.stderr)
+    synth.voice(args.voice)  # an unknown voice fails before any file is created
+    wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
+    player = None
+    try:
+        if args.play:
+            from voxtral_edge.playback import Player
+
+            player = Player(synth.sample_rate, prebuffer_s=float("inf"))  # set from the first chunk's pace
+        interrupted = _speak(synth, text, args, wav, player, noise)
+    except BaseException:
+        if wav:
+            wav.discard()
+        if player:
+            player.close()
+        raise
+    if wav:
+        wav.close()
+    result = synth.last_result
+    if args.dump_codes:
+        _save_npy(args.dump_codes, result.codes.astype(np.int32))
+    print(_report(result, args.output or "the speakers"), file=sys.stderr)
+    if player:
+        print(f"playback: {player.played_s:.2f} s played, started after {player.started_after_s or 0:.2f} s, "
+              f"{player.underruns} underruns ({player.underrun_s:.2f} s of silence inserted)", file=sys.stderr)
+    if interrupted:
+        print(f"voxtral-edge: interrupted; {args.output or 'output'} holds the {result.duration:.2f} s made so far",
+              file=sys.stderr)
+        return 130
     return 0
+
+
+def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bool:
+    """Stream the speech to the WAV file, stdout and/or the player; True if Ctrl-C stopped it."""
+    import time
+    import warnings
+
+    from voxtral_edge.audio import to_pcm16
+    from voxtral_edge.runtime import RunawayWarning
+
+    chunk_frames = args.chunk_frames
+    chunks = synth.stream(text, args.voice, chunk_frames=chunk_frames, seed=args.seed, steps=args.steps,
+                          cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise)
+    start, frames = time.perf_counter(), 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RunawayWarning)
+        try:
+            for chunk in chunks:
+                if wav:
+                    wav.write(chunk)
+                if args.output == "-":
+                    sys.stdout.buffer.write(to_pcm16(chunk))
+                    sys.stdout.buffer.flush()
+                if player:
+                    frames += len(chunk) // synth._samples_per_frame
+                    if player.prebuffer_s == float("inf"):  # enough margin for the pace just measured
+                        from voxtral_edge.playback import choose_prebuffer
+
+                        frame_ms = 1e3 * (time.perf_counter() - start) / max(frames, 1)
+                        expected = args.max_frames or 10 * len(synth.tokenizer.encode(text).ids)
+                        player.prebuffer_s = choose_prebuffer(frame_ms, chunk_frames, max(expected, frames))
+                    player.write(chunk)
+            if player:
+                player.finish()
+            interrupted = False
+        except KeyboardInterrupt:
+            chunks.close()
+            if player:
+                player.close()
+            interrupted = True
+    for w in caught:
+        print(f"voxtral-edge: warning: {w.message}", file=sys.stderr)
+    return interrupted
 
 
 def cmd_voices(args: argparse.Namespace) -> int:
@@ -366,8 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder made by `voxtral-edge export`")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice (see `voxtral-edge voices`)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="WAV file to write, or '-' for raw signed 16-bit little-endian mono PCM on stdout")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="WAV file to write (written as the audio is made; Ctrl-C leaves a valid file of what was "
+                        "made), or '-' for raw signed 16-bit little-endian mono PCM on stdout, as it is made")
+    p.add_argument("--play", action="store_true",
+                   help="play through the speakers as the audio is made (needs sounddevice and PortAudio)")
+    p.add_argument("--chunk-frames", type=_positive(int), default=4, metavar="N",
+                   help="frames (80 ms each) per audio chunk written or played (default: 4)")
     p.add_argument("--seed", type=int, help="random seed of the flow-matching noise (default: random, reported)")
     p.add_argument("--steps", type=_positive(int), help="Euler steps per frame (default: the model's, 7)")
     p.add_argument("--cfg", type=float, metavar="ALPHA",
@@ -430,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "say" and args.output is None and not args.play:
+        parser.error("say: give -o FILE (or -o - for stdout), --play, or both")
     try:
         return args.func(args)
     except VoxtralEdgeError as e:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -27,8 +29,14 @@ from tokenizers import Tokenizer
 from .errors import BundleError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
+from .text import split_text
 
 DEFAULT_MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
+DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
+FRAMES_PER_TEXT_TOKEN = 5  # context kept for audio per text token when a long text is split
+# A piece that has not ended after this many frames (+ per text token) is runaway generation.
+RUNAWAY_FRAMES, RUNAWAY_FRAMES_PER_TOKEN = 40, 20
+PREFIX_CACHE_VOICES = 4  # voice prefixes whose keys and values are kept
 f32 = np.float32
 
 
@@ -79,6 +87,9 @@ class Synthesizer:
         if threads:
             options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+        # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
+        # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, graph in m["graphs"].items():
             path = m.path(graph["file"])
@@ -98,8 +109,11 @@ class Synthesizer:
         self.audio_embeddings = EmbeddingTable(m.path(m["embeddings"]["audio"]["file"]),
                                                m["embeddings"]["audio"]["dtype"])
         self._codebook_offsets = np.array(self.audio_layout["codebook_offsets"]) + self.audio_layout["n_specials"]
+        self._samples_per_frame = int(self.audio_layout["samples_per_frame"])
         self._voices: dict[str, np.ndarray] = {}
         self._kv: list[ort.OrtValue] | None = None
+        self._prefix_cache: dict[str, list[np.ndarray]] = {}
+        self.last_result: Result | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -140,7 +154,9 @@ class Synthesizer:
         if self._kv is None:
             b = self.manifest["model"]["backbone"]
             shape = (1, b["n_kv_heads"], self.max_context, b["head_dim"])
-            self._kv = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, f32)) for _ in range(2 * b["n_layers"])]
+            # each OrtValue wraps its numpy array's memory: writing the array writes the cache
+            self._kv_arrays = [np.zeros(shape, f32) for _ in range(2 * b["n_layers"])]
+            self._kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv_arrays]
             self._io = self.sessions["backbone_step"].io_binding()
             for i in range(b["n_layers"]):
                 for j, kind in enumerate(("key", "value")):
@@ -187,34 +203,101 @@ class Synthesizer:
         return self.audio_embeddings.rows(np.asarray(codes) + self._codebook_offsets).sum(axis=0)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes [frames, n_codebooks] -> float32 audio, whole utterance."""
+        """Codes [frames, n_codebooks] -> float32 audio, whole utterance (decoded in chunks that carry
+        state, which gives the same samples and bounds the attention's memory)."""
+        codec = CodecStream(self)
         codes = np.asarray(codes, dtype=np.int64)
-        if len(codes) == 0:
-            return np.zeros(0, dtype=f32)
-        return self.sessions["codec_decoder"].run(["audio"], {"codes": codes})[0]
+        parts = [codec.decode(codes[i:i + DECODE_CHUNK]) for i in range(0, len(codes), DECODE_CHUNK)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=f32)
+
+    # -- the voice prefix --------------------------------------------------------------------------
+    def _prefill(self, prompt: list[int], x: np.ndarray, voice: str) -> tuple[np.ndarray, np.ndarray]:
+        """Prefill the prompt; the voice part ([BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT]) does
+        not depend on the text, so its keys and values are computed once per voice and copied in."""
+        prefix = voice_positions(prompt, self.ids).stop + 1
+        kv = self._kv_cache() and self._kv_arrays
+        cached = self._prefix_cache.pop(voice, None)
+        if cached is None:
+            self.backbone(x[:prefix], 0)
+            cached = [a[:, :, :prefix].copy() for a in kv]
+        else:
+            for a, c in zip(kv, cached):
+                a[:, :, :prefix] = c
+        self._prefix_cache[voice] = cached  # most recent last
+        while len(self._prefix_cache) > PREFIX_CACHE_VOICES:
+            self._prefix_cache.pop(next(iter(self._prefix_cache)))
+        return self.backbone(x[prefix:], prefix)
 
     # -- one utterance ---------------------------------------------------------------------------
+    def pieces(self, text: str, voice: str) -> list[str]:
+        """The prompts a text is spoken in: the whole text when it fits the context, else its sentences
+        packed greedily into pieces that do (a sentence too long for one is split further)."""
+        budget = max(1, (self.max_context - self.voices[voice] - 5) // FRAMES_PER_TEXT_TOKEN)
+        count = lambda piece: len(self.tokenizer.encode(piece, add_special_tokens=False).ids)  # noqa: E731
+        if count(text) <= budget:
+            return [text]
+        pieces, cursor = [], 0
+        for part in split_text(text, budget, count):
+            start = text.index(part, cursor)
+            cursor = start + len(part)
+            merged = text[pieces[-1][0]:cursor] if pieces else None
+            if merged is not None and count(merged) <= budget:
+                pieces[-1] = (pieces[-1][0], cursor)  # as a slice of the original: its own spacing kept
+            else:
+                pieces.append((start, cursor))
+        return [text[a:b] for a, b in pieces]
+
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
                    cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None) -> Result:
         """Speak `text` with a preset voice. Frame f's flow-matching noise is row f of `noise` when given,
-        else drawn from `seed` (a random seed when None; the one used is in the result)."""
+        else drawn from `seed` (a random seed when None; the one used is in the result). A text longer
+        than the context is spoken piece by piece (see `pieces`)."""
         with self._lock:
-            return self._synthesize(text, voice, seed, steps, cfg_alpha, max_frames, noise)
+            run, audio, piece_frames = _Run(), [], {}
+            for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
+                piece_frames.setdefault(piece, []).append(frame)
+            for frames in piece_frames.values():  # each piece is its own utterance for the codec
+                audio.append(run.time("codec_ms", self.decode, np.array(frames)))
+            audio = np.concatenate(audio) if audio else np.zeros(0, dtype=f32)
+            return run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate)
 
-    def _synthesize(self, text, voice, seed, steps, cfg_alpha, max_frames, noise) -> Result:
+    def stream(self, text: str, voice: str, *, chunk_frames: int = 4, seed: int | None = None,
+               steps: int | None = None, cfg_alpha: float = 1.2, max_frames: int | None = None,
+               noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Speak `text`, yielding float32 audio every `chunk_frames` frames (80 ms each) as they are made;
+        the chunks concatenate to what `synthesize` returns. Stop early by closing the generator (or
+        leaving the loop); `last_result` then holds the codes, audio and timings of what was made."""
+        if chunk_frames < 1:
+            raise VoxtralEdgeError(f"chunk_frames must be >= 1, found {chunk_frames}")
+        with self._lock:
+            run, chunks, pending, codec, current = _Run(), [], [], None, None
+            try:
+                for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
+                    if piece != current:  # a new prompt: the codec starts afresh
+                        if pending:
+                            chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
+                            pending = []
+                            yield chunks[-1]
+                        codec, current = CodecStream(self), piece
+                    pending.append(frame)
+                    if len(pending) == chunk_frames:
+                        chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
+                        pending = []
+                        yield chunks[-1]
+                if pending:
+                    chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
+                    yield chunks[-1]
+            finally:  # also when the caller stops early: what was heard is what was made
+                audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=f32)
+                self.last_result = run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
+                                              frames_heard=sum(len(c) for c in chunks) // self._samples_per_frame)
+
+    def _frames(self, text, voice, seed, steps, cfg_alpha, max_frames, noise, run: "_Run"):
+        """(piece index, frame of codes without specials), one frame at a time, as they are generated."""
         layout = self.audio_layout
         n_acoustic = layout["n_acoustic_codebook"]
         steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else int(steps)
-        timings = dict.fromkeys(("tokenize_ms", "prefill_ms", "backbone_ms", "flow_ms", "codec_ms"), 0.0)
-        clock = time.perf_counter
-        start = clock()
-        prompt = self.prompt(text, voice)
-        x = self.prompt_embeddings(prompt, voice)
-        timings["tokenize_ms"] = 1e3 * (clock() - start)
-        room = self.max_context - len(prompt)
-        if room < 1:
-            raise VoxtralEdgeError(f"the prompt takes {len(prompt)} positions, max_context is {self.max_context}: "
-                                   f"shorten the text")
+        self.voice(voice)
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -222,38 +305,98 @@ class Synthesizer:
             max_frames = len(noise) if max_frames is None else max_frames
             if max_frames > len(noise):
                 raise VoxtralEdgeError(f"max_frames {max_frames} needs {max_frames} rows of noise, found {len(noise)}")
-            seed = None
         else:
-            seed = secrets.randbits(63) if seed is None else int(seed)
-            rng = np.random.default_rng(seed)
-        max_frames = min(DEFAULT_MAX_FRAMES if max_frames is None else int(max_frames), room)
+            run.seed = secrets.randbits(63) if seed is None else int(seed)
+            rng = np.random.default_rng(run.seed)
+        left = DEFAULT_MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
+        pieces = run.time("tokenize_ms", self.pieces, text, voice)
+        run.finished = True
+        for index, piece in enumerate(pieces):
+            prompt = run.time("tokenize_ms", self.prompt, piece, voice)
+            x = run.time("tokenize_ms", self.prompt_embeddings, prompt, voice)
+            room = self.max_context - len(prompt)
+            if room < 1:
+                raise VoxtralEdgeError(f"the prompt takes {len(prompt)} positions, max_context is "
+                                       f"{self.max_context}: shorten the text")
+            text_tokens = len(prompt) - self.voices[voice] - 5
+            guard = min(room, DEFAULT_MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * text_tokens)
+            limit = min(guard, left)
+            run.prompt_tokens += len(prompt)
+            hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, voice)
+            position, ended, made = len(prompt), False, 0
+            for f in range(limit):
+                semantic = int(np.argmax(logits))
+                if semantic == layout["end_audio"]:
+                    ended = True
+                    break
+                frame_noise = noise[len(run.frames)] if noise is not None else rng.standard_normal(n_acoustic,
+                                                                                                   dtype=f32)
+                acoustic = run.time("flow_ms", self.acoustic_codes, hidden[-1], frame_noise, steps, cfg_alpha)
+                frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
+                run.frames.append(frame)
+                made += 1
+                yield index, frame
+                if made < limit:
+                    hidden, logits = run.time("backbone_ms", self.backbone, self.audio_embedding(frame)[None],
+                                              position)
+                    position += 1
+            left -= made
+            run.finished = run.finished and ended
+            if not ended and made == guard:  # stopped by the guard, not by the caller's max_frames
+                warnings.warn(RunawayWarning(
+                    f"piece {index + 1} of {len(pieces)} did not end after {guard} frames ({guard * 0.08:.1f} s, no "
+                    f"END_AUDIO for its {text_tokens} text tokens); stopped it there"), stacklevel=3)
+            if left <= 0:
+                run.finished = run.finished and index == len(pieces) - 1
+                return
 
-        t0 = clock()
-        hidden, logits = self.backbone(x, 0)
-        h = hidden[-1]
-        timings["prefill_ms"] = 1e3 * (clock() - t0)
-        position, frames, finished = len(prompt), [], False
-        for f in range(max_frames):
-            semantic = int(np.argmax(logits))
-            if semantic == layout["end_audio"]:
-                finished = True
-                break
-            t0 = clock()
-            frame_noise = noise[f] if noise is not None else rng.standard_normal(n_acoustic, dtype=f32)
-            frame = np.concatenate([[semantic - layout["n_specials"]],
-                                    self.acoustic_codes(h, frame_noise, steps, cfg_alpha)])
-            t1 = clock()
-            timings["flow_ms"] += 1e3 * (t1 - t0)
-            frames.append(frame)
-            if f + 1 < max_frames:
-                hidden, logits = self.backbone(self.audio_embedding(frame)[None], position)
-                h = hidden[-1]
-                position += 1
-                timings["backbone_ms"] += 1e3 * (clock() - t1)
-        codes = np.array(frames, dtype=np.int32).reshape(-1, layout["num_codebooks"])
-        t0 = clock()
-        audio = self.decode(codes)
-        timings["codec_ms"] = 1e3 * (clock() - t0)
-        timings["total_ms"] = 1e3 * (clock() - start)
-        timings["frames"] = float(len(codes))
-        return Result(audio, codes, self.sample_rate, seed, len(prompt), finished, timings)
+
+class RunawayWarning(UserWarning):
+    """A piece of text produced far more audio than its length explains, without END_AUDIO."""
+
+
+class _Run:
+    """What one utterance has produced so far, and where its time went (ms)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.timings = dict.fromkeys(("tokenize_ms", "prefill_ms", "backbone_ms", "flow_ms", "codec_ms"), 0.0)
+        self.frames: list[np.ndarray] = []
+        self.seed: int | None = None
+        self.prompt_tokens = 0
+        self.finished = False
+
+    def time(self, key: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.timings[key] += 1e3 * (time.perf_counter() - t0)
+
+    def result(self, audio: np.ndarray, n_codebooks: int, sample_rate: int, frames_heard: int | None = None) -> Result:
+        frames = self.frames if frames_heard is None else self.frames[:frames_heard]
+        codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
+        timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
+        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings)
+
+
+class CodecStream:
+    """The codec decoder's carried state (conv tails, windowed attention caches) between chunks: feed
+    frames in order, get their audio; the chunks concatenate to the whole-utterance decode."""
+
+    def __init__(self, synth: Synthesizer):
+        self.session = synth.sessions["codec_decoder"]
+        inputs = synth.manifest["graphs"]["codec_decoder"]["inputs"]
+        self.state = {name: np.zeros(spec["shape"], f32) for name, spec in inputs.items()
+                      if name not in ("codes", "frames_done")}
+        self.outputs = ["audio"] + [f"next_{name}" for name in self.state]
+        self.frames = 0
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Audio of the next frames' codes [K, n_codebooks] (K >= 1)."""
+        codes = np.asarray(codes, dtype=np.int64)
+        out = self.session.run(self.outputs, {"codes": codes, "frames_done": np.array([self.frames], np.int64),
+                                              **self.state})
+        self.state = dict(zip(self.state, out[1:]))
+        self.frames += len(codes)
+        return out[0]

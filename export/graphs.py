@@ -6,7 +6,8 @@ backbone_step   inputs_embeds [1, T, dim], past_length [1], past_key_i/past_valu
                 onnxruntime's GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same
                 buffer as input and output, the KV cache is written in place, never copied.
 flow_head       x [B, n_acoustic], t [1], h [B, dim] -> velocity [B, n_acoustic]: one Euler evaluation.
-codec_decoder   codes [F, n_codebooks] (no specials, F >= 1) -> audio [F * samples_per_frame].
+codec_decoder   codes [K, n_codebooks] of K >= 1 new frames (no specials), frames_done [1] and the carried state
+                (conv tails, windowed attention caches) -> audio [K * samples_per_frame] and next_<state>.
 
 Weight layout changes done here, each exact up to float rounding: linear weights stored [in, out] for
 MatMul; wq/wk/wv packed into one matrix and w1/w3 into another; weight norm and the codec's layer
@@ -100,10 +101,11 @@ class _Graph(GraphBuilder):
 
     def attention(self, x: str, prefix: str, n_heads: int, n_kv_heads: int, head_dim: int, bias: str | None = None,
                   qk_norm_eps: float | None = None, out_scale: np.ndarray | None = None,
-                  queries: str | None = None) -> str:
-        """Multi-head attention with grouped KV heads over x [B, S, D] (no cache). `bias` is added to the
-        scores; with `qk_norm_eps`, q and k are RMS-normed over their full width before the head split.
-        `queries` [B, S', D] asks only for those positions' outputs (default: all of x)."""
+                  queries: str | None = None, past: tuple[str, str] | None = None) -> str:
+        """Multi-head attention with grouped KV heads over x [B, S, D]. `bias` is added to the scores; with
+        `qk_norm_eps`, q and k are RMS-normed over their full width before the head split. `queries`
+        [B, S', D] asks only for those positions' outputs (default: all of x). `past` (keys, values)
+        [B, kv_heads, P, head_dim] come before x's; the concatenation is left in `self.present`."""
         with self.scope("attention"):
             q = self.linear(x if queries is None else queries, self.tensor(f"{prefix}.attention.wq.weight"), "wq")
             k = self.linear(x, self.tensor(f"{prefix}.attention.wk.weight"), "wk")
@@ -112,6 +114,10 @@ class _Graph(GraphBuilder):
                 q = self.rms_norm(q, f"{prefix}.attention.q_norm.weight", qk_norm_eps)
                 k = self.rms_norm(k, f"{prefix}.attention.k_norm.weight", qk_norm_eps)
             q, k, v = (self.heads(t, n, head_dim) for t, n in ((q, n_heads), (k, n_kv_heads), (v, n_kv_heads)))
+            if past is not None:  # earlier positions first: [1, kv_heads, past + S, head_dim]
+                k = self.op("Concat", [past[0], k], axis=2, name="keys")
+                v = self.op("Concat", [past[1], v], axis=2, name="values")
+                self.present = (k, v)
             if n_heads != n_kv_heads:  # query head h reads KV head h // group, like repeat_interleave
                 group = self.const([1, 1, n_heads // n_kv_heads, 1, 1], np.int64)
                 merged = self.const([0, n_heads, -1, head_dim], np.int64)
@@ -235,46 +241,96 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
         raise
 
 
+def _latent(g: _Graph, config: ModelConfig, codes: str) -> str:
+    """codes [F, n_codebooks] -> [1, latent, F]: semantic embedding rows and acoustic values in [-1, 1]."""
+    a = config.audio
+    with g.scope("quantizer"):
+        q = "audio_tokenizer.quantizer.semantic_codebook"
+        table = g.tensor(f"{q}.embedding_sum") / np.maximum(g.tensor(f"{q}.cluster_usage"), np.float32(1e-5))[:, None]
+        semantic = g.op("Gather", [g.weight("semantic_embedding", table),
+                                   g.op("Gather", [codes, g.const(0, np.int64)], axis=1)], axis=0)
+        acoustic = g.op("Slice", [codes, g.const([1], np.int64), g.const([a.num_codebooks], np.int64),
+                                  g.const([1], np.int64)])
+        acoustic = g.op("Sub", [g.op("Mul", [g.op("Cast", [acoustic], to=FLOAT),
+                                             g.const(2 / (a.acoustic_codebook_size - 1))]), g.const(1.0)])
+        latent = g.op("Concat", [semantic, acoustic], axis=1)  # [F, latent]
+        return g.op("Unsqueeze", [g.op("Transpose", [latent], perm=[1, 0]), g.const([0], np.int64)])
+
+
+def codec_state(config: ModelConfig) -> dict[str, list[int]]:
+    """The codec's carried state between chunks: name -> shape (float32, zeros before the first chunk)."""
+    c = config.codec
+    state = {}
+    for b in c.blocks:
+        if b.kind == "conv":
+            state[f"conv_{b.index}_tail"] = [1, b.in_dim, b.kernel - b.stride]
+        elif b.kind == "conv_transpose":
+            state[f"conv_{b.index}_tail"] = [1, b.in_dim, -(-b.kernel // b.stride) - 1]
+        else:
+            for k in range(b.n_layers):
+                for kind in ("keys", "values"):
+                    state[f"block_{b.index}_layer_{k}_{kind}"] = [1, c.n_kv_heads, b.window, c.head_dim]
+    state["output_tail"] = [1, c.dim, c.patch_proj_kernel - 1]
+    return state
+
+
 def build_codec(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
                 plan: GraphPlan | None = None) -> GraphFile:
+    """codec_decoder: codes of 1..K new frames + carried state -> their audio + the next state.
+
+    Chunk after chunk, the audio equals the whole-utterance decode: each causal conv keeps its last
+    input columns, each transposed conv its last input column (its overlap), each attention layer the
+    keys and values of its window. Before the first chunk (frames_done = 0) the replicate and reflect
+    paddings of the whole decode are rebuilt from the chunk itself; that chunk must be >= 1 frame. A
+    whole utterance is one call with frames_done = 0 and zero state.
+    """
     c, a = config.codec, config.audio
     g = _Graph("codec_decoder", path, tensor, plan)
     try:
-        codes = g.add_input("codes", INT64, ["F", a.num_codebooks])
-        with g.scope("quantizer"):
-            q = "audio_tokenizer.quantizer.semantic_codebook"
-            table = tensor(f"{q}.embedding_sum") / np.maximum(tensor(f"{q}.cluster_usage"), np.float32(1e-5))[:, None]
-            semantic = g.op("Gather", [g.weight("semantic_embedding", table),
-                                       g.op("Gather", [codes, g.const(0, np.int64)], axis=1)], axis=0)
-            acoustic = g.op("Slice", [codes, g.const([1], np.int64), g.const([a.num_codebooks], np.int64),
-                                      g.const([1], np.int64)])
-            acoustic = g.op("Sub", [g.op("Mul", [g.op("Cast", [acoustic], to=FLOAT),
-                                                 g.const(2 / (a.acoustic_codebook_size - 1))]), g.const(1.0)])
-            latent = g.op("Concat", [semantic, acoustic], axis=1)  # [F, latent]
-            x = g.op("Unsqueeze", [g.op("Transpose", [latent], perm=[1, 0]), g.const([0], np.int64)])  # [1, C, T]
+        codes = g.add_input("codes", INT64, ["K", a.num_codebooks])
+        frames_done = g.add_input("frames_done", INT64, [1])
+        state = codec_state(config)
+        inputs = {name: g.add_input(name, FLOAT, shape) for name, shape in state.items()}
+        first = g.op("Reshape", [g.op("Equal", [frames_done, g.const([0], np.int64)]),
+                                 g.const([1, 1, 1], np.int64)], name="first_chunk")
+        x = _latent(g, config, codes)
+        rate = 1  # positions per frame at the current block
         for block in c.blocks:
             prefix = f"audio_tokenizer.decoder_blocks.{block.index}"
             with g.scope(prefix):
                 if block.kind == "transformer":
-                    x = _codec_transformer(g, c, prefix, x, block.n_layers, block.window)
+                    x = _codec_transformer_stream(g, c, prefix, x, block, inputs, frames_done, rate)
                     continue
                 w = weight_norm(tensor(f"{prefix}.conv.parametrizations.weight.original0"),
                                 tensor(f"{prefix}.conv.parametrizations.weight.original1"))
-                if block.kind == "conv":  # causal: replicate the first value K - 1 times on the left
-                    x = g.op("Pad", [x, g.const([0, 0, block.kernel - block.stride, 0, 0, 0], np.int64)],
-                             mode="edge")
-                    x = g.op("Conv", [x, g.weight("weight", w)], strides=[block.stride])
-                else:  # transposed: the last K - stride outputs need the future, so they are cut
-                    x = g.op("ConvTranspose", [x, g.weight("weight", w)], strides=[block.stride])
-                    if block.kernel > block.stride:
-                        x = g.op("Slice", [x, g.const([0], np.int64), g.const([block.stride - block.kernel], np.int64),
-                                           g.const([2], np.int64)])
+                tail_name = f"conv_{block.index}_tail"
+                tail = inputs[tail_name]
+                if block.kind == "conv":  # the whole decode's replicate padding, on the first chunk only
+                    first_column = g.op("Slice", [x, g.const([0], np.int64), g.const([1], np.int64),
+                                                  g.const([2], np.int64)])
+                    replicated = g.op("Expand", [first_column, g.const([1, 1, block.kernel - block.stride], np.int64)])
+                    tail = g.op("Where", [first, replicated, tail])
+                joined = g.op("Concat", [tail, x], axis=2)
+                _next_tail(g, joined, state[tail_name][2], tail_name)
+                if block.kind == "conv":
+                    x = g.op("Conv", [joined, g.weight("weight", w)], strides=[block.stride])
+                else:  # outputs before s * tail columns belong to the previous chunk; the last k - s to the next
+                    n_tail = state[tail_name][2]
+                    full = g.op("ConvTranspose", [joined, g.weight("weight", w)], strides=[block.stride])
+                    length = g.op("Mul", [g.op("Gather", [g.op("Shape", [x]), g.const([2], np.int64)]),
+                                          g.const([block.stride], np.int64)])
+                    start = g.const([block.stride * n_tail], np.int64)
+                    x = g.op("Slice", [full, start, g.op("Add", [start, length]), g.const([2], np.int64)])
+                    rate *= block.stride
         with g.scope("audio_tokenizer.output_proj"):
             p = "audio_tokenizer.output_proj.conv.parametrizations.weight"
             w = weight_norm(tensor(f"{p}.original0"), tensor(f"{p}.original1"))
-            x = g.op("Pad", [x, g.const([0, 0, c.patch_proj_kernel - 1, 0, 0, 0], np.int64)], mode="reflect")
-            x = g.op("Conv", [x, g.weight("weight", w)])  # [1, patch, T]
-            # each position's channels are consecutive samples
+            # the whole decode's reflect padding (x[6], ..., x[1]) on the first chunk
+            reflected = g.op("Slice", [x, g.const([c.patch_proj_kernel - 1], np.int64), g.const([0], np.int64),
+                                       g.const([2], np.int64), g.const([-1], np.int64)])
+            joined = g.op("Concat", [g.op("Where", [first, reflected, inputs["output_tail"]]), x], axis=2)
+            _next_tail(g, joined, c.patch_proj_kernel - 1, "output_tail")
+            x = g.op("Conv", [joined, g.weight("weight", w)])
             g.op("Reshape", [g.op("Transpose", [x], perm=[0, 2, 1]), g.const([-1], np.int64)],
                  outputs=[g.add_output("audio", FLOAT, ["samples"])])
         return g.finish()
@@ -283,25 +339,45 @@ def build_codec(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: 
         raise
 
 
-def _codec_transformer(g: _Graph, c, prefix: str, x: str, n_layers: int, window: int) -> str:
-    """Causal sliding-window transformer with ALiBi on x [1, C, T] (channels first in and out)."""
+def _next_tail(g: _Graph, joined: str, columns: int, name: str) -> None:
+    """The last `columns` input columns become the next chunk's tail."""
+    g.op("Slice", [joined, g.const([-columns], np.int64), g.const([np.iinfo(np.int64).max], np.int64),
+                   g.const([2], np.int64)], outputs=[g.add_output(f"next_{name}", FLOAT, [1, "C", columns])])
+
+
+def _codec_transformer_stream(g: _Graph, c, prefix: str, x: str, block, inputs: dict, frames_done: str,
+                              rate: int) -> str:
+    """The sliding-window transformer on a chunk, with the last `window` keys and values of each layer."""
+    window = block.window
     x = g.op("Transpose", [x], perm=[0, 2, 1])  # [1, T, C]
     with g.scope("alibi"):
-        n = g.op("Gather", [g.op("Shape", [x]), g.const(1, np.int64)], axis=0)
-        pos = g.op("Cast", [g.op("Range", [g.const(0, np.int64), n, g.const(1, np.int64)])], to=FLOAT)
-        rel = g.op("Sub", [g.op("Unsqueeze", [pos, g.const([0], np.int64)]),
-                           g.op("Unsqueeze", [pos, g.const([1], np.int64)])], name="j_minus_i")
+        t = g.op("Gather", [g.op("Shape", [x]), g.const(1, np.int64)], axis=0)
+        keys = g.op("Sub", [g.op("Cast", [g.op("Range", [g.const(0, np.int64), g.op("Add", [t, g.const(window, np.int64)]),
+                                                         g.const(1, np.int64)])], to=FLOAT), g.const(float(window))])
+        queries = g.op("Cast", [g.op("Range", [g.const(0, np.int64), t, g.const(1, np.int64)])], to=FLOAT)
+        rel = g.op("Sub", [g.op("Unsqueeze", [keys, g.const([0], np.int64)]),
+                           g.op("Unsqueeze", [queries, g.const([1], np.int64)])], name="j_minus_i")  # [T, W + T]
+        # cached slots before the utterance's first position hold nothing
+        valid = g.op("Min", [g.op("Mul", [frames_done, g.const([rate], np.int64)]), g.const([window], np.int64)])
+        empty = g.op("Less", [keys, g.op("Neg", [g.op("Cast", [valid], to=FLOAT)])])
+        outside = g.op("Or", [g.op("Or", [g.op("Greater", [rel, g.const(0.0)]),
+                                           g.op("Less", [rel, g.const(float(-window))])]),
+                              g.op("Unsqueeze", [empty, g.const([0], np.int64)])])
         bias = g.op("Mul", [g.weight("slopes", alibi_slopes(c.n_heads)[:, None, None]),
                             g.op("Unsqueeze", [rel, g.const([0], np.int64)])])
-        outside = g.op("Or", [g.op("Greater", [rel, g.const(0.0)]), g.op("Less", [rel, g.const(float(-window))])])
-        bias = g.op("Where", [outside, g.const(-np.inf), bias])
-        bias = g.op("Unsqueeze", [bias, g.const([0], np.int64)], name="bias")  # [1, H, T, T]
-    for k in range(n_layers):
+        bias = g.op("Unsqueeze", [g.op("Where", [outside, g.const(-np.inf), bias]), g.const([0], np.int64)],
+                    name="bias")
+    for k in range(block.n_layers):
         p = f"{prefix}.layers.{k}"
+        names = [f"block_{block.index}_layer_{k}_{kind}" for kind in ("keys", "values")]
         with g.scope(f"layers.{k}"):
             attn = g.attention(g.rms_norm(x, f"{p}.attention_norm.weight", c.norm_eps), p, c.n_heads, c.n_kv_heads,
                                c.head_dim, bias=bias, qk_norm_eps=c.qk_norm_eps,
-                               out_scale=g.tensor(f"{p}.attention_scale"))
+                               out_scale=g.tensor(f"{p}.attention_scale"), past=(inputs[names[0]], inputs[names[1]]))
+            for name, value in zip(names, g.present):  # the last `window` positions stay for the next chunk
+                g.op("Slice", [value, g.const([-window], np.int64), g.const([np.iinfo(np.int64).max], np.int64),
+                               g.const([2], np.int64)],
+                     outputs=[g.add_output(f"next_{name}", FLOAT, [1, c.n_kv_heads, window, c.head_dim])])
             x = g.op("Add", [x, attn], name="residual")
             ffn = g.feed_forward(g.rms_norm(x, f"{p}.ffn_norm.weight", c.norm_eps), p,
                                  scale=g.tensor(f"{p}.ffn_scale"))

@@ -97,7 +97,9 @@ def test_say_writes_a_wav_and_raw_pcm(capsys, monkeypatch, tiny_bundle_dirs, tmp
     assert saved.dtype == np.int32 and saved.shape == (7, 6)
     result = Synthesizer.open(bundle).synthesize("Bom dia!", "casual_male", seed=5, max_frames=7)
     np.testing.assert_array_equal(saved, result.codes)
-    np.testing.assert_array_equal(pcm, np.round(np.clip(result.audio, -1, 1) * 32767).astype("<i2"))
+    # streamed in chunks of 4 frames: equal to the whole decode within float rounding, so within 1 LSB
+    expected = np.round(np.clip(result.audio, -1, 1) * 32767).astype(np.int32)
+    assert np.abs(pcm.astype(np.int32) - expected).max() <= 1
 
     noise = tmp_path / "noise.npy"
     np.save(noise, np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32))
@@ -155,3 +157,66 @@ def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dir
     code, _, err = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", str(tmp_path / "none.toml"),
                        "--out", str(tmp_path / "x"))
     assert code == 1 and "neither a named plan" in err and not (tmp_path / "x").exists()
+
+
+def test_ctrl_c_leaves_a_valid_wav_of_what_was_made(capsys, monkeypatch, tiny_bundle_dirs, tmp_path):
+    import wave
+
+    from voxtral_edge.runtime import Synthesizer
+
+    stream = Synthesizer.stream
+
+    def interrupted_stream(self, *args, **kwargs):
+        chunks = stream(self, *args, **kwargs)
+        yield next(chunks)
+        yield next(chunks)
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while the third chunk was being made
+
+    monkeypatch.setattr(Synthesizer, "stream", interrupted_stream)
+    out = tmp_path / "cut.wav"
+    code, _, err = run(capsys, "say", "Hello there, how are you?", "--bundle", str(tiny_bundle_dirs[0]),
+                       "--voice", "casual_male", "-o", str(out), "--seed", "1", "--chunk-frames", "3")
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    with wave.open(str(out)) as w:  # a complete header: the file's length matches what it says
+        assert (w.getframerate(), w.getnframes()) == (24000, 2 * 3 * 1920)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.wav"]
+
+
+def test_play_uses_a_player_and_reports_underruns(capsys, monkeypatch, tiny_bundle_dirs, tmp_path):
+    import numpy as np
+
+    from voxtral_edge import playback
+
+    played = []
+
+    class FakeStream:  # a device that pulls 20 ms blocks as fast as it can, on its own thread
+        def __init__(self, samplerate, channels, dtype, callback):
+            self.callback, self.running = callback, False
+
+        def start(self):
+            import threading
+
+            self.running = True
+            self.thread = threading.Thread(target=self.pull)
+            self.thread.start()
+
+        def pull(self):
+            while self.running:
+                out = np.empty((480, 1), np.float32)
+                self.callback(out, 480, None, None)
+                played.append(out[:, 0].copy())
+
+        def stop(self):
+            self.running = False
+            self.thread.join()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(playback, "_sounddevice_stream", FakeStream)
+    code, _, err = run(capsys, "say", "Olá!", "--bundle", str(tiny_bundle_dirs[0]), "--voice", "casual_male",
+                       "--play", "--seed", "2", "--max-frames", "5")
+    assert code == 0 and "playback: 0.40 s played" in err and "0 underruns" in err
+    with pytest.raises(SystemExit) as e:
+        main(["say", "Hi", "--bundle", "b", "--voice", "v"])
+    assert e.value.code == 2

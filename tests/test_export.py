@@ -65,16 +65,42 @@ def test_flow_head_matches_reference(pair, t, batch):
     assert_close(v, ref.velocity(x, t, h))
 
 
+def random_codes(config, frames, seed):
+    a = config.audio
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.integers(0, a.semantic_codebook_size, (frames, 1)),
+                           rng.integers(0, a.acoustic_codebook_size, (frames, a.n_acoustic_codebook))], axis=1)
+
+
+def codec_chunks(bundle, codes, sizes):
+    """Decode `codes` chunk by chunk with the graph alone, carrying its state by hand."""
+    s = session(bundle, "codec_decoder")
+    inputs = Manifest.load(bundle)["graphs"]["codec_decoder"]["inputs"]
+    state = {n: np.zeros(spec["shape"], np.float32) for n, spec in inputs.items() if n not in ("codes", "frames_done")}
+    audio, done = [], 0
+    for size in sizes:
+        out = s.run(["audio"] + [f"next_{n}" for n in state],
+                    {"codes": codes[done:done + size], "frames_done": np.array([done], np.int64), **state})
+        audio.append(out[0])
+        state = dict(zip(state, out[1:]))
+        done += size
+    return np.concatenate(audio)
+
+
 @pytest.mark.parametrize("frames", [1, 2, 9])
 def test_codec_matches_reference(pair, frames):
     ref, bundle = pair
-    a = ref.config.audio
-    rng = np.random.default_rng(frames)
-    codes = np.concatenate([rng.integers(0, a.semantic_codebook_size, (frames, 1)),
-                            rng.integers(0, a.acoustic_codebook_size, (frames, a.n_acoustic_codebook))], axis=1)
-    audio = session(bundle, "codec_decoder").run(None, {"codes": codes})[0]
+    codes = random_codes(ref.config, frames, frames)
+    audio = codec_chunks(bundle, codes, [frames])  # a whole utterance is one call from an empty state
     assert audio.shape == (frames * ref.config.codec.samples_per_frame,)
     assert_close(audio, ref.decode(codes))
+
+
+@pytest.mark.parametrize("sizes", [[1] * 12, [2] * 6, [3] * 4, [5, 7], [1, 3, 2, 6], [4, 1, 1, 1, 5]])
+def test_codec_in_chunks_equals_the_whole_decode(pair, sizes):
+    ref, bundle = pair
+    codes = random_codes(ref.config, sum(sizes), len(sizes))
+    assert_close(codec_chunks(bundle, codes, sizes), ref.decode(codes))
 
 
 def test_manifest_describes_the_graphs(tiny_bundle_dirs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -84,8 +85,8 @@ def test_end_audio_ends_the_utterance(tiny_bundle_dirs, monkeypatch):
 
     def ending_backbone(self, x, past_length):
         hidden, logits = backbone(self, x, past_length)
-        calls.append(1)
-        if len(calls) == 4:  # the prefill, two steps, then END_AUDIO
+        calls.append(len(x))
+        if calls.count(1) == 3:  # after the prefill (one or two calls: voice prefix, text) and three steps
             logits = np.full_like(logits, -np.inf)
             logits[self.audio_layout["end_audio"]] = 0
         return hidden, logits
@@ -104,8 +105,9 @@ def test_errors_name_the_argument(tiny_bundle_dirs):
         synth.synthesize("Hi", "casual_male", noise=np.zeros((3, 4), np.float32))
     with pytest.raises(VoxtralEdgeError, match="max_frames 9 needs 9 rows of noise, found 3"):
         synth.synthesize("Hi", "casual_male", noise=np.zeros((3, 5), np.float32), max_frames=9)
-    with pytest.raises(VoxtralEdgeError, match="the prompt takes .* positions, max_context is 256"):
-        synth.synthesize("word " * 400, "casual_male", seed=0)
+    small = Synthesizer.open(tiny_bundle_dirs[0], max_context=12)
+    with pytest.raises(VoxtralEdgeError, match="the prompt takes 15 positions, max_context is 12"):
+        small.synthesize("Hello there", "casual_male", seed=0)  # 9 voice + 5 + 1 text token: no room
 
 
 @pytest.fixture
@@ -191,3 +193,65 @@ def test_without_guidance_the_unconditional_row_is_skipped_exactly(tiny_checkpoi
     want, _ = ref.synthesize(TEXT, "casual_male", noise, steps=4, cfg_alpha=1.0)  # computes both rows
     got = Synthesizer.open(tiny_bundle_dirs[2]).synthesize(TEXT, "casual_male", noise=noise, steps=4, cfg_alpha=1.0)
     np.testing.assert_array_equal(got.codes, want)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 5])
+def test_streaming_equals_synthesizing(tiny_bundle_dirs, chunk):
+    synth = Synthesizer.open(tiny_bundle_dirs[1])
+    noise = np.random.default_rng(chunk).standard_normal((17, 5)).astype(np.float32)
+    whole = synth.synthesize(TEXT, "neutral_female", noise=noise)
+    chunks = list(synth.stream(TEXT, "neutral_female", chunk_frames=chunk, noise=noise))
+    assert [len(c) for c in chunks[:-1]] == [chunk * 1920] * (len(chunks) - 1)
+    np.testing.assert_allclose(np.concatenate(chunks), whole.audio, rtol=1e-4, atol=1e-4 * np.abs(whole.audio).max())
+    np.testing.assert_array_equal(synth.last_result.codes, whole.codes)
+
+
+def test_a_stream_stopped_early_keeps_what_was_heard(tiny_bundle_dirs):
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    stream = synth.stream(TEXT, "casual_male", chunk_frames=2, seed=3, max_frames=30)
+    heard = [next(stream), next(stream)]
+    stream.close()
+    assert len(synth.last_result.codes) == 4 and len(synth.last_result.audio) == sum(map(len, heard))
+    assert len(synth.synthesize("Weiter.", "casual_male", seed=0, max_frames=2).codes) == 2  # the lock was released
+
+
+def test_the_voice_prefix_is_computed_once_and_reused(tiny_bundle_dirs, monkeypatch):
+    synth = Synthesizer.open(tiny_bundle_dirs[2])
+    noise = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
+    first = synth.synthesize(TEXT, "fr_female", noise=noise)  # computes and keeps the prefix
+    lengths = []
+    backbone = Synthesizer.backbone
+    monkeypatch.setattr(Synthesizer, "backbone", lambda self, x, p: (lengths.append((len(x), p)), backbone(self, x, p))[1])
+    second = synth.synthesize(TEXT, "fr_female", noise=noise)
+    np.testing.assert_array_equal(second.codes, first.codes)
+    np.testing.assert_allclose(second.audio, first.audio, atol=1e-5)
+    prefix = synth.voices["fr_female"] + 3  # [BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT]
+    assert lengths[0][1] == prefix  # the prefill started after the cached prefix
+    for voice in ("casual_male", "neutral_female", "fr_female", "casual_male", "neutral_female"):
+        synth.synthesize("Oi", voice, seed=0, max_frames=1)
+    assert list(synth._prefix_cache) == ["fr_female", "casual_male", "neutral_female"]
+
+
+def test_long_text_is_spoken_piece_by_piece(tiny_bundle_dirs):
+    synth = Synthesizer.open(tiny_bundle_dirs[0], max_context=64)
+    text = ("The first sentence is here. A second one follows it closely! Does a third need asking? "
+            "Yes, and a fourth.")
+    pieces = synth.pieces(text, "casual_male")
+    assert len(pieces) > 1 and " ".join(pieces).split() == text.split()
+    noise = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32)
+    with pytest.warns(UserWarning, match="did not end after .* no END_AUDIO"):
+        result = synth.synthesize(text, "casual_male", noise=noise, max_frames=60)
+    # the same as speaking each piece alone, the noise rows taken in turn
+    done, codes, audio = 0, [], []
+    for piece in pieces:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # each piece runs to its guard, as in the whole text
+            part = synth.synthesize(piece, "casual_male", noise=noise[done:], max_frames=60 - done)
+        codes.append(part.codes)
+        audio.append(part.audio)
+        done += len(part.codes)
+        if done >= 60:
+            break
+    np.testing.assert_array_equal(result.codes, np.concatenate(codes)[:60])
+    np.testing.assert_allclose(result.audio, np.concatenate(audio)[:len(result.audio)], atol=1e-5)
+    assert not result.finished
