@@ -261,14 +261,16 @@ class Synthesizer:
             audio = np.concatenate(audio) if audio else np.zeros(0, dtype=f32)
             return run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate)
 
-    def stream(self, text: str, voice: str, *, chunk_frames: int = 4, seed: int | None = None,
-               steps: int | None = None, cfg_alpha: float = 1.2, max_frames: int | None = None,
-               noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
-        """Speak `text`, yielding float32 audio every `chunk_frames` frames (80 ms each) as they are made;
-        the chunks concatenate to what `synthesize` returns. Stop early by closing the generator (or
-        leaving the loop); `last_result` then holds the codes, audio and timings of what was made."""
-        if chunk_frames < 1:
-            raise VoxtralEdgeError(f"chunk_frames must be >= 1, found {chunk_frames}")
+    def stream(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
+               seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
+               max_frames: int | None = None, noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
+        frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
+        concatenate to what `synthesize` returns. Stop early by closing the generator (or leaving the
+        loop); `last_result` then holds the codes, audio and timings of what was made."""
+        if chunk_frames < 1 or first_chunk_frames < 1:
+            raise VoxtralEdgeError(f"chunk_frames and first_chunk_frames must be >= 1, found {chunk_frames} "
+                                   f"and {first_chunk_frames}")
         with self._lock:
             run, chunks, pending, codec, current = _Run(), [], [], None, None
             try:
@@ -280,7 +282,7 @@ class Synthesizer:
                             yield chunks[-1]
                         codec, current = CodecStream(self), piece
                     pending.append(frame)
-                    if len(pending) == chunk_frames:
+                    if len(pending) == (chunk_frames if chunks else first_chunk_frames):
                         chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
                         pending = []
                         yield chunks[-1]
