@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VoxtralEdgeError
+from .errors import UsageError, VoxtralEdgeError
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
@@ -20,7 +20,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write a mono 16-bit WAV; the file appears complete or not at all."""
     path = Path(path)
     if path.is_dir():
-        raise VoxtralEdgeError(f"{path}: is a directory; give a file name such as {path / 'out.wav'}")
+        raise UsageError(f"{path}: is a directory; give a file name such as {path / 'out.wav'}")
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with wave.open(str(tmp), "wb") as w:
@@ -42,12 +42,13 @@ class WavWriter:
     def __init__(self, path: str | Path, sample_rate: int):
         self.path = Path(path)
         if self.path.is_dir():
-            raise VoxtralEdgeError(f"{self.path}: is a directory; give a file name such as {self.path / 'out.wav'}")
+            raise UsageError(f"{self.path}: is a directory; give a file name such as {self.path / 'out.wav'}")
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         try:
-            self.wave = wave.open(str(self.tmp), "wb")
+            self.file = open(self.tmp, "wb")  # opened first: wave.open on a bad path leaves a broken object
         except OSError as e:
             raise VoxtralEdgeError(f"{self.path}: cannot write ({e.strerror or e})") from None
+        self.wave = wave.open(self.file, "wb")
         self.wave.setnchannels(1)
         self.wave.setsampwidth(2)
         self.wave.setframerate(int(sample_rate))
@@ -59,9 +60,11 @@ class WavWriter:
 
     def close(self) -> Path:
         self.wave.close()
+        self.file.close()
         os.replace(self.tmp, self.path)
         return self.path
 
     def discard(self) -> None:
         self.wave.close()
+        self.file.close()
         self.tmp.unlink(missing_ok=True)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from voxtral_edge import __version__
-from voxtral_edge.errors import VoxtralEdgeError
+from voxtral_edge.errors import UsageError, VoxtralEdgeError
 
 
 def _read_text(text: str) -> str:
@@ -25,7 +26,7 @@ def _read_text(text: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise VoxtralEdgeError(f"standard input: not valid UTF-8 at byte {e.start}") from None
+        raise UsageError(f"standard input: not valid UTF-8 at byte {e.start} (text must be UTF-8)") from None
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
 
@@ -77,14 +78,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind):
+def _positive(kind, low=None, high=None):
+    """An argparse type: a number of `kind` in [low, high] (default: > 0)."""
     def parse(value: str):
         try:
             number = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, found {value!r}") from None
-        if number <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, found {value}")
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"found {value!r}") from None
+        if not math.isfinite(number):
+            raise argparse.ArgumentTypeError(f"expected a finite number, found {value!r}")
+        if (low is None and number <= 0) or (low is not None and number < low) or (high is not None and number > high):
+            bounds = f"from {low} to {high}" if high is not None else (f">= {low}" if low is not None else "> 0")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, found {value}")
         return number
     return parse
 
@@ -435,15 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="play through the speakers as the audio is made (needs sounddevice and PortAudio)")
     p.add_argument("--chunk-frames", type=_positive(int), default=4, metavar="N",
                    help="frames (80 ms each) per audio chunk written or played (default: 4)")
-    p.add_argument("--seed", type=int, help="random seed of the flow-matching noise (default: random, reported)")
-    p.add_argument("--steps", type=_positive(int), help="Euler steps per frame (default: the model's, 7)")
-    p.add_argument("--cfg", type=float, metavar="ALPHA",
+    p.add_argument("--seed", type=_positive(int, 0, 2**63 - 1),
+                   help="random seed of the flow-matching noise, 0..2^63-1 (default: random, reported)")
+    p.add_argument("--steps", type=_positive(int, 1, 64), help="Euler steps per frame, 1..64 (default: the model's, 7)")
+    p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA",
                    help="classifier-free guidance strength (default: 1.2; 1 skips the unconditional pass)")
     p.add_argument("--max-frames", type=_positive(int), metavar="N",
                    help="stop after N frames of 80 ms (default: 2048, or the rows of --noise)")
     p.add_argument("--noise", metavar="FILE.npy", help="float32 [frames, 36]: row f is frame f's initial noise")
     p.add_argument("--dump-codes", metavar="FILE.npy", help="also write the codes, int32 [frames, 37]")
-    p.add_argument("--threads", type=_positive(int), help="onnxruntime threads (default: onnxruntime's choice)")
+    p.add_argument("--threads", type=_positive(int, 1, 256), help="onnxruntime threads (default: onnxruntime's choice)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the bundle's files (sizes are still checked)")
     p.add_argument("--max-context", type=_positive(int), metavar="N",
@@ -468,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
     p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
-    p.add_argument("--steps", type=_positive(int), help="Euler steps (default: the model's)")
-    p.add_argument("--cfg", type=float, metavar="ALPHA", help="guidance strength (default: 1.2)")
+    p.add_argument("--steps", type=_positive(int, 1, 64), help="Euler steps, 1..64 (default: the model's)")
+    p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA", help="guidance strength (default: 1.2)")
     p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")
     p.add_argument("--frames", type=_positive(int), default=25, help="frames per run (default: 25, 2 s)")
     p.add_argument("--repeats", type=_positive(int), default=3, help="runs (default: 3)")
@@ -505,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"voxtral-edge: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("voxtral-edge: interrupted", file=sys.stderr)
         return 130

@@ -23,3 +23,15 @@ class TokenizerError(VoxtralEdgeError):
 
 class BundleError(VoxtralEdgeError):
     """A bundle directory is missing, damaged, or was made by an incompatible version."""
+
+
+class UsageError(VoxtralEdgeError):
+    """A bad argument or input (text, voice, number out of range, output path): the CLI exits with 2."""
+
+
+class BundlePathError(BundleError, UsageError):
+    """The bundle path given is not a bundle at all."""
+
+
+class UnknownNameError(ConfigError, UsageError):
+    """A plan, profile or voice name that does not exist."""

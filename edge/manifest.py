@@ -14,12 +14,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BundleError
+from .errors import BundleError, BundlePathError
+from .onnxfile import MalformedOnnx, external_locations
 
 FORMAT = "voxtral-edge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
+# The named precision plans (defined in voxtral_edge.quant.plans; named here so the runtime can check them).
+PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast")
 REQUIRED = ("format", "schema_version", "files", "graphs", "model", "audio", "special_ids", "embeddings",
             "voices", "tokenizer", "quantization")
 
@@ -57,11 +60,11 @@ class Manifest:
         bundle = Path(bundle)
         path = bundle / MANIFEST
         if not bundle.is_dir():
-            raise BundleError(f"{bundle}: not a bundle directory (make one with `voxtral-edge export`)")
+            raise BundlePathError(f"{bundle}: not a bundle directory (make one with `voxtral-edge export`)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise BundleError(f"{path}: missing; {bundle} is not a voxtral-edge bundle") from None
+            raise BundlePathError(f"{path}: missing; {bundle} is not a voxtral-edge bundle") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BundleError(f"{path}: unreadable ({e})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -102,6 +105,16 @@ class Manifest:
             if verify and sha256_file(path) != entry["sha256"]:
                 raise BundleError(f"{path}: sha256 differs from the manifest's (the file is damaged or was "
                                   f"altered); re-export the bundle")
+        for name, graph in self.data["graphs"].items():  # onnxruntime would open whatever path a graph names
+            path = self.path(graph["file"])
+            try:
+                locations = set(external_locations(path))
+            except (MalformedOnnx, UnicodeDecodeError) as e:
+                raise BundleError(f"{path}: not a valid ONNX file ({e})") from None
+            allowed = {graph["data"]} if graph.get("data") else set()
+            if locations - allowed:
+                raise BundleError(f"{path}: tensor data is read from {sorted(locations - allowed)}, but the only "
+                                  f"data file this graph may use is {sorted(allowed) or 'none'}")
 
     def path(self, name: str) -> Path:
         """A bundle file's path; names may not leave the bundle directory."""

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from voxtral_edge.quant.plans import NAMED_PLANS
-
-from .errors import ConfigError
+from .errors import ConfigError, UnknownNameError
+from .manifest import PLAN_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,7 +45,7 @@ else:  # pragma: no cover - Python 3.10
 # Short names in profiles -> onnxruntime's provider names.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "qnn": "QNNExecutionProvider",
              "xnnpack": "XnnpackExecutionProvider", "coreml": "CoreMLExecutionProvider"}
-PRECISIONS = tuple(NAMED_PLANS)
+PRECISIONS = PLAN_NAMES
 
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
 _PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)}"
@@ -144,7 +143,7 @@ def load_profile(name_or_path: str | os.PathLike) -> DeviceProfile:
         return _parse(shipped[text].read_text(encoding="utf-8"), str(shipped[text]), text)
     path = Path(text)
     if path.suffix != ".toml" and not path.exists() and os.sep not in text and "/" not in text:
-        raise ConfigError(f"unknown device profile {text!r}: shipped profiles are {', '.join(sorted(shipped))}; "
+        raise UnknownNameError(f"unknown device profile {text!r}: shipped profiles are {', '.join(sorted(shipped))}; "
                           f"or give the path of a .toml profile")
     try:
         content = path.read_text(encoding="utf-8")

@@ -14,7 +14,9 @@ serialized by a lock.
 
 from __future__ import annotations
 
+import math
 import secrets
+import unicodedata
 import threading
 import time
 import warnings
@@ -26,7 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .errors import BundleError, VoxtralEdgeError
+from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .text import split_text
@@ -131,7 +133,7 @@ class Synthesizer:
 
     def voice(self, name: str) -> np.ndarray:
         if name not in self.manifest["voices"]:
-            raise VoxtralEdgeError(f"unknown voice {name!r}; this bundle has: {', '.join(sorted(self.voices))}")
+            raise UsageError(f"unknown voice {name!r}; this bundle has: {', '.join(sorted(self.voices))}")
         if name not in self._voices:
             self._voices[name] = np.load(self.manifest.path(self.manifest["voices"][name]["file"]),
                                          allow_pickle=False).astype(f32)
@@ -269,7 +271,7 @@ class Synthesizer:
         concatenate to what `synthesize` returns. Stop early by closing the generator (or leaving the
         loop); `last_result` then holds the codes, audio and timings of what was made."""
         if chunk_frames < 1 or first_chunk_frames < 1:
-            raise VoxtralEdgeError(f"chunk_frames and first_chunk_frames must be >= 1, found {chunk_frames} "
+            raise UsageError(f"chunk_frames and first_chunk_frames must be >= 1, found {chunk_frames} "
                                    f"and {first_chunk_frames}")
         with self._lock:
             run, chunks, pending, codec, current = _Run(), [], [], None, None
@@ -298,15 +300,16 @@ class Synthesizer:
         """(piece index, frame of codes without specials), one frame at a time, as they are generated."""
         layout = self.audio_layout
         n_acoustic = layout["n_acoustic_codebook"]
-        steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else int(steps)
+        steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
+        check_request(text, steps, cfg_alpha, max_frames, seed)
         self.voice(voice)
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
-                raise VoxtralEdgeError(f"noise must be float32 [frames, {n_acoustic}], found {list(noise.shape)}")
+                raise UsageError(f"noise must be float32 [frames, {n_acoustic}], found {list(noise.shape)}")
             max_frames = len(noise) if max_frames is None else max_frames
             if max_frames > len(noise):
-                raise VoxtralEdgeError(f"max_frames {max_frames} needs {max_frames} rows of noise, found {len(noise)}")
+                raise UsageError(f"max_frames {max_frames} needs {max_frames} rows of noise, found {len(noise)}")
         else:
             run.seed = secrets.randbits(63) if seed is None else int(seed)
             rng = np.random.default_rng(run.seed)
@@ -351,6 +354,33 @@ class Synthesizer:
             if left <= 0:
                 run.finished = run.finished and index == len(pieces) - 1
                 return
+
+
+MAX_STEPS = 64
+MAX_CFG = 10.0
+
+
+def check_request(text, steps, cfg_alpha, max_frames, seed) -> None:
+    """Refuse what cannot be spoken, before any work: UsageError says what is wrong and what is accepted."""
+    if not isinstance(text, str):
+        raise UsageError(f"text must be a str, found {type(text).__name__}")
+    if not text.strip():
+        raise UsageError("text is empty: give something to say")
+    for i, ch in enumerate(text):
+        if ch not in "\t\n\r" and (unicodedata.category(ch) == "Cc" or 0xD800 <= ord(ch) <= 0xDFFF):
+            raise UsageError(f"text has the control character U+{ord(ch):04X} at position {i}; printable text, "
+                             f"tabs and newlines are accepted")
+    for name, value, low, high in (("steps", steps, 1, MAX_STEPS), ("max_frames", max_frames, 1, None),
+                                   ("seed", seed, 0, 2**63 - 1)):
+        if value is None and name != "steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+                high is not None and value > high):
+            accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+            raise UsageError(f"{name} must be {accepted}, found {value!r}")
+    if isinstance(cfg_alpha, bool) or not isinstance(cfg_alpha, (int, float)) or not math.isfinite(cfg_alpha) or \
+            not 0 <= cfg_alpha <= MAX_CFG:
+        raise UsageError(f"cfg_alpha must be a number from 0 to {MAX_CFG:g}, found {cfg_alpha!r}")
 
 
 class RunawayWarning(UserWarning):

@@ -14,7 +14,11 @@ from typing import NoReturn
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from .errors import TokenizerError
+from .errors import TokenizerError, UsageError
+
+
+class UnknownVoiceError(TokenizerError, UsageError):
+    """A voice the tokenizer has no audio-token count for."""
 
 # What mistral-common assumes for files (<= v7) that carry no special_tokens list.
 LEGACY_SPECIAL_TOKENS = (
@@ -178,7 +182,7 @@ class Tekken:
             raise TokenizerError(f"{self.path}: no 'audio' section, so no voice is defined (asked for {voice!r})")
         voices = self.voice_num_audio_tokens
         if voice not in voices:
-            raise TokenizerError(f"{self.path}: unknown voice {voice!r}; known voices: {', '.join(voices) or 'none'}")
+            raise UnknownVoiceError(f"{self.path}: unknown voice {voice!r}; known voices: {', '.join(voices) or 'none'}")
         return voices[voice]
 
     def encode(self, text: str) -> list[int]:

@@ -7,6 +7,7 @@ the largest tensor, not for the model. The bundle appears under its name only on
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
     bar = Progress(f"exporting {out.name}", total, unit="B", enabled=progress)
     tensor_bytes = {n: 4 * int(np.prod(s)) for n, s in shapes.items()}
 
+    nonfinite: dict[str, int] = {}
+
     def tensor(name: str) -> np.ndarray:
         bar.advance(tensor_bytes[name], name)
-        return ck.tensor(name)
+        value = ck.tensor(name)
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            nonfinite[name] = bad
+        return value
 
     try:
         graphs: dict[str, GraphFile] = {
@@ -148,6 +155,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
         }
         write_manifest(tmp, manifest)
         bar.finish()
+        if nonfinite:  # exported as they are (the bundle is faithful), but the user must know
+            listed = ", ".join(f"{n} ({c})" for n, c in sorted(nonfinite.items())[:5])
+            warnings.warn(f"{ck.dir / 'consolidated.safetensors'}: {sum(nonfinite.values())} NaN or infinite values "
+                          f"in {len(nonfinite)} tensors: {listed}; the audio will likely be broken", stacklevel=2)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voxtral_edge.errors import ConfigError
+from voxtral_edge.errors import ConfigError, UnknownNameError
 
 from .matmul import QuantSpec
 
@@ -109,7 +109,7 @@ def load_plan(plan: str | Path) -> Plan:
         return NAMED_PLANS[str(plan)]
     path = Path(plan)
     if not path.is_file():
-        raise ConfigError(f"--plan {plan}: neither a named plan ({', '.join(NAMED_PLANS)}) nor a TOML file")
+        raise UnknownNameError(f"--plan {plan}: neither a named plan ({', '.join(NAMED_PLANS)}) nor a TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

@@ -37,13 +37,13 @@ def test_tokens_and_prompt_print_the_library_ids(capsys, monkeypatch, tiny_check
 
 def test_errors_are_one_line_with_exit_codes(capsys, monkeypatch, tiny_checkpoint_dir, tmp_path):
     code, out, err = run(capsys, "prompt", "--checkpoint", str(tiny_checkpoint_dir), "--voice", "nobody", "Hi")
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.count("\n") == 1 and "unknown voice 'nobody'" in err and "casual_male" in err
     code, _, err = run(capsys, "tokens", "--tokenizer", str(tmp_path / "missing.json"), "Hi")
     assert code == 1 and "missing.json" in err and "Traceback" not in err
     code, _, err = run(capsys, "tokens", "--tokenizer", str(tiny_checkpoint_dir / "tekken.json"), "-",
                        stdin=b"\xff\xfe bad", monkeypatch=monkeypatch)
-    assert code == 1 and "standard input: not valid UTF-8 at byte 0" in err
+    assert code == 2 and "standard input: not valid UTF-8 at byte 0" in err
     with pytest.raises(SystemExit) as e:
         main(["tokens"])
     assert e.value.code == 2
@@ -113,12 +113,12 @@ def test_say_writes_a_wav_and_raw_pcm(capsys, monkeypatch, tiny_bundle_dirs, tmp
 def test_say_errors_leave_no_file(capsys, tiny_bundle_dirs, tmp_path):
     out = tmp_path / "x.wav"
     code, _, err = run(capsys, "say", "Hi", "--bundle", str(tiny_bundle_dirs[0]), "--voice", "nobody", "-o", str(out))
-    assert code == 1 and "unknown voice 'nobody'" in err and not out.exists()
+    assert code == 2 and "unknown voice 'nobody'" in err and not out.exists()
     code, _, err = run(capsys, "say", "Hi", "--bundle", str(tmp_path / "nope"), "--voice", "x", "-o", str(out))
-    assert code == 1 and "not a bundle directory" in err
+    assert code == 2 and "not a bundle directory" in err
     code, _, err = run(capsys, "say", "Hi", "--bundle", str(tiny_bundle_dirs[0]), "--voice", "casual_male",
                        "-o", str(tmp_path), "--max-frames", "2", "--seed", "0")
-    assert code == 1 and "is a directory" in err
+    assert code == 2 and "is a directory" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     with pytest.raises(SystemExit):
         main(["say", "Hi", "--bundle", "b", "--voice", "v", "-o", "x.wav", "--steps", "0"])
@@ -156,7 +156,7 @@ def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dir
     assert code == 0 and _json.loads((tmp_path / "e" / "manifest.json").read_text())["quantization"]["plan"] == "int4-all"
     code, _, err = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", str(tmp_path / "none.toml"),
                        "--out", str(tmp_path / "x"))
-    assert code == 1 and "neither a named plan" in err and not (tmp_path / "x").exists()
+    assert code == 2 and "neither a named plan" in err and not (tmp_path / "x").exists()
 
 
 def test_ctrl_c_leaves_a_valid_wav_of_what_was_made(capsys, monkeypatch, tiny_bundle_dirs, tmp_path):

@@ -179,6 +179,12 @@ def test_bad_plans_are_named(tmp_path, toml, message):
         load_plan(path)
 
 
+def test_the_runtime_knows_every_named_plan():
+    from voxtral_edge.manifest import PLAN_NAMES
+
+    assert tuple(NAMED_PLANS) == PLAN_NAMES
+
+
 def test_unknown_plan_name():
     with pytest.raises(ConfigError, match=r"--plan int3: neither a named plan \(fp32, int8, int4, int4-all, int4-fast"):
         load_plan("int3")
