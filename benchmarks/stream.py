@@ -82,13 +82,15 @@ def main() -> None:
     frames = int(args.seconds * 12.5)
     player = Player(synth.sample_rate, prebuffer_s=float("inf"),
                     stream_factory=lambda **kw: RealtimeDevice(**kw))
-    start, made = time.perf_counter(), 0
+    start, made, previous = time.perf_counter(), 0, None
     for chunk in synth.stream(LONG, voice, chunk_frames=args.chunk_frames, seed=0, steps=args.steps,
                               max_frames=frames):
         made += len(chunk) // synth._samples_per_frame
-        if player.prebuffer_s == float("inf"):
-            frame_ms = 1e3 * (time.perf_counter() - start) / made
+        now = time.perf_counter()
+        if previous is not None and player.prebuffer_s == float("inf"):  # the pace past the prefill
+            frame_ms = 1e3 * (now - previous) / (len(chunk) // synth._samples_per_frame)
             player.prebuffer_s = choose_prebuffer(frame_ms, args.chunk_frames, frames)
+        previous = now
         player.write(chunk)
     generated = time.perf_counter() - start
     player.finish()

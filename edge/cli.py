@@ -167,7 +167,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
-                                 frames=args.frames, repeats=args.repeats, max_context=args.max_context)
+                                 frames=args.frames, repeats=args.repeats, max_context=args.max_context,
+                                 verify=not args.no_verify)
     print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -198,8 +199,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    from voxtral_edge.audio import WavWriter, to_pcm16
-    from voxtral_edge.runtime import RunawayWarning, Synthesizer
+    from voxtral_edge.audio import WavWriter
+    from voxtral_edge.runtime import Synthesizer
 
     _apply_profile(args)
     text = _read_text(args.text)
@@ -253,7 +254,7 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
     chunk_frames = args.chunk_frames
     chunks = synth.stream(text, args.voice, chunk_frames=chunk_frames, seed=args.seed, steps=args.steps,
                           cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise)
-    start, frames = time.perf_counter(), 0
+    previous = None  # when the last chunk arrived: the pace is measured past the first (which holds the prefill)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunawayWarning)
         try:
@@ -264,13 +265,14 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
                     sys.stdout.buffer.write(to_pcm16(chunk))
                     sys.stdout.buffer.flush()
                 if player:
-                    frames += len(chunk) // synth._samples_per_frame
-                    if player.prebuffer_s == float("inf"):  # enough margin for the pace just measured
+                    now = time.perf_counter()
+                    if previous is not None and player.prebuffer_s == float("inf"):  # margin for the pace seen
                         from voxtral_edge.playback import choose_prebuffer
 
-                        frame_ms = 1e3 * (time.perf_counter() - start) / max(frames, 1)
+                        frame_ms = 1e3 * (now - previous) / (len(chunk) // synth._samples_per_frame)
                         expected = args.max_frames or 10 * len(synth.tokenizer.encode(text).ids)
-                        player.prebuffer_s = choose_prebuffer(frame_ms, chunk_frames, max(expected, frames))
+                        player.prebuffer_s = choose_prebuffer(frame_ms, chunk_frames, expected)
+                    previous = now
                     player.write(chunk)
             if player:
                 player.finish()
@@ -481,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_positive(int), default=25, help="frames per run (default: 25, 2 s)")
     p.add_argument("--repeats", type=_positive(int), default=3, help="runs (default: 3)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a markdown table")
+    p.add_argument("--no-verify", action="store_true", help="load without hashing the bundle (sizes still checked)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw where a frame's time goes (needs matplotlib)")
     p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
     p.add_argument("--here", default="x86-avx512", metavar="PROFILE",

@@ -6,7 +6,6 @@ the largest tensor, not for the model. The bundle appears under its name only on
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from voxtral_edge import __version__
 from voxtral_edge.errors import VoxtralEdgeError
+from voxtral_edge.files import replacing_folder
 from voxtral_edge.manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
 from voxtral_edge.progress import Progress
 
@@ -75,11 +75,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
     if not 1 <= max_context <= b.max_seq_len:
         raise VoxtralEdgeError(f"--max-context {max_context}: must be between 1 and the model's max_seq_len "
                                f"({b.max_seq_len})")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise VoxtralEdgeError(f"{out}: exists and is not empty (pass --force to replace it)")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "voices").mkdir(parents=True)
 
     shapes = cfg.tensor_shapes()
     total = 4 * sum(int(np.prod(s)) for n, s in shapes.items() if "embeddings" not in n)
@@ -97,7 +92,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
             nonfinite[name] = bad
         return value
 
-    try:
+    with replacing_folder(out, force) as tmp:
+        (tmp / "voices").mkdir()
         graphs: dict[str, GraphFile] = {
             "backbone_step": build_backbone(cfg, tensor, tmp / "backbone_step.onnx", max_context,
                                             plan.graph("backbone_step")),
@@ -159,10 +155,4 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
             listed = ", ".join(f"{n} ({c})" for n, c in sorted(nonfinite.items())[:5])
             warnings.warn(f"{ck.dir / 'consolidated.safetensors'}: {sum(nonfinite.values())} NaN or infinite values "
                           f"in {len(nonfinite)} tensors: {listed}; the audio will likely be broken", stacklevel=2)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

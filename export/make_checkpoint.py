@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from voxtral_edge.errors import ConfigError, VoxtralEdgeError
+from voxtral_edge.files import replacing_folder
 from voxtral_edge.progress import Progress
 
 from .checkpoint import PARAMS_FILE, TEKKEN_FILE, VOICE_DIR, WEIGHTS_FILE, SafetensorsWriter
@@ -190,10 +191,8 @@ def make_checkpoint(out: str | Path, *, size: str = "tiny", params: dict | None 
         raise VoxtralEdgeError(f"{out.parent}: {free / 1e9:.1f} GB free, the checkpoint needs "
                                f"{total_bytes / 1e9:.1f} GB")
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / VOICE_DIR).mkdir(parents=True)
-    try:
+    with replacing_folder(out, force) as tmp:
+        (tmp / VOICE_DIR).mkdir()
         (tmp / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
         voices = voice_counts(params)
         n_special = 1000 if config.backbone.vocab_size > 4096 else 100
@@ -209,12 +208,6 @@ def make_checkpoint(out: str | Path, *, size: str = "tiny", params: dict | None 
         _write_weights(tmp / WEIGHTS_FILE, config, shapes, seed,
                        layer_scale=float(params["multimodal"]["audio_tokenizer_args"].get("layer_scale_init", 0.01)),
                        show=progress and total_bytes > 200e6)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

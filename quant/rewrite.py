@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from voxtral_edge.errors import VoxtralEdgeError
+from voxtral_edge.files import replacing_folder
 from voxtral_edge.manifest import Manifest, file_entry, write_manifest
 from voxtral_edge.progress import Progress
 
@@ -89,16 +90,11 @@ def quantize_bundle(src: str | Path, out: str | Path, plan: str | Path | Plan, *
         if plan.graph(name).spec is not None and manifest["graphs"][name]["precision"] != "fp32":
             raise VoxtralEdgeError(f"{manifest.bundle}: graph '{name}' is already {manifest['graphs'][name]['precision']}"
                                    f"; quantize an fp32 bundle (re-export with --precision fp32)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise VoxtralEdgeError(f"{out}: exists and is not empty (pass --force to replace it)")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     data = manifest.data
     total = sum(data["files"][g["data"]]["size"] for name, g in data["graphs"].items()
                 if g.get("data") and plan.graph(name).spec is not None)
     bar = Progress(f"quantizing to {out.name}", total, unit="B", enabled=progress)
-    try:
+    with replacing_folder(out, force) as tmp:
         new = {k: v for k, v in data.items() if k not in ("files", "graphs", "quantization")}
         new["graphs"], new["files"], rewritten = {}, {}, {}
         for name, entry in data["graphs"].items():
@@ -123,10 +119,4 @@ def quantize_bundle(src: str | Path, out: str | Path, plan: str | Path | Plan, *
         new["quantization"]["from"] = str(manifest.bundle.name)
         write_manifest(tmp, new)
         bar.finish()
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
