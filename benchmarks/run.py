@@ -96,6 +96,11 @@ def main() -> None:
     report(results, llama)
 
 
+def frame_ms(rows: dict) -> float:
+    """One frame's time: its backbone step, all its Euler steps and its codec share."""
+    return rows["backbone"]["median"] + rows["flow head"]["median"] + rows["codec"]["median"]
+
+
 def report(results: list[dict], llama: dict | None) -> None:
     first = results[0]["rows"]["load"]
     print(f"{first['cpu']}, {first['cores']} cores, threads {first['threads']}, onnxruntime {first['onnxruntime']}, "
@@ -105,7 +110,7 @@ def report(results: list[dict], llama: dict | None) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         x = r["rows"]
-        frame = x["backbone"]["median"] + x["flow head"]["median"] + x["codec"]["median"]
+        frame = frame_ms(x)
         print(f"| {r['plan']} | {r['steps']} | {x['load']['size_gb']:.2f} | {x['load']['median']:.1f} | "
               f"{x['prefill']['median']:.1f} | {x['backbone']['median']:.1f} | {x['flow head step']['median']:.1f} | "
               f"{x['flow head']['median']:.1f} | {x['codec']['median']:.1f} | {x['first audio']['median']:.0f} | "
@@ -120,7 +125,7 @@ def report(results: list[dict], llama: dict | None) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         x = r["rows"]
-        frame = x["backbone"]["median"] + x["flow head"]["median"] + x["codec"]["median"]
+        frame = frame_ms(x)
         print(f"| {r['plan']} | {r['steps']} | {x['backbone']['median'] / ld:.2f} | {x['prefill']['median'] / pp:.2f} | "
               f"{x['flow head step']['median'] / ld:.2f} | {frame / ld:.2f} |")
 
