@@ -6,7 +6,9 @@ nbits          onnxruntime's MatMulNBits (com.microsoft): weight-only, 4 or 8 bi
                in plain numpy (the tests' oracle). accuracy_level 4 lets the CPU compute in int8.
 dynamic-int8   DynamicQuantizeMatMul (com.microsoft): int8 weights with one symmetric scale per output
                column, activations quantized per call -- what onnxruntime's quantize_dynamic produces
-               after its fusions, emitted directly.
+               after its fusions, emitted directly. Weights use 7 bits (-63..63), onnxruntime's
+               `reduce_range`: on x86 without VNNI (AVX2) the u8 x s8 kernel adds pairs of products in
+               int16 with saturation, and full-range weights overflow it (flow-head cosine 0.87).
 
 Both the exporter (tensor by tensor, while building a graph) and `voxtral-edge quantize` (rewriting a
 built graph) go through `emit_quantized_matmul`.
@@ -90,10 +92,13 @@ class Int8Weight:
     scales: np.ndarray
 
 
+INT8_WEIGHT_MAX = 63  # 2 * 255 * 63 < 2^15: no int16 saturation in AVX2's vpmaddubsw
+
+
 def quantize_int8_columns(weight_kn: np.ndarray) -> Int8Weight:
     w = np.asarray(weight_kn, dtype=np.float32)
-    scales = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127
-    values = np.clip(np.round(w / scales), -127, 127).astype(np.int8)
+    scales = np.maximum(np.abs(w).max(axis=0), 1e-12) / INT8_WEIGHT_MAX
+    values = np.clip(np.round(w / scales), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
     return Int8Weight(values, scales.astype(np.float32))
 
 

@@ -13,7 +13,8 @@ from voxtral_edge.errors import ConfigError, VoxtralEdgeError
 from voxtral_edge.export.bundle import export_bundle
 from voxtral_edge.export.onnx_graph import GraphBuilder
 from voxtral_edge.manifest import Manifest
-from voxtral_edge.quant.matmul import (QuantSpec, dequantize_nbits, emit_quantized_matmul, quantize_int8_columns,
+from voxtral_edge.quant.matmul import (INT8_WEIGHT_MAX, QuantSpec, dequantize_nbits, emit_quantized_matmul,
+                                       quantize_int8_columns,
                                        quantize_nbits)
 from voxtral_edge.quant.plans import NAMED_PLANS, GraphPlan, load_plan
 from voxtral_edge.quant.quality import quality_report, write_report
@@ -71,7 +72,7 @@ def test_int8_compute_paths_stay_close(tmp_path, spec):
         weight = dequantize_nbits(quantize_nbits(w, spec))
     else:
         q = quantize_int8_columns(w)
-        assert q.values.dtype == np.int8 and np.abs(q.values).max() == 127
+        assert q.values.dtype == np.int8 and np.abs(q.values).max() == INT8_WEIGHT_MAX
         weight = q.values.astype(np.float32) * q.scales
     want = a @ weight
     # activations are quantized to 8 bits per call: about 1% of the output's scale
