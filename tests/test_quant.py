@@ -14,8 +14,7 @@ from voxtral_edge.export.bundle import export_bundle
 from voxtral_edge.export.onnx_graph import GraphBuilder
 from voxtral_edge.manifest import Manifest
 from voxtral_edge.quant.matmul import (INT8_WEIGHT_MAX, QuantSpec, dequantize_nbits, emit_quantized_matmul,
-                                       quantize_int8_columns,
-                                       quantize_nbits)
+                                       quantize_int8_columns, quantize_nbits)
 from voxtral_edge.quant.plans import NAMED_PLANS, GraphPlan, load_plan
 from voxtral_edge.quant.quality import quality_report, write_report
 from voxtral_edge.quant.rewrite import quantize_bundle
