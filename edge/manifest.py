@@ -4,6 +4,16 @@ A bundle is a folder; its manifest lists every file with size and sha256, each g
 inputs and outputs, the model's dimensions, the special token ids, the audio layout, the voices and
 the precision of each graph. The runtime reads nothing the manifest does not describe, and refuses a
 bundle whose files do not match it before it builds any session.
+
+Verifying costs nothing at start after the first: once every file's sha256 has matched, a verified stamp
+records each file's size, mtime, ctime, inode and device and the manifest's own sha256 (in this user's
+cache, `voxtral_edge.cache.user_cache_dir()/verified/`). Later opens re-hash only the files whose stat
+differs from the stamp, so a file written, replaced, truncated, touched or restored with an old mtime
+is hashed again and refused if it no longer matches. The accepted limit: a change that leaves size,
+mtime, ctime and inode as they were (bit rot on the disk, a write to the raw device, the clock set
+back by root) is not seen until a full check, `voxtral-edge verify BUNDLE` (`verify_bundle`), which
+hashes every file. The manifest itself is not signed: the check is against damage and stale copies,
+not against someone who can rewrite the bundle.
 """
 
 from __future__ import annotations
@@ -11,11 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import bundle_key, file_stat, read_json, user_cache_dir, write_json_atomic
 from .errors import BundleError, BundlePathError
 from .onnxfile import MalformedOnnx, external_locations
+from .progress import Progress
 
 FORMAT = "voxtral-edge-bundle"
 SCHEMA_VERSION = 1
@@ -25,14 +39,41 @@ GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast")
 REQUIRED = ("format", "schema_version", "files", "graphs", "model", "audio", "special_ids", "embeddings",
             "voices", "tokenizer", "quantization")
+STAMP_FORMAT = "voxtral-edge-verified-stamp"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22, bar: Progress | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+            if bar is not None:
+                bar.advance(len(block), Path(path).name)
     return digest.hexdigest()
+
+
+def verified_stamp_path(bundle: Path) -> Path:
+    """Where this user's verified stamp of a bundle lives (one per bundle folder)."""
+    return user_cache_dir() / "verified" / f"{bundle_key(bundle)}.json"
+
+
+def read_stamp(path: Path, bundle: Path, manifest_sha256: str) -> dict[str, dict]:
+    """The per-file records of a stamp made for this bundle folder and this very manifest, else {}."""
+    stamp = read_json(path)
+    if (stamp is None or stamp.get("format") != STAMP_FORMAT or stamp.get("bundle") != str(bundle.resolve())
+            or stamp.get("manifest_sha256") != manifest_sha256 or not isinstance(stamp.get("files"), dict)):
+        return {}
+    return stamp["files"]
+
+
+def verify_bundle(bundle: str | Path, progress: bool = False) -> dict:
+    """The full check: every file's sha256 against the manifest, whatever the stamp says (raises
+    BundleError on the first mismatch); renews the stamp. Returns {"files", "bytes", "seconds"}."""
+    start = time.perf_counter()
+    manifest = Manifest.load(bundle, verify=True, rehash=True, progress=progress)
+    files = manifest["files"]
+    return {"files": len(files), "bytes": sum(f["size"] for f in files.values()),
+            "seconds": time.perf_counter() - start}
 
 
 def file_entry(path: Path, sha256: str | None = None) -> dict:
@@ -55,14 +96,18 @@ class Manifest:
     data: dict
 
     @classmethod
-    def load(cls, bundle: str | Path, verify: bool = True) -> "Manifest":
-        """Read and check a bundle. Sizes are always checked; with `verify`, every sha256 too."""
+    def load(cls, bundle: str | Path, verify: bool = True, *, rehash: bool = False,
+             progress: bool = False) -> "Manifest":
+        """Read and check a bundle. Sizes are always checked; with `verify`, every file's sha256 too, except
+        the files this user's verified stamp vouches for (unchanged stat since they last matched); with
+        `rehash`, every file is hashed whatever the stamp says."""
         bundle = Path(bundle)
         path = bundle / MANIFEST
         if not bundle.is_dir():
             raise BundlePathError(f"{bundle}: not a bundle directory (make one with `voxtral-edge export`)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
+            data = json.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise BundlePathError(f"{path}: missing; {bundle} is not a voxtral-edge bundle") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -80,10 +125,12 @@ class Manifest:
         if missing:
             raise BundleError(f"{path}: missing keys {missing}")
         manifest = cls(bundle, data)
-        manifest._check_files(verify)
+        manifest._check_files()
+        if verify:
+            manifest._check_hashes(hashlib.sha256(raw).hexdigest(), rehash, progress)
         return manifest
 
-    def _check_files(self, verify: bool) -> None:
+    def _check_files(self) -> None:
         files = self.data["files"]
         referenced = [g["file"] for g in self.data["graphs"].values()]
         referenced += [g["data"] for g in self.data["graphs"].values() if g.get("data")]
@@ -102,9 +149,6 @@ class Manifest:
             size = path.stat().st_size
             if size != entry["size"]:
                 raise BundleError(f"{path}: {size} bytes, the manifest says {entry['size']} (damaged or replaced)")
-            if verify and sha256_file(path) != entry["sha256"]:
-                raise BundleError(f"{path}: sha256 differs from the manifest's (the file is damaged or was "
-                                  f"altered); re-export the bundle")
         for name, graph in self.data["graphs"].items():  # onnxruntime would open whatever path a graph names
             path = self.path(graph["file"])
             try:
@@ -115,6 +159,36 @@ class Manifest:
             if locations - allowed:
                 raise BundleError(f"{path}: tensor data is read from {sorted(locations - allowed)}, but the only "
                                   f"data file this graph may use is {sorted(allowed) or 'none'}")
+
+    def _check_hashes(self, manifest_sha256: str, rehash: bool, progress: bool) -> None:
+        """Every file's sha256 against the manifest, skipping those the stamp vouches for; then the stamp."""
+        stamp_path = verified_stamp_path(self.bundle)
+        stamp = {} if rehash else read_stamp(stamp_path, self.bundle, manifest_sha256)
+        files = self.data["files"]
+        stats = {name: file_stat(self.path(name)) for name in files}
+        trusted = {name: stamp[name] for name, entry in files.items()
+                   if stamp.get(name) == {"sha256": entry["sha256"], "stat": stats[name]}}
+        todo = [name for name in files if name not in trusted]
+        bar = Progress(f"verifying {self.bundle.name}", sum(files[n]["size"] for n in todo), unit="B",
+                       enabled=progress)
+        for name in todo:
+            path = self.path(name)
+            if sha256_file(path, bar=bar) != files[name]["sha256"]:
+                raise BundleError(f"{path}: sha256 differs from the manifest's (the file is damaged or was "
+                                  f"altered); re-export the bundle")
+            if file_stat(path) != stats[name]:  # written while it was read: not vouched for
+                raise BundleError(f"{path}: changed while it was being verified; try again")
+        bar.finish()
+        if todo:
+            record = {"format": STAMP_FORMAT, "bundle": str(self.bundle.resolve()),
+                      "manifest_sha256": manifest_sha256, "verified_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "files": {name: {"sha256": files[name]["sha256"], "stat": stats[name]} for name in files}}
+            try:
+                write_json_atomic(stamp_path, record)
+            except OSError as e:
+                warnings.warn(f"{stamp_path}: cannot record that {self.bundle} was verified ({e.strerror or e}); "
+                              f"every start will hash it again (set VOXTRAL_EDGE_CACHE to a writable folder)",
+                              stacklevel=4)
 
     def path(self, name: str) -> Path:
         """A bundle file's path; names may not leave the bundle directory."""

@@ -121,8 +121,9 @@ class Synthesizer:
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True) -> "Synthesizer":
-        """Check the bundle against its manifest (sha256 of every file unless verify=False; sizes always),
-        then build one onnxruntime session per graph."""
+        """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
+        user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
+        session per graph."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context)
 
     # -- inputs ----------------------------------------------------------------------------------

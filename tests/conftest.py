@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from voxtral_edge.export.make_checkpoint import make_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """The runtime's per-user cache (verified stamps, optimized graphs) in a temporary folder, not ~/.cache."""
+    path = tmp_path_factory.mktemp("user-cache")
+    previous = os.environ.get("VOXTRAL_EDGE_CACHE")
+    os.environ["VOXTRAL_EDGE_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("VOXTRAL_EDGE_CACHE", None)
+    else:
+        os.environ["VOXTRAL_EDGE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
