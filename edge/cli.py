@@ -168,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
                                  frames=args.frames, repeats=args.repeats, max_context=args.max_context,
-                                 verify=not args.no_verify)
+                                 verify=not args.no_verify, optimized_cache=not args.no_cache)
     print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -211,7 +211,7 @@ def cmd_say(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
-                             max_context=args.max_context)
+                             max_context=args.max_context, optimized_cache=not args.no_cache)
     synth.voice(args.voice)  # an unknown voice fails before any file is created
     wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
     player = None
@@ -293,6 +293,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_bundle(args.bundle, progress=True)
     print(f"{args.bundle}: all {report['files']} files match the manifest ({report['bytes'] / 1e9:.2f} GB hashed in "
           f"{report['seconds']:.1f} s); stamp renewed")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from voxtral_edge.optimized import optimize_bundle
+
+    for name, r in optimize_bundle(args.bundle, threads=args.threads).items():
+        print(f"{name}: {'made' if r['made'] else 'already saved'}, {r['mb']:.0f} MB in {r['path']} "
+              f"({r['seconds']:.1f} s)")
     return 0
 
 
@@ -467,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "still checked; see `voxtral-edge verify`)")
     p.add_argument("--max-context", type=_positive(int), metavar="N",
                    help="KV cache positions to allocate (default: the bundle's)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="build the sessions from the bundle's graphs, neither using nor saving this machine's "
+                        "optimized graphs (see `voxtral-edge optimize`)")
     p.add_argument("--profile", metavar="NAME|FILE",
                    help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
 
@@ -496,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="load without checking sha256 (sizes still checked); by default only files changed since "
                         "they were last verified are hashed")
+    p.add_argument("--no-cache", action="store_true",
+                   help="build the sessions from the bundle's graphs, neither using nor saving optimized graphs")
     p.add_argument("--plot", metavar="FILE.png", help="also draw where a frame's time goes (needs matplotlib)")
     p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
     p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
@@ -510,6 +524,20 @@ def build_parser() -> argparse.ArgumentParser:
         "the stamp.",
         "example:\n  voxtral-edge verify voxtral-int4")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+
+    p = command(
+        "optimize", cmd_optimize, "save this machine's optimized graphs of a bundle (what the first open does)",
+        "Have onnxruntime optimize each graph of BUNDLE for this machine and save it with its packed weights, "
+        "so that opening the bundle neither optimizes the graphs nor copies the weights into the heap (they are "
+        "memory-mapped). The first open of a bundle does the same; run this at install time to take that cost "
+        "then. The saved graphs go to BUNDLE/optimized/<machine key>/ (or the user cache, "
+        "$VOXTRAL_EDGE_CACHE or ~/.cache/voxtral-edge, when BUNDLE cannot be written); they suit this CPU and "
+        "this onnxruntime only, and are made again when either, or the bundle, changes. Delete that folder to "
+        "reclaim the space (about 2.2x the bundle's backbone for int4); `say --no-cache` neither uses nor "
+        "makes them.",
+        "example:\n  voxtral-edge optimize voxtral-int4")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
+    p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
 
     p = command("voices", cmd_voices, "list the preset voices of a bundle",
                 "List the bundle's preset voices with the number of [AUDIO] tokens each takes in the prompt.")

@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
+from .optimized import load_session
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .text import split_text
 
@@ -76,7 +77,8 @@ class EmbeddingTable:
 class Synthesizer:
     """Speech from a bundle. `Synthesizer.open(path)` verifies the bundle and loads its graphs."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None):
+    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None,
+                 optimized_cache: bool = True):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -85,18 +87,11 @@ class Synthesizer:
         if not 1 <= self.max_context <= backbone["max_context"]:
             raise VoxtralEdgeError(f"max_context {max_context}: the bundle supports 1..{backbone['max_context']} "
                                    f"positions (re-export with a larger --max-context for more)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
-        # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, graph in m["graphs"].items():
             path = m.path(graph["file"])
             try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = load_session(m, name, lambda: session_options(threads), use_cache=optimized_cache)
             except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
                 raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
             have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
@@ -120,11 +115,13 @@ class Synthesizer:
 
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
-             verify: bool = True) -> "Synthesizer":
+             verify: bool = True, optimized_cache: bool = True) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
-        session per graph."""
-        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context)
+        session per graph: from this machine's saved optimized graph, made on the first open, unless
+        optimized_cache=False (see `voxtral_edge.optimized`)."""
+        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
+                   optimized_cache=optimized_cache)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -355,6 +352,18 @@ class Synthesizer:
             if left <= 0:
                 run.finished = run.finished and index == len(pieces) - 1
                 return
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options of every session: `threads` for each graph's pool, no spinning."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
+    # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 MAX_STEPS = 64

@@ -1,0 +1,192 @@
+"""Graphs optimized for this machine and saved with their packed weights, so that a start neither
+optimizes a graph again nor copies its weights into the heap.
+
+When onnxruntime creates a session it rewrites the graph (fusions, layouts) and copies every quantized
+weight into the layout its kernels read (MatMulNBits, DynamicQuantizeMatMul), on the heap. Asked to, it
+also writes the optimized graph with those packed weights in its external data file; that file, opened
+with graph optimizations off, is memory-mapped: the weights become clean file pages instead of private
+heap, and the optimizer does not run.
+
+The saved graph suits one machine (packed layouts and NCHWc blocks follow the CPU's instruction sets;
+onnxruntime warns that it "may contain hardware specific optimizations") and one onnxruntime version,
+so it is a cache, never part of the bundle, made on the first open on the target (or by
+`voxtral-edge optimize BUNDLE`):
+
+    BUNDLE/optimized/<machine key>/<graph>.onnx, <graph>.onnx.data, <graph>.json
+    (USER_CACHE/optimized/<bundle key>/<machine key>/ when the bundle folder cannot be written)
+
+The machine key hashes the onnxruntime version, the CPU architecture and its feature flags. <graph>.json,
+written last, records that fingerprint, the sha256 of the bundle files the graph was made from, and the
+sha256 and stat of each file written. A saved graph is used only when its record matches the machine,
+the bundle's manifest and its files (a file whose stat changed is hashed again); otherwise, or when
+onnxruntime refuses it (1.32 packs each saved weight again at load and compares), it is made again.
+
+The saved data file holds the original weights beside the packed ones (about 2.2x the bundle's file
+for the int4 backbone): onnxruntime reads the originals at every load to check the packed blobs, and
+refuses a file whose originals differ, so they cannot be left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnxruntime as ort
+
+from .errors import VoxtralEdgeError
+from .cache import bundle_key, file_stat, read_json, user_cache_dir, write_json_atomic
+from .manifest import Manifest, sha256_file
+from .onnxfile import MalformedOnnx, external_locations
+
+RECORD_FORMAT = "voxtral-edge-optimized-graph"
+MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside the .onnx file
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def machine_fingerprint() -> dict:
+    """What a saved graph depends on besides the bundle: onnxruntime's version, the CPU and its features."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):  # x86, Arm
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        pass
+    return {"onnxruntime": ort.__version__, "machine": platform.machine(), "system": platform.system(),
+            "cpu_flags": flags or platform.processor()}
+
+
+def machine_key() -> str:
+    return hashlib.sha256(json.dumps(machine_fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_folders(bundle: Path) -> list[Path]:
+    """Where this machine's saved graphs of a bundle may live, in the order they are tried."""
+    key = machine_key()
+    return [Path(bundle) / "optimized" / key, user_cache_dir() / "optimized" / bundle_key(bundle) / key]
+
+
+def _sources(manifest: Manifest, name: str) -> dict[str, str]:
+    graph = manifest["graphs"][name]
+    files = [graph["file"]] + ([graph["data"]] if graph.get("data") else [])
+    return {f: manifest["files"][f]["sha256"] for f in files}
+
+
+def saved_graph(manifest: Manifest, name: str, folder: Path) -> Path | None:
+    """The saved graph in `folder` if its record matches this machine, the bundle and its own files."""
+    record = read_json(folder / f"{name}.json")
+    if (record is None or record.get("format") != RECORD_FORMAT or record.get("machine") != machine_fingerprint()
+            or record.get("sources") != _sources(manifest, name) or not isinstance(record.get("files"), dict)
+            or f"{name}.onnx" not in record["files"]):
+        return None
+    for file, entry in record["files"].items():
+        path = folder / file
+        if not isinstance(entry, dict) or path.parent != folder:
+            return None
+        try:
+            if file_stat(path) != entry.get("stat") and sha256_file(path) != entry.get("sha256"):
+                return None
+        except OSError:
+            return None
+    try:  # like the bundle's graphs, a saved graph may read no file but its own data file
+        if set(external_locations(folder / f"{name}.onnx")) - set(record["files"]):
+            return None
+    except (MalformedOnnx, UnicodeDecodeError, OSError):
+        return None
+    return folder / f"{name}.onnx"
+
+
+def _save(manifest: Manifest, name: str, options: Callable[[], ort.SessionOptions],
+          folder: Path) -> ort.InferenceSession:
+    """Create the session from the bundle's graph, having onnxruntime write the optimized graph and its
+    packed weights into `folder` (raises OSError when it cannot)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=folder))
+    try:
+        opts = options()
+        opts.log_severity_level = 3  # its warning that the saved graph suits this machine only: that is the point
+        opts.optimized_model_filepath = str(tmp / f"{name}.onnx")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{name}.onnx.data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                      str(MIN_EXTERNAL_BYTES))
+        opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+        session = ort.InferenceSession(str(manifest.path(manifest["graphs"][name]["file"])), opts,
+                                       providers=PROVIDERS)
+        written = sorted(p.name for p in tmp.iterdir())
+        if f"{name}.onnx" not in written:
+            raise OSError(f"onnxruntime wrote no optimized graph to {tmp}")
+        files = {file: {"sha256": sha256_file(tmp / file)} for file in written}
+        (folder / f"{name}.json").unlink(missing_ok=True)  # not valid while its files are replaced
+        for file in sorted(written, key=lambda f: f == f"{name}.onnx"):  # the graph last
+            os.replace(tmp / file, folder / file)
+            files[file]["stat"] = file_stat(folder / file)
+        write_json_atomic(folder / f"{name}.json", {
+            "format": RECORD_FORMAT, "graph": name, "machine": machine_fingerprint(),
+            "sources": _sources(manifest, name), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files})
+        return session
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_session(manifest: Manifest, name: str, options: Callable[[], ort.SessionOptions],
+                 use_cache: bool = True) -> ort.InferenceSession:
+    """A session for one of the bundle's graphs: from this machine's saved graph when there is a valid one,
+    else from the bundle's graph (saving the optimized graph for next time when `use_cache`)."""
+    plain = manifest.path(manifest["graphs"][name]["file"])
+    if not use_cache:
+        return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
+    folders = cache_folders(manifest.bundle)
+    for folder in folders:
+        path = saved_graph(manifest, name, folder)
+        if path is None:
+            continue
+        opts = options()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done when it was saved
+        try:
+            return ort.InferenceSession(str(path), opts, providers=PROVIDERS)
+        except Exception as e:  # e.g. packed weights that no longer match what this onnxruntime makes
+            warnings.warn(f"{path}: onnxruntime refused this saved graph ({str(e).splitlines()[0][:200]}); "
+                          f"making it again", stacklevel=3)
+            try:
+                (folder / f"{name}.json").unlink(missing_ok=True)
+            except OSError:
+                pass
+    problems = []
+    for folder in folders:
+        try:
+            return _save(manifest, name, options, folder)
+        except OSError as e:
+            problems.append(f"{folder}: {e.strerror or e}")
+    warnings.warn(f"cannot save the optimized {name} graph ({'; '.join(problems)}); every start will optimize it "
+                  f"again", stacklevel=3)
+    return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
+
+
+def optimize_bundle(bundle: str | Path, threads: int | None = None) -> dict[str, dict]:
+    """Make (or check) this machine's saved graphs of a bundle; per graph: where, MB, seconds, made or reused."""
+    from .runtime import session_options
+
+    manifest = Manifest.load(bundle)
+    report = {}
+    for name in manifest["graphs"]:
+        start = time.perf_counter()
+        existing = next((p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f))), None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a graph that cannot be saved is this command's failure
+            try:
+                load_session(manifest, name, lambda: session_options(threads))
+            except UserWarning as w:
+                raise VoxtralEdgeError(str(w)) from None
+        path = next(p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f)))
+        report[name] = {"path": str(path), "made": existing is None, "seconds": time.perf_counter() - start,
+                        "mb": sum(q.stat().st_size for q in path.parent.glob(f"{name}.onnx*")) / 1e6}
+    return report
