@@ -88,13 +88,17 @@ def saved_graph(manifest: Manifest, name: str, folder: Path) -> Path | None:
             or record.get("sources") != _sources(manifest, name) or not isinstance(record.get("files"), dict)
             or f"{name}.onnx" not in record["files"]):
         return None
+    restamped = False
     for file, entry in record["files"].items():
         path = folder / file
         if not isinstance(entry, dict) or path.parent != folder:
             return None
         try:
-            if file_stat(path) != entry.get("stat") and sha256_file(path) != entry.get("sha256"):
-                return None
+            stat = file_stat(path)
+            if stat != entry.get("stat"):
+                if sha256_file(path) != entry.get("sha256"):
+                    return None
+                entry["stat"], restamped = stat, True  # e.g. copied with the bundle: the same bytes
         except OSError:
             return None
     try:  # like the bundle's graphs, a saved graph may read no file but its own data file
@@ -102,6 +106,11 @@ def saved_graph(manifest: Manifest, name: str, folder: Path) -> Path | None:
             return None
     except (MalformedOnnx, UnicodeDecodeError, OSError):
         return None
+    if restamped:
+        try:
+            write_json_atomic(folder / f"{name}.json", record)
+        except OSError:
+            pass  # hashed again next time
     return folder / f"{name}.onnx"
 
 
@@ -166,6 +175,9 @@ def load_session(manifest: Manifest, name: str, options: Callable[[], ort.Sessio
             return _save(manifest, name, options, folder)
         except OSError as e:
             problems.append(f"{folder}: {e.strerror or e}")
+        except Exception as e:  # onnxruntime failed while writing (a full disk), or cannot load the graph at all
+            problems.append(f"{folder}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+            break
     warnings.warn(f"cannot save the optimized {name} graph ({'; '.join(problems)}); every start will optimize it "
                   f"again", stacklevel=3)
     return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)

@@ -193,3 +193,20 @@ def test_optimize_command(tiny_bundle_dirs, fresh, capsys):
     assert main(["optimize", str(bundle)]) == 0
     out = capsys.readouterr().out
     assert all(f"{g}: already saved" in out for g in GRAPHS), out
+
+
+def test_a_copied_bundle_uses_its_saved_graphs_after_one_hash(tiny_bundle_dirs, fresh, tmp_path, opened, monkeypatch):
+    bundle = fresh(tiny_bundle_dirs[1])
+    Synthesizer.open(bundle)
+    copy = tmp_path / "copy" / "bundle"
+    shutil.copytree(bundle, copy)  # new inodes: each saved file's stat differs from its record
+    hashed = []
+    real = optimized.sha256_file
+    monkeypatch.setattr(optimized, "sha256_file", lambda path, *a, **k: hashed.append(path.name) or real(path, *a, **k))
+    opened.clear()
+    Synthesizer.open(copy)
+    assert all(disabled and str(copy / "optimized") in path for path, disabled in opened)
+    assert sorted(hashed) == sorted(f"{g}.onnx{ext}" for g in GRAPHS for ext in ("", ".data"))
+    hashed.clear()
+    Synthesizer.open(copy)  # the records took the new stat
+    assert hashed == []
