@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -323,6 +324,28 @@ The weights are random, so the audio is noise. To hear real speech, download the
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from voxtral_edge.serve.server import default_cache_dir, serve
+
+    _apply_profile(args)
+    try:
+        from voxtral_edge.serve.app import ServiceConfig
+    except ImportError as e:
+        raise UsageError(f"serve needs the [serve] extra ({e.name} is missing): pip install 'voxtral-edge[serve]'") \
+            from None
+    config = ServiceConfig(
+        bundle=Path(args.bundle), model_name=args.served_model_name, api_key=args.api_key, threads=args.threads,
+        max_context=args.max_context, verify=not args.no_verify, seed=args.seed, steps=args.steps,
+        cfg=1.2 if args.cfg is None else args.cfg,
+        cache_dir=None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        cache_bytes=int(args.cache_mb * (1 << 20)), queue_limit=args.queue_limit,
+        max_body_bytes=args.max_body_kb << 10)
+    if not Path(args.bundle).is_dir():
+        raise UsageError(f"--bundle {args.bundle}: not a folder (give a bundle made by `voxtral-edge export`)")
+    serve(config, host=args.host, port=args.port, unix=args.unix, max_connections=args.max_connections)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtral-edge",
@@ -488,6 +511,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
     p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
                    help="the profile of this machine, for the calibration (default: x86-avx512)")
+
+    p = command(
+        "serve", cmd_serve, "run the speech service (OpenAI-compatible HTTP API, priorities, phrase cache)",
+        "Serve a bundle over HTTP: POST /v1/audio/speech (OpenAI's speech API; wav or pcm, streamed as it is "
+        "made), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, GET /health (503 while the bundle "
+        "loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
+        "background): a higher one preempts a lower one at the next 80 ms frame, which then resumes where it "
+        "stopped. Finished audio is kept in a phrase cache on disk. SIGTERM ends every stream at the next frame "
+        "with valid audio. Binds to 127.0.0.1; any other address needs --api-key. Needs the [serve] extra.",
+        "examples:\n  voxtral-edge serve --bundle voxtral-int4 --profile raspberry-pi-5\n"
+        "  curl -s localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\\n"
+        "       -d '{\"input\": \"Turn left.\", \"voice\": \"casual_male\", \"priority\": \"navigation\"}' -o turn.wav")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --api-key)")
+    p.add_argument("--port", type=_positive(int, 0, 65535), default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--unix", metavar="PATH", help="serve on this unix socket instead of TCP")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("VOXTRAL_EDGE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $VOXTRAL_EDGE_API_KEY)")
+    p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
+    p.add_argument("--threads", type=_positive(int, 1, 256), help="onnxruntime threads")
+    p.add_argument("--steps", type=_positive(int, 1, 64), help="default Euler steps (default: the model's)")
+    p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA", help="default guidance (default: 1.2)")
+    p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")
+    p.add_argument("--seed", type=_positive(int, 0, 2**63 - 1), default=0,
+                   help="seed of requests that give none (default: 0: a prompt always sounds the same)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model id of /v1/models and requests (default: the bundle's checkpoint folder name)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="phrase cache folder (default: $CACHE_DIRECTORY/phrases under systemd, else "
+                        "~/.cache/voxtral-edge/phrases)")
+    p.add_argument("--cache-mb", type=_positive(float), default=256, help="phrase cache size cap in MB (default: 256)")
+    p.add_argument("--no-cache", action="store_true", help="keep no phrase cache")
+    p.add_argument("--queue-limit", type=_positive(int), default=16,
+                   help="requests per priority class, in progress or waiting, before 429 (default: 16)")
+    p.add_argument("--max-connections", type=_positive(int), default=32,
+                   help="concurrent connections before 503 (default: 32)")
+    p.add_argument("--max-body-kb", type=_positive(int), default=64, help="request body limit in KB (default: 64)")
+    p.add_argument("--no-verify", action="store_true", help="load without hashing the bundle (sizes still checked)")
 
     p = command("voices", cmd_voices, "list the preset voices of a bundle",
                 "List the bundle's preset voices with the number of [AUDIO] tokens each takes in the prompt.")
