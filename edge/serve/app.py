@@ -25,6 +25,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -40,6 +41,7 @@ log = logging.getLogger("voxtral_edge.serve")
 
 MAX_INPUT_CHARS = 4096  # as OpenAI's speech endpoint
 FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+MAX_HEADER_BYTES = 16 << 10  # a request's headers, together
 FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed", "steps",
           "cfg", "priority", "max_frames")
 
@@ -256,9 +258,13 @@ async def _json_body(request: Request, limit: int):
         if len(body) > limit:
             raise ApiError(413, f"the body exceeds {limit} bytes", code="request_too_large")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_not_json)
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON ({e})", code="invalid_json") from None
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 async def health(request: Request) -> Response:
@@ -383,6 +389,21 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code).response()
 
 
+class HeaderLimit:
+    """431 for a request whose headers exceed MAX_HEADER_BYTES together (h11's own limit only holds for
+    headers that arrive in pieces)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            response = ApiError(431, f"the request's headers exceed {MAX_HEADER_BYTES} bytes",
+                                code="request_header_fields_too_large").response()
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(service: Service) -> Starlette:
     """The ASGI app over a Service; the bundle starts loading when the app starts."""
     from contextlib import asynccontextmanager
@@ -397,6 +418,7 @@ def create_app(service: Service) -> Starlette:
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/audio/voices", voices), Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/audio/prefetch", prefetch, methods=["POST"]),
-    ], exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan)
+    ], exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan,
+        middleware=[Middleware(HeaderLimit)])
     app.state.service = service
     return app

@@ -40,7 +40,7 @@ class Job:
     """One request: its utterance, its class, and `deliver`, called from the worker thread with
     ("audio", pcm16 bytes), ("end", None | "shutdown") or ("error", exception)."""
 
-    utterance: Utterance
+    utterance: Utterance | None  # None once ended (the history keeps no audio)
     priority: str
     deliver: Callable[[tuple], None] = lambda event: None
     cache_key: str | None = None
@@ -52,19 +52,24 @@ class Job:
     first_audio_at: float | None = None
     suspensions: int = 0
     cancelled: bool = False
+    cancel_step: int | None = None  # the step count when its client left ...
+    closed_step: int | None = None  # ... and when the worker dropped it
     pcm: list[bytes] = field(default_factory=list)
+    frames: int = 0  # frames it made
 
 
 class Scheduler:
     """The worker, its per-class queues (each bounded by `queue_limit` jobs, the one in progress included)
-    and its counters. `cache` (a PhraseCache or None) receives every job that finishes."""
+    and its counters. `cache` (a PhraseCache or None) receives every job that finishes; `finished` keeps
+    the last `history` jobs ended (for their step counts and times)."""
 
-    def __init__(self, synth: Synthesizer, *, queue_limit: int = 16, cache=None):
+    def __init__(self, synth: Synthesizer, *, queue_limit: int = 16, cache=None, history: int = 512):
         self.synth, self.queue_limit, self.cache = synth, int(queue_limit), cache
         self.queues: dict[str, deque[Job]] = {p: deque() for p in PRIORITIES}
         self.counters = dict.fromkeys(("submitted", "refused", "completed", "cancelled", "failed", "preemptions",
                                        "steps", "cache_writes"), 0)
         self.current: Job | None = None  # the job stepped last
+        self.finished: deque[Job] = deque(maxlen=history)  # the last jobs ended, newest last
         self._job_seconds = 2.0  # running mean of a job's duration, for Retry-After
         self._next_id = 0
         self._stopping = False
@@ -94,8 +99,8 @@ class Scheduler:
     def cancel(self, job: Job) -> None:
         """Stop a job (its client left): it costs no compute past the frame being made."""
         with self._wake:
-            if job.state in ("queued", "running", "suspended"):
-                job.cancelled = True
+            if job.state in ("queued", "running", "suspended") and not job.cancelled:
+                job.cancelled, job.cancel_step = True, self.counters["steps"]
                 self._wake.notify()
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -120,9 +125,10 @@ class Scheduler:
             queue = self.queues[priority]
             for job in [j for j in queue if j.cancelled]:
                 queue.remove(job)
-                self.synth.close(job.utterance)
-                job.state = "cancelled"
+                self._close(job)
+                job.state, job.closed_step = "cancelled", self.counters["steps"]
                 self.counters["cancelled"] += 1
+                self.finished.append(job)
             if queue:
                 return queue[0]
         return None
@@ -160,18 +166,27 @@ class Scheduler:
                 job.first_audio_step, job.first_audio_at = self.counters["steps"], time.perf_counter()
             job.deliver(("audio", pcm))
         if u.done:
+            pcm = b"".join(job.pcm)
             self._finish(job, "done")
             if self.cache is not None and job.cache_key is not None:
-                self.cache.put(job.cache_key, b"".join(job.pcm))
+                self.cache.put(job.cache_key, pcm)
                 self.counters["cache_writes"] += 1
             job.deliver(("end", None))
 
+    def _close(self, job: Job) -> None:
+        """Free what the job held: its KV rows, its audio."""
+        if job.utterance is not None:
+            job.frames = len(job.utterance.run.frames)
+            self.synth.close(job.utterance)
+            job.utterance, job.pcm = None, []
+
     def _finish(self, job: Job, state: str) -> None:
-        self.synth.close(job.utterance)
+        self._close(job)
         with self._wake:
             self.queues[job.priority].remove(job)
-            job.state = state
+            job.state, job.closed_step = state, self.counters["steps"]
             self.counters["completed" if state == "done" else state] += 1
+            self.finished.append(job)
             if state == "done":
                 self._job_seconds = 0.8 * self._job_seconds + 0.2 * (time.perf_counter() - job.submitted_at)
 
@@ -181,6 +196,6 @@ class Scheduler:
             for queue in self.queues.values():
                 queue.clear()
         for job in jobs:
-            self.synth.close(job.utterance)
+            self._close(job)
             job.state = "shutdown"
             job.deliver(("end", "shutdown"))

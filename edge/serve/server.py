@@ -9,7 +9,6 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-MAX_HEADER_BYTES = 16 << 10  # h11's limit on a request's head (request line + headers)
 
 
 def is_loopback(host: str) -> bool:
@@ -42,7 +41,7 @@ def make_server(config, *, host: str = "127.0.0.1", port: int = 8000, unix: str 
     try:
         import uvicorn
 
-        from .app import Service, create_app
+        from .app import MAX_HEADER_BYTES, Service, create_app
     except ImportError as e:
         raise UsageError(f"serve needs the [serve] extra ({e.name} is missing): pip install 'voxtral-edge[serve]'") \
             from None
