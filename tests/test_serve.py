@@ -402,3 +402,39 @@ def test_sigterm_ends_streams_at_a_frame_with_valid_audio(bundle, tmp_path):
         server.wait()
     assert data[:44] == wav_header(24000) and (len(data) - 44) % 3840 == 0 and len(data) - 44 < 2000 * 3840
     assert data[44:] == alone(bundle, LONG, "casual_male", 4, (len(data) - 44) // 3840)  # whole frames of the same audio
+
+
+def test_the_page_lists_the_voices_and_plays_a_request_in_a_real_browser(server, bundle):
+    """Debian's chromium and chromium-driver, headless: the page fetches the voices, and one request's
+    streamed PCM is scheduled for playback in Web Audio, sample for sample what the Synthesizer makes."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as ChromeService
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, _ = server
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(url + "/")
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script("return window.voxtral.voices.length") > 0)
+        assert [o.text for o in Select(driver.find_element(By.ID, "voice")).options] == [
+            "casual_male", "fr_female", "neutral_female"]
+        Select(driver.find_element(By.ID, "voice")).select_by_visible_text("fr_female")
+        Select(driver.find_element(By.ID, "priority")).select_by_visible_text("navigation")
+        box = driver.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys("Oui.")
+        driver.find_element(By.ID, "speak").click()
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return window.voxtral.done || !!window.voxtral.error"))
+        player = driver.execute_script("return window.voxtral")
+    finally:
+        driver.quit()
+    assert player["error"] is None and player["contextState"] == "running"
+    assert player["samplesScheduled"] == len(alone(bundle, "Oui.", "fr_female", 0)) // 2
+    assert player["chunks"] > 1  # played as it arrived, not as one file
