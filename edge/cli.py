@@ -342,7 +342,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_kb << 10)
     if not Path(args.bundle).is_dir():
         raise UsageError(f"--bundle {args.bundle}: not a folder (give a bundle made by `voxtral-edge export`)")
-    serve(config, host=args.host, port=args.port, unix=args.unix, max_connections=args.max_connections)
+    serve(config, host=args.host, port=args.port, unix=args.unix, max_connections=args.max_connections,
+          log_level=args.log_level)
     return 0
 
 
@@ -548,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-connections", type=_positive(int), default=32,
                    help="concurrent connections before 503 (default: 32)")
     p.add_argument("--max-body-kb", type=_positive(int), default=64, help="request body limit in KB (default: 64)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log detail (default: info, one line per request)")
     p.add_argument("--no-verify", action="store_true", help="load without hashing the bundle (sizes still checked)")
 
     p = command("voices", cmd_voices, "list the preset voices of a bundle",

@@ -112,11 +112,15 @@ class Scheduler:
         self._thread.join(timeout)
 
     def snapshot(self) -> dict:
-        """Limits, counters and the queues' lengths, for /health."""
+        """Limits, counters, the queues' lengths and, per class over the jobs in `finished`, the median and
+        the largest number of steps (frames, of any job) between a job's arrival and its first audio."""
         with self._wake:
+            waits = {p: sorted(j.first_audio_step - j.submitted_step for j in self.finished
+                               if j.priority == p and j.first_audio_step is not None) for p in PRIORITIES}
             return {"queue_limit": self.queue_limit, "queued": {p: len(q) for p, q in self.queues.items()},
                     "in_flight": self.current.priority if self.current and self.current.state == "running" else None,
-                    **self.counters}
+                    **self.counters,
+                    "steps_to_first_audio": {p: {"median": w[len(w) // 2], "max": w[-1]} for p, w in waits.items() if w}}
 
     # -- the worker ------------------------------------------------------------------------------
     def _next(self) -> Job | None:

@@ -63,5 +63,5 @@ def make_server(config, *, host: str = "127.0.0.1", port: int = 8000, unix: str 
 
 def serve(config, **options) -> None:
     """Serve until SIGTERM/SIGINT (see make_server for the options)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=options.get("log_level", "info").upper(), format="%(levelname)s: %(message)s")
     make_server(config, **options).run()
