@@ -65,9 +65,9 @@ def speech(url: str, body, **kwargs) -> httpx.Response:
     return httpx.post(url + "/v1/audio/speech", json=body, timeout=60, **kwargs)
 
 
-def alone(bundle, text, voice, seed, max_frames=None) -> bytes:
+def alone(bundle, text, voice, seed, max_frames=None, max_context=None) -> bytes:
     """The oracle: the same utterance from a Synthesizer of its own, streamed as the service streams."""
-    synth = Synthesizer.open(bundle)
+    synth = Synthesizer.open(bundle, max_context=max_context)
     return b"".join(to_pcm16(c) for c in synth.stream(text, voice, seed=seed, max_frames=max_frames,
                                                         chunk_frames=4, first_chunk_frames=1))
 
@@ -438,3 +438,52 @@ def test_the_page_lists_the_voices_and_plays_a_request_in_a_real_browser(server,
     assert player["error"] is None and player["contextState"] == "running"
     assert player["samplesScheduled"] == len(alone(bundle, "Oui.", "fr_female", 0)) // 2
     assert player["chunks"] > 1  # played as it arrived, not as one file
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_examples_run_as_written(bundle, tmp_path, monkeypatch):
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Serve")[1].split("\n## ")[0]
+    blocks = re.findall(r"```(sh|python)\n(.*?)```", section, re.S)
+    assert [kind for kind, _ in blocks] == ["sh", "python"]
+    # a short context, so that the random weights' utterances (which never end) stop early
+    config = ServiceConfig(bundle=bundle, model_name="Voxtral-4B-TTS-2603", cache_dir=tmp_path / "cache",
+                           max_context=72)
+    with running(config) as (url, server):
+        for kind, code in blocks:
+            code = code.replace("http://127.0.0.1:8000", url)
+            if kind == "sh":
+                run = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, capture_output=True,
+                                     text=True, timeout=120)
+                assert run.returncode == 0, run.stderr
+                assert json.loads(run.stdout)["status"] == "queued"  # the prefetch
+            else:
+                monkeypatch.chdir(tmp_path)
+                exec(compile(code, "README.md", "exec"), {})
+        wait_for(lambda: server.service.scheduler.counters["completed"] == 4, what="the prefetch")
+        scheduler = server.service.scheduler
+        assert [j.priority for j in scheduler.finished] == ["navigation", "message", "background", "media"]
+    assert (tmp_path / "turn.wav").read_bytes() == wav_header(24000) + alone(
+        bundle, "In two hundred metres, turn left.", "casual_male", 0, max_context=72)
+    assert (tmp_path / "bonjour.pcm").read_bytes() == alone(bundle, "Bonjour.", "fr_female", 0, max_context=72)
+    assert (tmp_path / "traffic.wav").read_bytes()[44:] == alone(bundle, "Traffic ahead on the ring road.",
+                                                                 "casual_male", 0, max_context=72)
+
+
+def test_the_systemd_unit_runs_a_command_the_cli_accepts():
+    import configparser
+    import shlex
+
+    from voxtral_edge.cli import build_parser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(ROOT / "deploy" / "voxtral-edge.service")
+    argv = shlex.split(unit["Service"]["ExecStart"])
+    assert argv[0].endswith("/voxtral-edge")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve" and args.host == "127.0.0.1" and args.profile
+    from voxtral_edge.profiles import load_profile
+    load_profile(args.profile)  # a shipped profile
+    assert unit["Service"]["KillSignal"] == "SIGTERM" and unit["Service"]["CacheDirectory"] == "voxtral-edge"
