@@ -18,7 +18,6 @@ import wave
 from contextlib import contextmanager
 
 import httpx
-import numpy as np
 import openai
 import pytest
 
@@ -488,3 +487,11 @@ def test_the_systemd_unit_runs_a_command_the_cli_accepts():
     from voxtral_edge.profiles import load_profile
     load_profile(args.profile)  # a shipped profile
     assert unit["Service"]["KillSignal"] == "SIGTERM" and unit["Service"]["CacheDirectory"] == "voxtral-edge"
+
+
+def test_a_bundle_that_cannot_be_opened_stops_the_server_with_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    run = subprocess.run([sys.executable, "-m", "voxtral_edge.cli", "serve", "--bundle", str(tmp_path), "--port", "0",
+                          "--no-cache", "--log-level", "error"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert re.search(r"voxtral-edge: error: --bundle .*manifest.json", run.stderr.strip().splitlines()[-1]), run.stderr

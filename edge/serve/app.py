@@ -92,6 +92,7 @@ class Service:
         self.cache: PhraseCache | None = None
         self.created = int(time.time())
         self.prefetching: dict[str, Job] = {}
+        self.on_failure = lambda: None  # called (from the loading thread) when the bundle cannot be opened
         self._loader: threading.Thread | None = None
 
     def start_loading(self) -> None:
@@ -113,6 +114,7 @@ class Service:
             self.state, self.error = "failed", f"{type(e).__name__}: {e}" if not isinstance(e, VoxtralEdgeError) \
                 else str(e)
             log.error("cannot open the bundle: %s", self.error)
+            self.on_failure()
 
     def stop(self, wait: bool = True) -> None:
         """End the streams at the next frame boundary (on SIGTERM) and stop the worker."""
@@ -317,7 +319,8 @@ async def speech(request: Request) -> Response:
         return StreamingResponse(cached(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "hit"})
 
     loop, channel = asyncio.get_running_loop(), asyncio.Queue()
-    job = Job(service.start(r), r.priority, lambda event: loop.call_soon_threadsafe(channel.put_nowait, event), key)
+    utterance = await run_in_threadpool(service.start, r)
+    job = Job(utterance, r.priority, lambda event: loop.call_soon_threadsafe(channel.put_nowait, event), key)
     _submit(service, job)
     first = await _first_event(channel, request)
     if first is None:  # the client left while its request waited
@@ -370,7 +373,7 @@ async def prefetch(request: Request) -> Response:
     if pending is None or pending.state not in ("queued", "running", "suspended"):
         service.prefetching = {k: j for k, j in service.prefetching.items() if j.state in ("queued", "running",
                                                                                             "suspended")}
-        job = Job(service.start(r), "background", cache_key=key)
+        job = Job(await run_in_threadpool(service.start, r), "background", cache_key=key)
         _submit(service, job)
         service.prefetching[key] = job
     return JSONResponse({"status": "queued", "key": key}, status_code=202)

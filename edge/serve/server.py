@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, VoxtralEdgeError
 
 
 
@@ -58,10 +58,15 @@ def make_server(config, *, host: str = "127.0.0.1", port: int = 8000, unix: str 
                         server_header=False)
     server = Server(uv)
     server.service = service
+    service.on_failure = lambda: setattr(server, "should_exit", True)
     return server
 
 
 def serve(config, **options) -> None:
-    """Serve until SIGTERM/SIGINT (see make_server for the options)."""
+    """Serve until SIGTERM/SIGINT (see make_server for the options); VoxtralEdgeError if the bundle cannot
+    be opened (the server then stops at once, so that a supervisor sees the failure)."""
     logging.basicConfig(level=options.get("log_level", "info").upper(), format="%(levelname)s: %(message)s")
-    make_server(config, **options).run()
+    server = make_server(config, **options)
+    server.run()
+    if server.service.state == "failed":
+        raise VoxtralEdgeError(f"--bundle {config.bundle}: {server.service.error}")
