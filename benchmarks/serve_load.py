@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, nargs=2, default=(6, 30), metavar=("MIN", "MAX"),
                         help="max_frames of each request, drawn from this range (default: 6 30)")
     parser.add_argument("--threads", type=int, help="onnxruntime threads of the server")
-    parser.add_argument("--request-timeout", type=float, default=120.0)
+    parser.add_argument("--request-timeout", type=float, default=600.0)
     parser.add_argument("--time-limit", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
