@@ -306,6 +306,8 @@ async def _first_event(channel: asyncio.Queue, request: Request):
 
 
 async def speech(request: Request) -> Response:
+    """POST /v1/audio/speech: from the cache at once, else queued at its priority; the response (status and
+    headers) starts with the first audio, so that an error before it is still answered as an error."""
     service = _service(request)
     r = parse_speech(await _json_body(request, service.config.max_body_bytes), service)
     rate = service.synth.sample_rate
