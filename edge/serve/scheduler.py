@@ -22,6 +22,10 @@ PRIORITIES = ("navigation", "assistant", "message", "media", "background")  # hi
 DEFAULT_PRIORITY = "message"
 
 
+def _ignore(event: tuple) -> None:
+    """The delivery of a job that has ended (the history keeps no client's unread audio alive)."""
+
+
 class QueueFull(Exception):
     """A class's queue is at its bound; `retry_after` is a guess (seconds) of when there will be room."""
 
@@ -42,7 +46,7 @@ class Job:
 
     utterance: Utterance | None  # None once ended (the history keeps no audio)
     priority: str
-    deliver: Callable[[tuple], None] = lambda event: None
+    deliver: Callable[[tuple], None] = _ignore
     cache_key: str | None = None
     id: int = 0
     state: str = "queued"  # queued, running, suspended, done, cancelled, failed, shutdown
@@ -130,6 +134,7 @@ class Scheduler:
             for job in [j for j in queue if j.cancelled]:
                 queue.remove(job)
                 self._close(job)
+                job.deliver = _ignore
                 job.state, job.closed_step = "cancelled", self.counters["steps"]
                 self.counters["cancelled"] += 1
                 self.finished.append(job)
@@ -161,6 +166,7 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 - a request's failure must not end the service
             self._finish(job, "failed")
             job.deliver(("error", e))
+            job.deliver = _ignore
             return
         self.counters["steps"] += 1
         if len(chunk):
@@ -176,6 +182,7 @@ class Scheduler:
                 self.cache.put(job.cache_key, pcm)
                 self.counters["cache_writes"] += 1
             job.deliver(("end", None))
+            job.deliver = _ignore
 
     def _close(self, job: Job) -> None:
         """Free what the job held: its KV rows, its audio."""
@@ -203,3 +210,4 @@ class Scheduler:
             self._close(job)
             job.state = "shutdown"
             job.deliver(("end", "shutdown"))
+            job.deliver = _ignore
