@@ -31,7 +31,8 @@ from tokenizers import Tokenizer
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
-from .text import split_text
+from .text import LANGUAGES, split_text, voice_language
+from .text import normalize as normalize_text
 
 DEFAULT_MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
@@ -53,6 +54,7 @@ class Result:
     prompt_tokens: int
     finished: bool  # True when the model ended the utterance (END_AUDIO), False when max_frames did
     timings: dict[str, float] = field(default_factory=dict)
+    spoken_text: str = ""  # the text the prompts were made of: the normalized text, or the raw one
 
     @property
     def duration(self) -> float:
@@ -249,14 +251,33 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
+    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
+        """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
+        language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
+        left to say is a UsageError."""
+        if lang is not None and lang not in LANGUAGES:
+            raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+        if not normalize:
+            return text
+        lang = voice_language(voice) if lang is None else lang
+        spoken = normalize_text(text, lang)
+        if not spoken.strip():
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized ({lang}); "
+                             f"pass normalize=False (--raw) to speak it as written")
+        return spoken
+
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
-                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None) -> Result:
-        """Speak `text` with a preset voice. Frame f's flow-matching noise is row f of `noise` when given,
-        else drawn from `seed` (a random seed when None; the one used is in the result). A text longer
-        than the context is spoken piece by piece (see `pieces`)."""
+                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None,
+                   normalize: bool = True, lang: str | None = None) -> Result:
+        """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
+        language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
+        f's flow-matching noise is row f of `noise` when given, else drawn from `seed` (a random seed when
+        None; the one used is in the result). A text longer than the context is spoken piece by piece
+        (see `pieces`)."""
         with self._lock:
             run, audio, piece_frames = _Run(), [], {}
-            for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
+            for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run,
+                                             normalize, lang):
                 piece_frames.setdefault(piece, []).append(frame)
             for frames in piece_frames.values():  # each piece is its own utterance for the codec
                 audio.append(run.time("codec_ms", self.decode, np.array(frames)))
@@ -265,18 +286,21 @@ class Synthesizer:
 
     def stream(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
                seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
-               max_frames: int | None = None, noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
+               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
+               lang: str | None = None) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
         frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
-        concatenate to what `synthesize` returns. Stop early by closing the generator (or leaving the
-        loop); `last_result` then holds the codes, audio and timings of what was made."""
+        concatenate to what `synthesize` returns (normalize and lang as there). Stop early by closing the
+        generator (or leaving the loop); `last_result` then holds the codes, audio, timings and spoken
+        text of what was made."""
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise UsageError(f"chunk_frames and first_chunk_frames must be >= 1, found {chunk_frames} "
                                    f"and {first_chunk_frames}")
         with self._lock:
             run, chunks, pending, codec, current = _Run(), [], [], None, None
             try:
-                for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
+                for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run,
+                                                 normalize, lang):
                     if piece != current:  # a new prompt: the codec starts afresh
                         if pending:
                             chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
@@ -296,13 +320,15 @@ class Synthesizer:
                 self.last_result = run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
                                               frames_heard=sum(len(c) for c in chunks) // self._samples_per_frame)
 
-    def _frames(self, text, voice, seed, steps, cfg_alpha, max_frames, noise, run: "_Run"):
+    def _frames(self, text, voice, seed, steps, cfg_alpha, max_frames, noise, run: "_Run", normalize=True, lang=None):
         """(piece index, frame of codes without specials), one frame at a time, as they are generated."""
         layout = self.audio_layout
         n_acoustic = layout["n_acoustic_codebook"]
         steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
-        check_request(text, steps, cfg_alpha, max_frames, seed)
+        check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
+        text = run.spoken_text = run.time("tokenize_ms", lambda: self.spoken_text(text, voice, normalize=normalize,
+                                                                                  lang=lang))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -397,6 +423,7 @@ class _Run:
         self.seed: int | None = None
         self.prompt_tokens = 0
         self.finished = False
+        self.spoken_text = ""
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -409,7 +436,8 @@ class _Run:
         frames = self.frames if frames_heard is None else self.frames[:frames_heard]
         codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
         timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
-        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings)
+        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings,
+                      self.spoken_text)
 
 
 class CodecStream:
