@@ -58,6 +58,7 @@ _SPACES = re.compile(r"[^\S\n]+")
 _ALL_SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?…،؛؟।])")
 _TERMINAL_RUN = re.compile(r"[.!?…؟।॥](?:\s*[.!?…؟।॥])+")
+_OPENING_RUN = re.compile(r"([¡¿])[¡¿]+")
 _CLAUSE_RUN = re.compile(r"([,;:،؛])(?:\s*[,;:،؛])+")
 _CLAUSE_BEFORE_STOP = re.compile(r"[,;:،؛]\s*(?=[.!?…؟।॥])")
 _TRAILING = re.compile(rf"[\s,;:،؛\-–—]+$")
@@ -109,7 +110,7 @@ class Normalizer:
         months = "|".join(r.months)
         self.iso_date = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})-(?P<m>0?[1-9]|1[0-2])-(?P<d>0?[1-9]|[12][0-9]|3[01])"
                                    r"(?![0-9])")
-        self.dmy_date = re.compile(r"(?<![0-9.,/])(?P<d>[0-9]{1,2})(?P<sep>[./])(?P<m>[0-9]{1,2})(?P=sep)"
+        self.dmy_date = re.compile(r"(?<![0-9.,/-])(?P<d>[0-9]{1,2})(?P<sep>[./-])(?P<m>[0-9]{1,2})(?P=sep)"
                                    r"(?P<y>[0-9]{4})(?![0-9])")
         of = "(?P<of> de)?" if self.lang in ("es", "pt") else "(?P<of>)"
         self.day_month = re.compile(rf"(?<![0-9.,])(?P<d>[0-9]{{1,2}})(?P<dot>\.)?{of} (?P<m>{months})\b")
@@ -149,6 +150,7 @@ class Normalizer:
         text = self._html(text)
         text = _EMOJI.sub("", text)
         text = _INVISIBLE.sub("", text)
+        text = _flatten_links(text)  # "[text](url)" -> "text" before the URL inside would become "link"
         text = _URL.sub(self._url, text)
         text = self._markdown(text)
         text = self._punctuation(_SPACES.sub(" ", text))  # the final stop first: rules see the text's end as it will be
@@ -177,7 +179,7 @@ class Normalizer:
         """Markdown (and plain line breaks) -> one line: a heading, list item, table row or paragraph ends
         with a full stop; the lines of one paragraph are joined with a space."""
         while True:  # until nothing changes: removing one mark can make another ("[[a](b)](c)", "~`~")
-            flat = _MD_LINK.sub(r"\1", text)
+            flat = _flatten_links(text)
             flat = _MD_STAR.sub(lambda m: "" if m.group(1) else " ", flat)
             flat = _MD_MARKS.sub("", _MD_UNDERSCORE.sub("", flat))
             if flat == text:
@@ -317,9 +319,13 @@ class Normalizer:
             return numbers.digits(digits, self.lang)
         return cardinal(int(digits), self.lang)
 
-    def _counted(self, raw: str, noun: Noun, negative: bool = False) -> str:
-        """A number with the noun it counts, in agreement ("un kilomètre", "zwei Stunden", "ساعتان")."""
+    def _counted(self, raw: str, noun: Noun, negative: bool = False, dative: bool = False) -> str:
+        """A number with the noun it counts, in agreement ("un kilomètre", "zwei Stunden", "ساعتان"); German
+        `dative` after a preposition ("in zweihundert Metern", "in einer Stunde")."""
         words, value = self._say_number(raw, noun)
+        if dative:
+            noun = Noun(noun.one, re.sub(r"^\w+", _dative_plural, noun.many, count=1), noun.gender)
+            words = re.sub(r"^eine?$", "einer" if noun.gender == "f" else "einem", words)
         minus = f"{self.rules.minus} " if negative else ""
         if self.lang == "ar":
             return minus + _arabic_count(words, value, raw, noun)
@@ -341,9 +347,19 @@ class Normalizer:
             minus = f"{r.minus} " if negative else ""
             return self._spaced(m, f"{minus}{first} {r.range_word} {second}")
         if noun:
-            return self._spaced(m, self._counted(m.group("num"), noun, negative))
-        words, _ = self._say_number(m.group("num"), self._next_noun(m))
+            return self._spaced(m, self._counted(m.group("num"), noun, negative, self._dative(m)))
+        noun = self._next_noun(m)
+        words, _ = self._say_number(m.group("num"), noun)
+        if noun and self._dative(m):
+            words = re.sub(r"^eine?$", "einer" if noun.gender == "f" else "einem", words)
         return self._spaced(m, f"{r.minus} {words}" if negative else words)
+
+    def _dative(self, m: re.Match) -> bool:
+        """German: the number follows a preposition that takes the dative ("in 200 m", "nach 1 h")."""
+        if self.lang != "de":
+            return False
+        before = m.string[:m.start()].split()
+        return bool(before) and before[-1].lower() in _DE_DATIVE_PREPOSITIONS
 
     def _next_noun(self, m: re.Match) -> Noun | None:
         """The noun a number counts when a word follows it: its gender from the language's table of
@@ -460,8 +476,11 @@ class Normalizer:
             return hours if mins == 0 else f"{hours} {mm}"
         if lang == "hi":
             return f"{c(h)} बजे" if mins == 0 else f"{c(h)} बजकर {mm} मिनट"
-        # Arabic: the hour, then the minutes ("الساعة ثلاث وعشرون دقيقة" reads as "hour H and M minutes")
-        return c(h, "f") if mins == 0 else f"{c(h, 'f')} و{_arabic_count(mm, float(mins), str(mins), self.rules.units['min'])}"
+        # Arabic: the hour as a feminine ordinal, then "and a quarter", "and a half" or "and N minutes"
+        minutes = {0: "", 15: " والربع", 30: " والنصف"}.get(mins)
+        if minutes is None:
+            minutes = " و" + _arabic_count(mm, float(mins), str(mins), self.rules.units["min"])
+        return _AR_HOURS[h % 12] + minutes
 
     # -- punctuation ---------------------------------------------------------------------------------------
     def _punctuation(self, text: str) -> str:
@@ -469,6 +488,7 @@ class Normalizer:
         if self.lang != "fr":
             text = _SPACE_BEFORE_PUNCT.sub("", text)
         text = _CLAUSE_RUN.sub(r"\1", text)
+        text = _OPENING_RUN.sub(r"\1", text)
         text = _CLAUSE_BEFORE_STOP.sub("", text)
         text = _TERMINAL_RUN.sub(_collapse_terminals, text)
         text = _TRAILING.sub("", text)
@@ -485,6 +505,7 @@ _NEXT_WORD = re.compile(r" ([^\W\d_]{2,})")
 # words after a number that are not the noun it counts
 _NOT_NOUNS = frozenset("""et ou à de du des en par pour sur y o a e en de del por para con ou em do da dos das
     ed o di da per con su und oder bis von zu mit""".split())
+_DE_DATIVE_PREPOSITIONS = frozenset("in nach vor mit von aus bei zu seit nach binnen".split())
 _DE_DATIVE = frozenset("am im zum vom beim dem den des zur seit ab bis".split())
 _DE_ARTICLES = _DE_DATIVE | frozenset("der die das ein eine einer eines jeder jede jedes".split())
 
@@ -500,12 +521,28 @@ def _letter_bounded(pattern: str) -> str:
     return pattern.replace(r"\b", _LETTER_END)
 
 
+def _dative_plural(m: re.Match) -> str:
+    """Meter -> Metern, Kilometer -> Kilometern, Liter -> Litern (nouns in -er/-el take -n)."""
+    word = m.group()
+    return word + "n" if word.endswith(("er", "el")) else word
+
+
 def _collapse_terminals(m: re.Match) -> str:
     run = m.group()
     for mark in "?؟!।॥":
         if mark in run:
             return mark
     return "…" if "…" in run or run.count(".") >= 3 else "."
+
+
+def _flatten_links(text: str) -> str:
+    """Markdown links and images -> their text, nested ones too."""
+    while "](" in text:
+        flat = _MD_LINK.sub(r"\1", text)
+        if flat == text:
+            break
+        text = flat
+    return text
 
 
 def _entity(m: re.Match) -> str:
@@ -525,23 +562,34 @@ def _indian_grouped(groups: list[str], seps: list[str]) -> bool:
 
 
 def _arabic_count(words: str, value: float | None, raw: str, noun: Noun) -> str:
-    """A number and the noun it counts in Arabic: 1 -> the noun then "one" (كيلومتر واحد), 2 -> the dual
-    alone (كيلومتران), 3-10 -> the number then the plural (ثلاثة كيلومترات), 11 and above -> the
-    singular (عشرون كيلومترا is written عشرون كيلومتر here: no case endings), a fraction -> singular."""
+    """A number and the noun it counts in Arabic (unvocalized, nominative): 1 -> the noun then "one"
+    (كيلومتر واحد), 2 -> the dual alone (كيلومتران), 3-10 -> the number then the plural (ثلاثة
+    كيلومترات), 11-99 -> the singular in the accusative (عشرون كيلومترا), a round hundred or thousand ->
+    the singular (مئة كيلومتر); a fraction -> the singular."""
     if noun.two is None:
         return f"{words} {noun.one}"
-    if value is None or "." in raw or "," in raw and value != int(value):
+    if value is None or value != int(value):
         return f"{words} {noun.one}"
     n = int(value)
     if n == 1:
         return f"{noun.one} {'واحدة' if noun.gender == 'f' else 'واحد'}"
     if n == 2:
         return noun.two
-    if 3 <= n % 100 <= 10:
+    rest = n % 100
+    if 3 <= rest <= 10:
         if noun.gender == "f":
             words = cardinal(n, "ar", "f")
         return f"{words} {noun.many}"
+    if 11 <= rest <= 99:
+        first, _, tail = noun.one.partition(" ")
+        if noun.gender == "m" and not first.endswith(("ة", "ا", "ى", "ء", "و")):
+            first += "ا"  # the accusative's tanween written as alif
+        return f"{words} {first}{' ' + tail if tail else ''}"
     return f"{words} {noun.one}"
 
+
+# The hour in Arabic is a feminine ordinal with the article (الساعة الثالثة); 13-23 are read on the 12-hour dial.
+_AR_HOURS = ("الثانية عشرة", "الواحدة", "الثانية", "الثالثة", "الرابعة", "الخامسة", "السادسة", "السابعة",
+             "الثامنة", "التاسعة", "العاشرة", "الحادية عشرة")
 
 __all__ = ["normalize", "voice_language", "LANGUAGES", "Normalizer"]

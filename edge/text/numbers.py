@@ -56,6 +56,11 @@ def cardinal(n: int, lang: str, gender: str = "m", before_noun: bool = False) ->
         words = words.replace(",", "")
     elif lang == "nl":
         words = re.sub(r"(?<=\w)één", "een", words)  # "honderdeen", not "honderdéén"
+        words = re.sub(r"duizend(?=\w)", "duizend ", words)  # a space after duizend: "tweeduizend zesentwintig"
+    elif lang == "it":
+        words = re.sub(r"(?<=milion[ei]) e ", " ", words)  # "un milione duecentomila" (num2words adds "e")
+    elif lang == "de":
+        words = re.sub(r"^ein(?=hundert|tausend)", "", words)  # "hundertdreißig", "tausend", as they are said
     elif lang == "ar":
         words = words.replace(" و ", " و")  # the conjunction is written joined to the next word
         if gender == "f":

@@ -160,8 +160,9 @@ ES = Language(
     date="{d} de {m} de {y}",
     road_prefixes=("A", "AP", "N", "M", "C", "E"),
     abbreviations=(
-        (r"\bAvda\.", "Avenida"), (r"\bAv\.", "Avenida"), (r"\bavda\.", "avenida"), (r"\bav\.", "avenida"),
-        (r"\bC/\s?", "calle "), (r"\bPza\.", "Plaza"), (r"\bCtra\.", "carretera"), (r"\bP\.º", "Paseo"),
+        # the generic word of a street name is written in lowercase (RAE): "la avenida de América"
+        (r"\b[Aa]vda\.", "avenida"), (r"\b[Aa]v\.", "avenida"), (r"\bC/\s?", "calle "), (r"\b[Pp]za\.", "plaza"),
+        (r"\b[Cc]tra\.", "carretera"), (r"\b[Pp]\.º", "paseo"),
         (r"\bSra\.", "señora"), (r"\bSrta\.", "señorita"), (r"\bSr\.", "señor"), (r"\bDra\.", "doctora"),
         (r"\bDr\.", "doctor"), (r"\bSta\.", "Santa"), (r"\bSto\.", "Santo"), (r"\bUds\.", "ustedes"),
         (r"\bUd\.", "usted"), (r"\baprox\.", "aproximadamente"), (r"\b[nN]\.?º\s?(?=\d)", "número "),
@@ -285,7 +286,7 @@ DE = Language(
     date="{d} {m} {y}", date_ordinal="all",
     road_prefixes=("A", "B", "L", "K", "E", "St"),
     abbreviations=(
-        (r"(?<=\w)str\.", "straße"), (r"\bStr\.", "Straße"), (r"\bPl\.", "Platz"), (r"\bHbf\b\.?", "Hauptbahnhof"),
+        (r"(?<=\w)str\.", "straße"), (r"\bStr\.", "Straße"), (r"(?<=\w)pl\.", "platz"), (r"\bPl\.", "Platz"), (r"\bHbf\b\.?", "Hauptbahnhof"),
         (r"\bBhf\b\.?", "Bahnhof"), (r"\bAusf\.", "Ausfahrt"), (r"\bNr\.", "Nummer"), (r"\bca\.", "circa"),
         (r"\bz\.\s?B\.", "zum Beispiel"), (r"\bbzw\.", "beziehungsweise"), (r"\busw\.", "und so weiter"),
         (r"\bd\.\s?h\.", "das heißt"), (r"\bu\.\s?a\.", "unter anderem"), (r"\binkl\.", "inklusive"),
@@ -341,7 +342,7 @@ AR_ = Language(
             "ديسمبر"),
     date="{d} {m} {y}",
     road_prefixes=("E",),
-    abbreviations=((r"(?<!\w)د\.(?=\s)", "دكتور"), (r"(?<!\w)ش\.(?=\s)", "شارع"), (r"(?<!\w)ص\.ب\.", "صندوق بريد")),
+    abbreviations=((r"(?<!\w)د\.(?=\s)", "الدكتور"), (r"(?<!\w)ش\.(?=\s)", "شارع"), (r"(?<!\w)ص\.ب\.", "صندوق بريد")),
 )
 
 RULES: dict[str, Language] = {lang.code: lang for lang in (EN, FR, ES, PT, IT, NL, DE, HI, AR_)}
