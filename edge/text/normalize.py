@@ -53,7 +53,10 @@ _MD_LINK = re.compile(r"!?\[([^\[\]]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)")
 _MD_STAR = re.compile(r"(?<=\w)\*+(?=\w)|(\*+)")  # emphasis marks go; one between two words leaves a space
 _MD_UNDERSCORE = re.compile(r"(?<!\w)_+|_+(?!\w)")
 _MD_MARKS = re.compile(r"`+|~~")
+_MD_INLINE = re.compile(r"[*_`]|~~|\]\(")
 
+_LEADING_LOOKAROUNDS = re.compile(r"^(?:\(\?<?[=!](?:[^()]|\([^()]*\))*\))+")
+_DATE_HINT = re.compile(r"[0-9][-./][0-9]")
 _SPACES = re.compile(r"[^\S\n]+")
 _ALL_SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?…،؛؟।])")
@@ -107,6 +110,7 @@ class Normalizer:
         symbols = "|".join(re.escape(c) for c in sorted(r.currencies, key=len, reverse=True))
         self.money_before = re.compile(rf"(?P<cur>{symbols}){gap}(?P<num>{number})")
         self.money_after = re.compile(rf"{edge}(?P<num>{number}){gap}(?P<cur>{symbols})")
+        self.currency_hint = re.compile(symbols)
         months = "|".join(r.months)
         self.iso_date = re.compile(r"(?<![0-9])(?P<y>[12][0-9]{3})-(?P<m>0?[1-9]|1[0-2])-(?P<d>0?[1-9]|[12][0-9]|3[01])"
                                    r"(?![0-9])")
@@ -134,7 +138,14 @@ class Normalizer:
         self.road = re.compile(rf"(?<![\w\-])(?:(?P<p>[A-Z]{{1,3}})-?|(?P<q>{prefixes}) )(?P<n>[0-9]{{1,4}})"
                                rf"(?P<s>[a-z])?(?![\w])(?![.,][0-9])(?! ?(?:km|mi|m)\b)")
         self.exit = re.compile(r"(?<![\w.,])(?P<n>[0-9]{1,3})(?P<s>[a-d])(?![\w])")
-        self.abbreviations = [(re.compile(_letter_bounded(p)), repl) for p, repl in r.abbreviations]
+        # all abbreviations in one pattern, one alternative (named a0, a1...) per table entry
+        self.expansions = [repl for _, repl in r.abbreviations]
+        self.abbreviations = re.compile("|".join(f"(?P<a{i}>{_letter_bounded(p)})" for i, (p, _) in
+                                                 enumerate(r.abbreviations))) if r.abbreviations else None
+        # the same without the lookarounds they start with: a pattern that starts with a literal is searched
+        # fast (measured 60x faster), and it matches wherever one of the table's entries may start
+        self.abbreviation_hint = re.compile("|".join(_LEADING_LOOKAROUNDS.sub("", _letter_bounded(p))
+                                                     for p, _ in r.abbreviations)) if r.abbreviations else None
         self.name_abbreviations = [
             (re.compile(rf"{_LETTER_START}{a}{_LETTER_END}(?P<dot>\.)?"), title, suffix)
             for a, title, suffix in r.name_abbreviations]
@@ -145,17 +156,18 @@ class Normalizer:
     def __call__(self, text: str) -> str:
         if not isinstance(text, str):
             raise TypeError(f"normalize: text must be a str, found {type(text).__name__}")
-        text = unicodedata.normalize("NFC", text).translate(_NATIVE_DIGITS)
+        if not text.isascii():  # emoji, invisible characters and native digits are not ASCII
+            text = unicodedata.normalize("NFC", text).translate(_NATIVE_DIGITS)
+            text = _INVISIBLE.sub("", _EMOJI.sub("", text))
         text = _NEWLINES.sub("\n", text)
         text = self._html(text)
-        text = _EMOJI.sub("", text)
-        text = _INVISIBLE.sub("", text)
         text = _flatten_links(text)  # "[text](url)" -> "text" before the URL inside would become "link"
-        text = _URL.sub(self._url, text)
+        if "://" in text or "www." in text.lower():
+            text = _URL.sub(self._url, text)
         text = self._markdown(text)
         text = self._punctuation(_SPACES.sub(" ", text))  # the final stop first: rules see the text's end as it will be
-        for pattern, repl in self.abbreviations:
-            text = pattern.sub(self._abbreviation(repl), text)
+        if self.abbreviations:
+            text = self._abbreviate(text)
         for pattern, title, suffix in self.name_abbreviations:
             text = pattern.sub(lambda m, t=title, s=suffix: self._name_abbreviation(m, t, s), text)
         text = self._numbers(text)
@@ -178,7 +190,7 @@ class Normalizer:
     def _markdown(self, text: str) -> str:
         """Markdown (and plain line breaks) -> one line: a heading, list item, table row or paragraph ends
         with a full stop; the lines of one paragraph are joined with a space."""
-        while True:  # until nothing changes: removing one mark can make another ("[[a](b)](c)", "~`~")
+        while _MD_INLINE.search(text):  # until nothing changes: removing a mark can make another ("~`~")
             flat = _flatten_links(text)
             flat = _MD_STAR.sub(lambda m: "" if m.group(1) else " ", flat)
             flat = _MD_MARKS.sub("", _MD_UNDERSCORE.sub("", flat))
@@ -219,12 +231,23 @@ class Normalizer:
             return block[:i] + self.rules.stop + block[i:]
         return block
 
-    def _abbreviation(self, repl: str):
-        def expand(m: re.Match) -> str:
-            rest = m.string[m.end():]
-            keep_stop = m.group().endswith(".") and not rest.strip()  # it also ended the text
-            return repl + ("." if keep_stop else "")
-        return expand
+    def _abbreviate(self, text: str) -> str:
+        """self.abbreviations.sub(self._abbreviation, text), tried only where the hint pattern finds a start."""
+        parts, last, pos = [], 0, 0
+        while (hint := self.abbreviation_hint.search(text, pos)) is not None:
+            m = self.abbreviations.match(text, hint.start())
+            if m and m.end() > m.start():
+                parts += [text[last:m.start()], self._abbreviation(m)]
+                last = pos = m.end()
+            else:
+                pos = hint.start() + 1
+        return "".join(parts) + text[last:] if parts else text
+
+    def _abbreviation(self, m: re.Match) -> str:
+        """The table's expansion; the abbreviation's full stop is kept when it also ended the text."""
+        repl = self.expansions[int(m.lastgroup[1:])]
+        keep_stop = m.group().endswith(".") and not m.string[m.end():].strip()
+        return repl + ("." if keep_stop else "")
 
     def _name_abbreviation(self, m: re.Match, title: str, suffix: str) -> str:
         """Before a name (and not after one) the title ("Dr. Smith" -> Doctor, "St. Mary's" -> Saint);
@@ -247,19 +270,22 @@ class Normalizer:
     def _numbers(self, text: str) -> str:
         if not any(c.isdigit() for c in text):
             return text
-        text = self.iso_date.sub(self._date, text)
-        text = self.dmy_date.sub(self._date, text)
+        if _DATE_HINT.search(text):
+            text = self.iso_date.sub(self._date, text)
+            text = self.dmy_date.sub(self._date, text)
         text = self.day_month.sub(self._day_month, text)
         if self.month_day:
             text = self.month_day.sub(lambda m: f"{m.group('m')} {ordinal(int(m.group('d')), 'en')}"
                                       if 1 <= int(m.group("d")) <= 31 else m.group(), text)
-        text = self.time.sub(self._time, text)
+        if ":" in text or "." in text:
+            text = self.time.sub(self._time, text)
         if self.hour_ampm:
             text = self.hour_ampm.sub(lambda m: self._clock(int(m.group("h")), 0, m.group("ampm")), text)
         if self.h_time:
             text = self.h_time.sub(lambda m: self._clock(int(m.group("h")), int(m.group("m") or 0)), text)
-        text = self.money_before.sub(self._money, text)
-        text = self.money_after.sub(self._money, text)
+        if self.currency_hint.search(text):
+            text = self.money_before.sub(self._money, text)
+            text = self.money_after.sub(self._money, text)
         for pattern, form in self.ordinals:
             text = pattern.sub(lambda m: self._ordinal(int(m.group("num")), form), text)
         if self.de_ordinal:

@@ -45,6 +45,7 @@ def digits(s: str, lang: str) -> str:
     return " ".join(cardinal(int(c), lang) for c in s)
 
 
+@functools.lru_cache(maxsize=4096)  # a car says the same few numbers again and again
 def cardinal(n: int, lang: str, gender: str = "m", before_noun: bool = False) -> str:
     """n >= 0 in words. `gender` and `before_noun` give the form that counts a noun of that gender."""
     if n >= DIGIT_WORDS_LIMIT:
@@ -94,6 +95,7 @@ def _agree(words: str, lang: str, gender: str) -> str:
     return words
 
 
+@functools.lru_cache(maxsize=1024)
 def ordinal(n: int, lang: str, gender: str = "m") -> str:
     """n >= 1 as an ordinal; `gender` "f" for the feminine where the language has one."""
     if lang in ("hi", "ar") or n >= DIGIT_WORDS_LIMIT:
