@@ -56,15 +56,20 @@ _MD_MARKS = re.compile(r"`+|~~")
 _MD_INLINE = re.compile(r"[*_`]|~~|\]\(")
 
 _LEADING_LOOKAROUNDS = re.compile(r"^(?:\(\?<?[=!](?:[^()]|\([^()]*\))*\))+")
+_DIGIT, _NON_DIGIT = re.compile("[0-9]"), re.compile("[^0-9]")
+_AMPM_HINT = re.compile(r"[0-9] ?[aApP]\.?[mM]")
+_H_HINT = re.compile(r"[0-9] ?h")
+_DE_ORDINAL_HINT = re.compile(r"[0-9]\. ")
+_EXIT_HINT = re.compile(r"[0-9][a-d](?!\w)")
 _DATE_HINT = re.compile(r"[0-9][-./][0-9]")
 _SPACES = re.compile(r"[^\S\n]+")
-_ALL_SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?…،؛؟।])")
 _TERMINAL_RUN = re.compile(r"[.!?…؟।॥](?:\s*[.!?…؟।॥])+")
 _OPENING_RUN = re.compile(r"([¡¿])[¡¿]+")
 _CLAUSE_RUN = re.compile(r"([,;:،؛])(?:\s*[,;:،؛])+")
 _CLAUSE_BEFORE_STOP = re.compile(r"[,;:،؛]\s*(?=[.!?…؟।॥])")
-_TRAILING = re.compile(rf"[\s,;:،؛\-–—]+$")
+_TRAILING_MARKS = " \t\n\r\f\v,;:،؛-–—"  # what a text may not end with: dropped before the final stop
+_CLAUSE_HINT = re.compile(r"[,;:،؛] ?[,;:،؛.!?…؟।॥]")
 
 GROUP_SPACES = "\u00a0\u202f\u2009"
 MINUS = "-\u2212"
@@ -137,6 +142,10 @@ class Normalizer:
         prefixes = "|".join(sorted(r.road_prefixes, key=len, reverse=True)) or "(?!)"
         self.road = re.compile(rf"(?<![\w\-])(?:(?P<p>[A-Z]{{1,3}})-?|(?P<q>{prefixes}) )(?P<n>[0-9]{{1,4}})"
                                rf"(?P<s>[a-z])?(?![\w])(?![.,][0-9])(?! ?(?:km|mi|m)\b)")
+        self.road_hint = re.compile(r"[A-Z][A-Za-z]{0,2}[- ]?[0-9]")
+        self.time_hint = re.compile(r"[0-9][:.][0-5][0-9]" if self.lang == "de" else r"[0-9]:[0-5][0-9]")
+        self.ordinal_hint = re.compile("[0-9](?:" + "|".join(suffix for suffix, _ in r.ordinal_suffixes) + ")") \
+            if r.ordinal_suffixes else None
         self.exit = re.compile(r"(?<![\w.,])(?P<n>[0-9]{1,3})(?P<s>[a-d])(?![\w])")
         # all abbreviations in one pattern, one alternative (named a0, a1...) per table entry
         self.expansions = [repl for _, repl in r.abbreviations]
@@ -268,30 +277,36 @@ class Normalizer:
 
     # -- numbers ----------------------------------------------------------------------------------------
     def _numbers(self, text: str) -> str:
-        if not any(c.isdigit() for c in text):
+        """Each pass runs only where its hint (a pattern that starts with a character class, which the
+        regex engine searches fast) finds something: most sentences have few numbers."""
+        if not _DIGIT.search(text):
             return text
         if _DATE_HINT.search(text):
             text = self.iso_date.sub(self._date, text)
             text = self.dmy_date.sub(self._date, text)
-        text = self.day_month.sub(self._day_month, text)
-        if self.month_day:
-            text = self.month_day.sub(lambda m: f"{m.group('m')} {ordinal(int(m.group('d')), 'en')}"
-                                      if 1 <= int(m.group("d")) <= 31 else m.group(), text)
-        if ":" in text or "." in text:
+        if any(month in text for month in self.rules.months):
+            text = self.day_month.sub(self._day_month, text)
+            if self.month_day:
+                text = self.month_day.sub(lambda m: f"{m.group('m')} {ordinal(int(m.group('d')), 'en')}"
+                                          if 1 <= int(m.group("d")) <= 31 else m.group(), text)
+        if self.time_hint.search(text):
             text = self.time.sub(self._time, text)
-        if self.hour_ampm:
+        if self.hour_ampm and _AMPM_HINT.search(text):
             text = self.hour_ampm.sub(lambda m: self._clock(int(m.group("h")), 0, m.group("ampm")), text)
-        if self.h_time:
+        if self.h_time and _H_HINT.search(text):
             text = self.h_time.sub(lambda m: self._clock(int(m.group("h")), int(m.group("m") or 0)), text)
         if self.currency_hint.search(text):
             text = self.money_before.sub(self._money, text)
             text = self.money_after.sub(self._money, text)
-        for pattern, form in self.ordinals:
-            text = pattern.sub(lambda m: self._ordinal(int(m.group("num")), form), text)
-        if self.de_ordinal:
+        if self.ordinal_hint and self.ordinal_hint.search(text):
+            for pattern, form in self.ordinals:
+                text = pattern.sub(lambda m, f=form: self._ordinal(int(m.group("num")), f), text)
+        if self.de_ordinal and _DE_ORDINAL_HINT.search(text):
             text = self.de_ordinal.sub(self._german_ordinal, text)
-        text = self.road.sub(self._road, text)
-        text = self.exit.sub(lambda m: f"{cardinal(int(m.group('n')), self.lang)} {m.group('s').upper()}", text)
+        if self.road_hint.search(text):
+            text = self.road.sub(self._road, text)
+        if _EXIT_HINT.search(text):
+            text = self.exit.sub(lambda m: f"{cardinal(int(m.group('n')), self.lang)} {m.group('s').upper()}", text)
         text = self.quantity.sub(self._quantity, text)
         return _IT_ELISION.sub("un'", text) if self.lang == "it" else text
 
@@ -305,8 +320,8 @@ class Normalizer:
     def _value(self, raw: str) -> tuple[int, str | None] | None:
         """(whole, digits after the decimal separator or None) of a written number; None when it is not
         one number (a list of groups, a version)."""
-        groups = re.split(r"[^0-9]", raw)
-        seps = re.findall(r"[^0-9]", raw)
+        groups = _NON_DIGIT.split(raw)
+        seps = _NON_DIGIT.findall(raw)
         if not seps:
             return int(raw), None
         group_chars = set(self.rules.group + GROUP_SPACES)
@@ -510,20 +525,21 @@ class Normalizer:
 
     # -- punctuation ---------------------------------------------------------------------------------------
     def _punctuation(self, text: str) -> str:
-        text = _ALL_SPACES.sub(" ", text).strip()
+        text = " ".join(text.split())
         if self.lang != "fr":
             text = _SPACE_BEFORE_PUNCT.sub("", text)
-        text = _CLAUSE_RUN.sub(r"\1", text)
-        text = _OPENING_RUN.sub(r"\1", text)
-        text = _CLAUSE_BEFORE_STOP.sub("", text)
+        if _CLAUSE_HINT.search(text):
+            text = _CLAUSE_RUN.sub(r"\1", text)
+            text = _CLAUSE_BEFORE_STOP.sub("", text)
+        if "¡" in text or "¿" in text:
+            text = _OPENING_RUN.sub(r"\1", text)
         text = _TERMINAL_RUN.sub(_collapse_terminals, text)
-        text = _TRAILING.sub("", text)
-        body = _TRAILING.sub("", text.rstrip(CLOSERS))
+        text = text.rstrip(_TRAILING_MARKS)
+        body = text.rstrip(CLOSERS).rstrip(_TRAILING_MARKS)
         if not body:
             return text
         closers = text[len(text.rstrip(CLOSERS)):]
         return body + ("" if body[-1] in TERMINATORS else self.rules.stop) + closers
-
 
 _IT_ELISION = re.compile(r"\buna (?=[aeiouAEIOU])")  # "1 ora" -> "un'ora"
 _GENDERED = frozenset("fr es pt it de".split())
