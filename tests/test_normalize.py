@@ -356,6 +356,17 @@ def test_never_raises_and_is_idempotent(text, lang):
     assert normalize(once, lang) == once
 
 
+LONG = [" " * 3000 + "x" + "!" * 3000 + "ab" * 1500 + "\n" * 500 + "9" * 1000, "9" * 5000, "1," * 3000,
+        "St. " * 500, "[a](" * 1000, "**" * 2000 + "a", " \t" * 2000 + "#", "| --- |" * 500, "€" + "1" * 100]
+
+
+@pytest.mark.parametrize("text", LONG, ids=range(len(LONG)))
+def test_long_and_odd_inputs(text):
+    for lang in LANGUAGES:
+        once = normalize(text, lang)
+        assert normalize(once, lang) == once
+
+
 # Letters of scripts no rule reads (Greek, Cyrillic, Hebrew, Thai, CJK, Georgian): kept, in order, exactly.
 FOREIGN = "αβγΔΩабвЖЯאבגกขค本字한글ამ"
 FOREIGN_TEXT = st.text(st.sampled_from(FOREIGN + string.digits + " .,!?-:%/€$°\n"), max_size=120)

@@ -45,7 +45,7 @@ _URL = re.compile(r"(?<![^\W\d_])(?:(?:https?|ftp)://|www\.)[^\s<>\"'`]+", re.I)
 _URL_TAIL = re.compile(r"[.,;:!?)\]}>]+$")
 
 _MD_FENCE = re.compile(r"^\s*(?:```|~~~)")
-_MD_RULE = re.compile(r"^\s*(?:[-*_=]\s*){3,}$|^\s*\|?(?:\s*:?-{3,}:?\s*\|)+\s*:?-*:?\s*$")
+_MD_RULE = re.compile(r"(?:[-*_=][ \t]*){3,}|\|?(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t]*:?-*:?")  # on a stripped line
 _MD_PREFIX = re.compile(r"^\s*(?:#{1,6}\s+|[-*+•]\s+|>\s?|[0-9]{1,3}[.)]\s+)")
 _MD_NUMBERED = re.compile(r"^\s*[0-9]{1,3}[.)]\s+\S", re.M)
 _MD_HEADING_TAIL = re.compile(r"\s+#+\s*$")
@@ -136,7 +136,7 @@ class Normalizer:
             if r.meridiem else None
         self.h_time = re.compile(r"(?<![0-9.,:])(?P<h>[01]?[0-9]|2[0-3]) ?h ?(?P<m>[0-5][0-9])(?![0-9])") \
             if self.lang in ("fr", "pt") else None
-        self.ordinals = [(re.compile(rf"(?<![\w.,]){edge}(?P<num>[0-9]+)(?:{suffix})(?![^\W\d_])"), form)
+        self.ordinals = [(re.compile(rf"(?<![\w.,]){edge}(?P<num>[0-9]{{1,9}})(?:{suffix})(?![^\W\d_])"), form)
                          for suffix, form in r.ordinal_suffixes]
         self.de_ordinal = re.compile(r"(?<![\w.,])(?P<num>[0-9]{1,3})\.(?= +\w)") if self.lang == "de" else None
         prefixes = "|".join(sorted(r.road_prefixes, key=len, reverse=True)) or "(?!)"
@@ -178,7 +178,11 @@ class Normalizer:
         if self.abbreviations:
             text = self._abbreviate(text)
         for pattern, title, suffix in self.name_abbreviations:
-            text = pattern.sub(lambda m, t=title, s=suffix: self._name_abbreviation(m, t, s), text)
+            while True:  # until none is left to read: an expansion is the context of the next ("St. St.")
+                expanded = pattern.sub(lambda m, t=title, s=suffix: self._name_abbreviation(m, t, s), text)
+                if expanded == text:
+                    break
+                text = expanded
         text = self._numbers(text)
         return self._punctuation(text)
 
@@ -211,7 +215,7 @@ class Normalizer:
         numbered = len(_MD_NUMBERED.findall(text)) >= 2
         blocks, paragraph = [], []
         for line in text.split("\n"):
-            if _MD_FENCE.match(line) or _MD_RULE.match(line) or not line.strip():
+            if _MD_FENCE.match(line) or _MD_RULE.fullmatch(line.strip()) or not line.strip():
                 blocks.append(" ".join(paragraph))
                 paragraph = []
                 continue
@@ -221,7 +225,8 @@ class Normalizer:
                 if not m or (m.group().strip()[:1].isdigit() and not numbered):
                     break
                 line, item = line[m.end():], True
-            line = _MD_HEADING_TAIL.sub("", line)
+            if line.rstrip().endswith("#"):  # "## Title ##"
+                line = _MD_HEADING_TAIL.sub("", line)
             if "|" in line.strip()[:1] + line.strip()[-1:]:
                 line, item = ", ".join(c.strip() for c in line.strip().strip("|").split("|") if c.strip()), True
             if item:
@@ -262,7 +267,7 @@ class Normalizer:
         """Before a name (and not after one) the title ("Dr. Smith" -> Doctor, "St. Mary's" -> Saint);
         after a name or a house number the street suffix ("Baker St." -> Street, "10 Main Dr" -> Drive);
         otherwise left as written. A capitalized first word of a sentence is not a name."""
-        before, after = m.string[:m.start()], m.string[m.end():]
+        before, after = m.string[max(0, m.start() - 80):m.start()], m.string[m.end():m.end() + 8]
         words = before.split()
         prev = words[-1] if words and before[-1:] == " " else ""
         sentence_start = len(words) < 2 or words[-2][-1] in TERMINATORS + ":"
@@ -271,7 +276,7 @@ class Normalizer:
         if nxt and nxt.group(1).isupper() and not named:
             return title
         if named:
-            ends = m.group("dot") and (not after.strip() or (nxt and nxt.group(1).isupper()))
+            ends = m.group("dot") and (not m.string[m.end():].strip() or (nxt and nxt.group(1).isupper()))
             return suffix + ("." if ends else "")
         return m.group()
 
@@ -320,6 +325,8 @@ class Normalizer:
     def _value(self, raw: str) -> tuple[int, str | None] | None:
         """(whole, digits after the decimal separator or None) of a written number; None when it is not
         one number (a list of groups, a version)."""
+        if len(raw) > 40:  # not a quantity anyone writes: its groups are read one by one
+            return None
         groups = _NON_DIGIT.split(raw)
         seps = _NON_DIGIT.findall(raw)
         if not seps:
@@ -356,7 +363,7 @@ class Normalizer:
         return numbers.decimal(whole, frac, self.lang), float(f"{whole}.{frac}")
 
     def _integer(self, digits: str) -> str:
-        if len(digits) > 1 and digits[0] == "0":
+        if len(digits) > 1 and digits[0] == "0" or len(digits) > 15:
             return numbers.digits(digits, self.lang)
         return cardinal(int(digits), self.lang)
 
