@@ -17,6 +17,7 @@ import numpy as np
 
 from voxtral_edge import __version__
 from voxtral_edge.errors import UsageError, VoxtralEdgeError
+from voxtral_edge.text.tables import LANGUAGES
 
 
 def _read_text(text: str) -> str:
@@ -46,10 +47,20 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_as_spoken(args: argparse.Namespace, voice: str | None = None) -> str:
+    """TEXT (or stdin), normalized when --normalize is given: for --lang, else the voice's language."""
+    text = _read_text(args.text)
+    if not args.normalize:
+        return text
+    from voxtral_edge.text import normalize, voice_language
+
+    return normalize(text, args.lang or (voice_language(voice) if voice else "en"))
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from voxtral_edge.tekken import Tekken
 
-    print(json.dumps(Tekken.from_file(args.tokenizer).encode(_read_text(args.text))))
+    print(json.dumps(Tekken.from_file(args.tokenizer).encode(_text_as_spoken(args))))
     return 0
 
 
@@ -58,7 +69,14 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from voxtral_edge.tekken import Tekken
 
     tekken = Tekken.from_file(Path(args.checkpoint) / "tekken.json")
-    print(json.dumps(tekken_speech_prompt(tekken, _read_text(args.text), args.voice)))
+    print(json.dumps(tekken_speech_prompt(tekken, _text_as_spoken(args, args.voice), args.voice)))
+    return 0
+
+
+def cmd_normalize(args: argparse.Namespace) -> int:
+    from voxtral_edge.text import normalize
+
+    print(normalize(_read_text(args.text), args.lang))
     return 0
 
 
@@ -254,7 +272,8 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
 
     chunk_frames = args.chunk_frames
     chunks = synth.stream(text, args.voice, chunk_frames=chunk_frames, seed=args.seed, steps=args.steps,
-                          cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise)
+                          cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise,
+                          normalize=not args.raw, lang=args.lang)
     previous = None  # when the last chunk arrived: the pace is measured past the first (which holds the prefill)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunawayWarning)
@@ -347,6 +366,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _normalize_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--normalize", action="store_true",
+                   help="normalize TEXT first, as `say` does (see `voxtral-edge normalize`)")
+    p.add_argument("--lang", choices=LANGUAGES, metavar="L",
+                   help=f"language for --normalize: {', '.join(LANGUAGES)} (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtral-edge",
@@ -386,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "example:\n  voxtral-edge tokens --tokenizer work/tiny/tekken.json 'Hello world'")
     p.add_argument("--tokenizer", required=True, metavar="TEKKEN_JSON", help="path to tekken.json")
     p.add_argument("text", metavar="TEXT")
+    _normalize_options(p, "English")
 
     p = command(
         "prompt", cmd_prompt, "print the speech prompt ids for a text and voice (JSON list)",
@@ -396,6 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (reads its tekken.json)")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice name")
     p.add_argument("text", metavar="TEXT")
+    _normalize_options(p, "the voice's language")
+
+    p = command(
+        "normalize", cmd_normalize, "print a text as it will be spoken (numbers, units, times... in words)",
+        "Print TEXT as `say` speaks it unless given --raw: markdown, HTML, URLs, emoji and invisible characters "
+        "flattened or dropped, lines joined; numbers, decimals, ordinals, ranges, percentages, money, units "
+        "(m, km, km/h, mph, mi, ft, °C, °F, kWh, kW, L, min, h), times, dates, road and exit numbers and "
+        "address abbreviations spelled out in the language's words; a final full stop added. TEXT '-' reads "
+        "standard input.",
+        "examples:\n  voxtral-edge normalize 'In 200 m, take exit 12a onto the A7.'\n"
+        "  voxtral-edge normalize --lang de 'Um 14:30 Uhr: -3 °C auf der B 27.'")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--lang", default="en", choices=LANGUAGES, metavar="L",
+                   help=f"language: {', '.join(LANGUAGES)} (default: en)")
 
     p = command(
         "export", cmd_export, "export a checkpoint folder to a bundle (ONNX graphs + manifest)",
@@ -453,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "say", cmd_say, "speak a text to a WAV file (or raw PCM on stdout)",
-        "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. A summary with "
-        "per-stage timings goes to standard error.",
+        "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. The text is "
+        "normalized first for --lang, else the voice's language (see `voxtral-edge normalize`; --raw speaks it "
+        "as written). A summary with per-stage timings goes to standard error.",
         "examples:\n  voxtral-edge say 'Turn left in 200 metres.' --bundle voxtral-bundle --voice casual_male -o turn.wav\n"
         "  echo 'Bonjour' | voxtral-edge say - --bundle voxtral-bundle --voice fr_female -o - | aplay -f S16_LE -r 24000")
     p.add_argument("text", metavar="TEXT")
@@ -483,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache positions to allocate (default: the bundle's)")
     p.add_argument("--profile", metavar="NAME|FILE",
                    help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
+    p.add_argument("--raw", action="store_true",
+                   help="speak TEXT as written: no normalization (see `voxtral-edge normalize`)")
+    p.add_argument("--lang", choices=LANGUAGES, metavar="L",
+                   help=f"language TEXT is normalized for: {', '.join(LANGUAGES)} (default: the voice's, else en)")
 
     p = command("devices", cmd_devices, "list the shipped device profiles",
                 "List the device profiles shipped with voxtral-edge (devices/*.toml): their precision plan, threads, "

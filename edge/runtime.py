@@ -33,7 +33,8 @@ from tokenizers import Tokenizer
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
-from .text import split_text
+from .text import LANGUAGES, split_text, voice_language
+from .text import normalize as normalize_text
 
 DEFAULT_MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
@@ -55,6 +56,7 @@ class Result:
     prompt_tokens: int
     finished: bool  # True when the model ended the utterance (END_AUDIO), False when max_frames did
     timings: dict[str, float] = field(default_factory=dict)
+    spoken_text: str = ""  # the text the prompts were made of: the normalized text, or the raw one
 
     @property
     def duration(self) -> float:
@@ -252,13 +254,32 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
+    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
+        """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
+        language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
+        left to say is a UsageError."""
+        if lang is not None and lang not in LANGUAGES:
+            raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+        if not normalize:
+            return text
+        lang = voice_language(voice) if lang is None else lang
+        spoken = normalize_text(text, lang)
+        if not spoken.strip():
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized ({lang}); "
+                             f"pass normalize=False (--raw) to speak it as written")
+        return spoken
+
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
-                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None) -> Result:
-        """Speak `text` with a preset voice. Frame f's flow-matching noise is row f of `noise` when given,
-        else drawn from `seed` (a random seed when None; the one used is in the result). A text longer
-        than the context is spoken piece by piece (see `pieces`)."""
+                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None,
+                   normalize: bool = True, lang: str | None = None) -> Result:
+        """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
+        language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
+        f's flow-matching noise is row f of `noise` when given, else drawn from `seed` (a random seed when
+        None; the one used is in the result). A text longer than the context is spoken piece by piece
+        (see `pieces`)."""
         u = self.start(text, voice, chunk_frames=DECODE_CHUNK, first_chunk_frames=DECODE_CHUNK, seed=seed,
-                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise)
+                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise,
+                       normalize=normalize, lang=lang)
         with self._lock:
             try:
                 while not u.done:
@@ -269,13 +290,16 @@ class Synthesizer:
 
     def stream(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
                seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
-               max_frames: int | None = None, noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
+               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
+               lang: str | None = None) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
         frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
-        concatenate to what `synthesize` returns. Stop early by closing the generator (or leaving the
-        loop); `last_result` then holds the codes, audio and timings of what was made."""
+        concatenate to what `synthesize` returns (normalize and lang as there). Stop early by closing the
+        generator (or leaving the loop); `last_result` then holds the codes, audio, timings and spoken
+        text of what was made."""
         u = self.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames, seed=seed,
-                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise)
+                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise, normalize=normalize,
+                       lang=lang)
         with self._lock:
             try:
                 while not u.done:
@@ -288,7 +312,8 @@ class Synthesizer:
     # -- an utterance, step by step ------------------------------------------------------------------
     def start(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
               seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
-              max_frames: int | None = None, noise: np.ndarray | None = None) -> Utterance:
+              max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
+              lang: str | None = None) -> Utterance:
         """Check a request and return its utterance, not yet begun: each `step` makes one frame of it.
         The arguments are those of `stream`; a bad one raises UsageError here, before any work."""
         if chunk_frames < 1 or first_chunk_frames < 1:
@@ -296,9 +321,11 @@ class Synthesizer:
                              f"and {first_chunk_frames}")
         n_acoustic = self.audio_layout["n_acoustic_codebook"]
         steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
-        check_request(text, steps, cfg_alpha, max_frames, seed)
+        check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
         run, rng = _Run(), None
+        text = run.spoken_text = run.time("tokenize_ms", lambda: self.spoken_text(text, voice, normalize=normalize,
+                                                                                  lang=lang))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -513,6 +540,7 @@ class _Run:
         self.seed: int | None = None
         self.prompt_tokens = 0
         self.finished = False
+        self.spoken_text = ""
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -525,7 +553,8 @@ class _Run:
         frames = self.frames if frames_heard is None else self.frames[:frames_heard]
         codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
         timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
-        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings)
+        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings,
+                      self.spoken_text)
 
 
 class CodecStream:
