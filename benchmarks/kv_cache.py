@@ -112,7 +112,7 @@ def main() -> None:
             positions = sorted({p for p in args.positions or (10, context // 2, context - 10) if p < context})
             for dtype in args.kv_dtype:
                 synth = Synthesizer.open(bundle, threads=args.threads, max_context=context, verify=False,
-                                         optimized_cache=False)
+                                         saved_graphs=False)
                 if dtype == "float32":
                     x = np.random.default_rng(0).standard_normal((1, synth.manifest["model"]["backbone"]["dim"]))
                     run = lambda p, x=x.astype(np.float32), s=synth: s.backbone(x, p)  # noqa: E731

@@ -7,7 +7,7 @@ context of `--max-context` positions would) and reports resident memory:
     first open    no stamp, no saved graphs: every file hashed, every graph optimized and saved
     cold          page cache dropped first (`sync; echo 3 > /proc/sys/vm/drop_caches`, needs root)
     warm          the bundle's files already in the page cache
-  each with the saved optimized graphs ("saved") and without them (`optimized_cache=False`, "plain").
+  each with the saved optimized graphs ("saved") and without them (`saved_graphs=False`, "plain").
 
     python benchmarks/startup.py --bundle BUNDLE [--max-context 2048] [--threads N] [--no-cold]
 
@@ -32,7 +32,7 @@ from voxtral_edge.runtime import Synthesizer
 from voxtral_edge.bench import resident_memory
 bundle, max_context, threads, cached = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 imported = time.perf_counter()
-synth = Synthesizer.open(bundle, max_context=max_context, threads=int(threads) or None, optimized_cache=cached)
+synth = Synthesizer.open(bundle, max_context=max_context, threads=int(threads) or None, saved_graphs=cached)
 opened = time.perf_counter()
 voice = sorted(synth.voices)[0]
 first = None

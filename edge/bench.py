@@ -94,7 +94,7 @@ def resident_memory() -> dict[str, float]:
 def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
               frames: int = 25, repeats: int = 3, chunk_frames: int = 4, voice: str | None = None,
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
-              optimized_cache: bool = True) -> tuple[dict, list[Row]]:
+              saved_graphs: bool | None = None) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
     from voxtral_edge.manifest import Manifest
     from voxtral_edge.runtime import Synthesizer
@@ -102,7 +102,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     start = time.perf_counter()
     manifest = Manifest.load(bundle, verify=verify)
     verify_s = time.perf_counter() - start
-    synth = Synthesizer(manifest, threads=threads, max_context=max_context, optimized_cache=optimized_cache)
+    synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs)
     load_s = time.perf_counter() - start
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps

@@ -187,7 +187,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
                                  frames=args.frames, repeats=args.repeats, max_context=args.max_context,
-                                 verify=not args.no_verify, optimized_cache=not args.no_saved_graphs)
+                                 verify=not args.no_verify, saved_graphs=False if args.no_saved_graphs else None)
     print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -230,7 +230,7 @@ def cmd_say(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
-                             max_context=args.max_context, optimized_cache=not args.no_saved_graphs)
+                             max_context=args.max_context, saved_graphs=False if args.no_saved_graphs else None)
     synth.voice(args.voice)  # an unknown voice fails before any file is created
     wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
     player = None
@@ -482,8 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         "plans:\n"
         "  fp32      nothing quantized\n"
         "  int8           backbone and codec 8-bit (MatMulNBits), flow head dynamic int8\n"
-        "  int4           backbone 4-bit in blocks of 32, flow head int8, codec 8-bit (the quality default)\n"
-        "  int4-all       backbone and flow head 4-bit, codec 8-bit\n"
+        "  int4           backbone 4-bit in blocks of 32, flow head and codec int8 (the quality default)\n"
+        "  int4-all       backbone and flow head 4-bit, codec int8\n"
         "  int4-fast      int4 with the backbone in blocks of 128 (faster, a little less exact)\n"
         "  int4-all-fast  int4-all with the backbone in blocks of 128\n"
         "  FILE.toml per graph: method (nbits | dynamic-int8 | fp32), bits, block_size, symmetric,\n"

@@ -147,13 +147,17 @@ def _save(manifest: Manifest, name: str, options: Callable[[], ort.SessionOption
 
 
 def load_session(manifest: Manifest, name: str, options: Callable[[], ort.SessionOptions],
-                 use_cache: bool = True) -> ort.InferenceSession:
-    """A session for one of the bundle's graphs: from this machine's saved graph when there is a valid one,
-    else from the bundle's graph (saving the optimized graph for next time when `use_cache`)."""
+                 saved_graphs: bool | None = None) -> ort.InferenceSession:
+    """A session for one of the bundle's graphs. `saved_graphs` None: from this machine's saved graph when
+    it was made (`voxtral-edge optimize`; made again if it no longer matches), else from the bundle's graph;
+    True: the same, making it when missing; False: always from the bundle's graph."""
     plain = manifest.path(manifest["graphs"][name]["file"])
-    if not use_cache:
-        return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
     folders = cache_folders(manifest.bundle)
+    if saved_graphs is None:  # opted in on this machine: a record (valid or not) is there
+        saved_graphs = any((folder / f"{name}.json").exists() or (folder / f"{name}.onnx").exists()
+                           for folder in folders)
+    if not saved_graphs:
+        return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
     for folder in folders:
         path = saved_graph(manifest, name, folder)
         if path is None:
@@ -195,7 +199,7 @@ def optimize_bundle(bundle: str | Path, threads: int | None = None) -> dict[str,
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a graph that cannot be saved is this command's failure
             try:
-                load_session(manifest, name, lambda: session_options(threads))
+                load_session(manifest, name, lambda: session_options(threads), saved_graphs=True)
             except UserWarning as w:
                 raise VoxtralEdgeError(str(w)) from None
         path = next(p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f)))

@@ -82,7 +82,7 @@ class Synthesizer:
     """Speech from a bundle. `Synthesizer.open(path)` verifies the bundle and loads its graphs."""
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None,
-                 optimized_cache: bool = True):
+                 saved_graphs: bool | None = None):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -95,7 +95,7 @@ class Synthesizer:
         for name, graph in m["graphs"].items():
             path = m.path(graph["file"])
             try:
-                session = load_session(m, name, lambda: session_options(threads), use_cache=optimized_cache)
+                session = load_session(m, name, lambda: session_options(threads), saved_graphs=saved_graphs)
             except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
                 raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
             have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
@@ -120,13 +120,13 @@ class Synthesizer:
 
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
-             verify: bool = True, optimized_cache: bool = True) -> "Synthesizer":
+             verify: bool = True, saved_graphs: bool | None = None) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
-        session per graph: from this machine's saved optimized graph, made on the first open, unless
-        optimized_cache=False (see `voxtral_edge.optimized`)."""
+        session per graph: from this machine's saved optimized graphs when `voxtral-edge optimize` made them
+        (saved_graphs None), making them (True) or never (False); see `voxtral_edge.optimized`."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
-                   optimized_cache=optimized_cache)
+                   saved_graphs=saved_graphs)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property

@@ -2,14 +2,16 @@
 
     fp32           nothing quantized
     int8           backbone and codec 8-bit (blocks of 128), flow head dynamic int8
-    int4           backbone 4-bit (blocks of 32), flow head dynamic int8, codec 8-bit: the quality default
-    int4-all       backbone 4-bit (blocks of 32), flow head 4-bit (blocks of 128), codec 8-bit
+    int4           backbone 4-bit (blocks of 32), flow head dynamic int8, codec dynamic int8: the quality default
+    int4-all       backbone 4-bit (blocks of 32), flow head 4-bit (blocks of 128), codec dynamic int8
     int4-fast      int4 with the backbone in blocks of 128: less memory to read, faster prefill
     int4-all-fast  int4-all with the backbone in blocks of 128
 
-The codec's matmuls are 8-bit (blocks of 128) in every int4 plan: on the `small` checkpoint its audio
-from the same codes keeps cosine 1.000000 / SNR 62 dB against fp32, and it takes 0.4 GB less memory
-at full size (its convolutions stay fp32).
+The codec's matmuls are dynamic int8 in every int4 plan: on the `small` checkpoint its audio from the
+same codes keeps cosine 0.999998 / SNR 55 dB / log-mel distance 0.01 dB against fp32; at full size it
+takes 0.39 GB less memory (its convolutions stay fp32) and about half the time per frame (8-bit
+MatMulNBits in blocks of 128: SNR 62 dB but 1.6x slower than dynamic int8; measured in
+benchmarks/README.md).
 
 Blocks of 128 for the flow head and dynamic int8 cost almost nothing in quality and are much faster
 on its 6-row matmuls (measured: benchmarks/README.md); the backbone's block size trades quality
@@ -97,16 +99,16 @@ def _nbits(bits: int, block: int) -> GraphPlan:
 
 
 _DYNAMIC = GraphPlan(QuantSpec("dynamic-int8"))
-_CODEC8 = _nbits(8, 128)
+_CODEC = _DYNAMIC
 NAMED_PLANS = {
     "fp32": Plan("fp32"),
-    "int8": Plan("int8", {"backbone_step": _nbits(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _CODEC8}),
-    "int4": Plan("int4", {"backbone_step": _nbits(4, 32), "flow_head": _DYNAMIC, "codec_decoder": _CODEC8}),
+    "int8": Plan("int8", {"backbone_step": _nbits(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _nbits(8, 128)}),
+    "int4": Plan("int4", {"backbone_step": _nbits(4, 32), "flow_head": _DYNAMIC, "codec_decoder": _CODEC}),
     "int4-all": Plan("int4-all", {"backbone_step": _nbits(4, 32), "flow_head": _nbits(4, 128),
-                                  "codec_decoder": _CODEC8}),
-    "int4-fast": Plan("int4-fast", {"backbone_step": _nbits(4, 128), "flow_head": _DYNAMIC, "codec_decoder": _CODEC8}),
+                                  "codec_decoder": _CODEC}),
+    "int4-fast": Plan("int4-fast", {"backbone_step": _nbits(4, 128), "flow_head": _DYNAMIC, "codec_decoder": _CODEC}),
     "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _nbits(4, 128), "flow_head": _nbits(4, 128),
-                                            "codec_decoder": _CODEC8}),
+                                            "codec_decoder": _CODEC}),
 }
 
 

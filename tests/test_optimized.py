@@ -69,12 +69,12 @@ def test_saved_graphs_give_the_reference_codes_and_audio(tiny_checkpoint_dirs, t
     bundle = fresh(tiny_bundle_dirs[0])
     want_codes, want_audio = Reference(Checkpoint(tiny_checkpoint_dirs[0])).synthesize(
         TEXT, "neutral_female", _noise(), steps=7, cfg_alpha=1.2)
-    first = _speak(bundle, _noise())  # optimizes, saves, and runs the session it optimized
+    first = _speak(bundle, _noise(), saved_graphs=True)  # optimizes, saves, and runs the session it optimized
     assert all(saved_graph(Manifest.load(bundle), g, cache_folders(bundle)[0]) for g in GRAPHS)
     opened.clear()
     second = _speak(bundle, _noise())  # from the saved graphs, optimizer off
     assert sorted(opened) == sorted((str(cache_folders(bundle)[0] / f"{g}.onnx"), True) for g in GRAPHS)
-    plain = _speak(bundle, _noise(), optimized_cache=False)
+    plain = _speak(bundle, _noise(), saved_graphs=False)
     for codes, audio in (first, second, plain):
         np.testing.assert_array_equal(codes, want_codes)
         assert np.abs(audio - want_audio).max() <= 1e-3
@@ -83,8 +83,8 @@ def test_saved_graphs_give_the_reference_codes_and_audio(tiny_checkpoint_dirs, t
 
 def test_saved_packed_weights_give_the_same_codes_and_audio(int4_bundle, fresh, opened):
     bundle = fresh(int4_bundle)
-    plain = _speak(bundle, _noise(), optimized_cache=False)
-    _speak(bundle, _noise())
+    plain = _speak(bundle, _noise(), saved_graphs=False)
+    _speak(bundle, _noise(), saved_graphs=True)
     opened.clear()
     saved = _speak(bundle, _noise())
     assert all(disabled and "optimized" in path for path, disabled in opened)
@@ -97,13 +97,13 @@ def test_saved_packed_weights_give_the_same_codes_and_audio(int4_bundle, fresh, 
 
 def test_another_machine_or_onnxruntime_gets_its_own(tiny_bundle_dirs, fresh, monkeypatch):
     bundle = fresh(tiny_bundle_dirs[1])
-    Synthesizer.open(bundle)
+    Synthesizer.open(bundle, saved_graphs=True)
     here = cache_folders(bundle)[0]
     real = optimized.machine_fingerprint
     monkeypatch.setattr(optimized, "machine_fingerprint", lambda: {**real(), "cpu_flags": "neon asimd"})
     there = cache_folders(bundle)[0]
     assert there != here and saved_graph(Manifest.load(bundle), "backbone_step", there) is None
-    Synthesizer.open(bundle)
+    Synthesizer.open(bundle, saved_graphs=True)
     assert saved_graph(Manifest.load(bundle), "backbone_step", there)
     # a record copied from another machine into this machine's folder is not used either
     shutil.copy(here / "flow_head.json", there / "flow_head.json")
@@ -118,8 +118,8 @@ def _flip(path, offset=None):
 
 def test_a_damaged_saved_graph_is_made_again(tiny_bundle_dirs, fresh, opened):
     bundle = fresh(tiny_bundle_dirs[2])
-    plain = _speak(bundle, _noise(), optimized_cache=False)
-    _speak(bundle, _noise())
+    plain = _speak(bundle, _noise(), saved_graphs=False)
+    _speak(bundle, _noise(), saved_graphs=True)
     folder = cache_folders(bundle)[0]
     _flip(folder / "codec_decoder.onnx.data")
     assert saved_graph(Manifest.load(bundle), "codec_decoder", folder) is None  # stat changed, sha256 differs
@@ -132,7 +132,7 @@ def test_a_damaged_saved_graph_is_made_again(tiny_bundle_dirs, fresh, opened):
 
 def test_a_record_for_other_bundle_files_is_not_used(tiny_bundle_dirs, fresh):
     bundle = fresh(tiny_bundle_dirs[0])
-    Synthesizer.open(bundle)
+    Synthesizer.open(bundle, saved_graphs=True)
     folder = cache_folders(bundle)[0]
     record = json.loads((folder / "flow_head.json").read_text())
     record["sources"]["flow_head.onnx.data"] = "0" * 64  # as if made from an older export of the bundle
@@ -147,8 +147,8 @@ def test_a_record_for_other_bundle_files_is_not_used(tiny_bundle_dirs, fresh):
 def test_packed_weights_onnxruntime_refuses_are_made_again(int4_bundle, fresh):
     """Our record vouches for the files (re-recorded over the damage), onnxruntime's own check refuses them."""
     bundle = fresh(int4_bundle)
-    plain = _speak(bundle, _noise(), optimized_cache=False)
-    Synthesizer.open(bundle)
+    plain = _speak(bundle, _noise(), saved_graphs=False)
+    Synthesizer.open(bundle, saved_graphs=True)
     folder = cache_folders(bundle)[0]
     model = onnx.load(str(folder / "backbone_step.onnx"), load_external_data=False)
     entry = next({e.key: e.value for e in t.external_data} for t in model.graph.initializer
@@ -168,7 +168,7 @@ def test_packed_weights_onnxruntime_refuses_are_made_again(int4_bundle, fresh):
 def test_a_bundle_folder_that_cannot_be_written_saves_in_the_user_cache(tiny_bundle_dirs, fresh, user_cache):
     bundle = fresh(tiny_bundle_dirs[0])
     (bundle / "optimized").write_text("")  # a file where the folder would go: nothing can be made there
-    Synthesizer.open(bundle)
+    Synthesizer.open(bundle, saved_graphs=True)
     folder = cache_folders(bundle)[1]
     assert user_cache in folder.parents and all(saved_graph(Manifest.load(bundle), g, folder) for g in GRAPHS)
 
@@ -180,24 +180,34 @@ def test_nowhere_to_save_warns_and_still_runs(tiny_bundle_dirs, fresh, monkeypat
     blocked.write_text("")
     monkeypatch.setenv("VOXTRAL_EDGE_CACHE", str(blocked))
     with pytest.warns(UserWarning, match="cannot save the optimized") as caught:
-        synth = Synthesizer.open(bundle, verify=False)
+        synth = Synthesizer.open(bundle, verify=False, saved_graphs=True)
     assert {str(w.message).split(" graph")[0].split()[-1] for w in caught} == set(GRAPHS)
     assert synth.synthesize("Hallo", "casual_male", seed=0, max_frames=2).codes.shape == (2, 6)
+
+
+def test_without_optimize_a_bundle_opens_from_its_own_graphs(tiny_bundle_dirs, fresh, opened):
+    bundle = fresh(tiny_bundle_dirs[2])
+    Synthesizer.open(bundle)
+    Synthesizer.open(bundle)
+    assert sorted(opened) == sorted([(str(Manifest.load(bundle).path(f"{g}.onnx")), False) for g in GRAPHS] * 2)
+    assert not (bundle / "optimized").exists()
 
 
 def test_optimize_command(tiny_bundle_dirs, fresh, capsys):
     bundle = fresh(tiny_bundle_dirs[0])
     assert main(["optimize", str(bundle)]) == 0
     out = capsys.readouterr().out
+    assert all(saved_graph(Manifest.load(bundle), g, cache_folders(bundle)[0]) for g in GRAPHS)
     assert all(f"{g}: made" in out for g in GRAPHS), out
     assert main(["optimize", str(bundle)]) == 0
     out = capsys.readouterr().out
+    assert all(saved_graph(Manifest.load(bundle), g, cache_folders(bundle)[0]) for g in GRAPHS)
     assert all(f"{g}: already saved" in out for g in GRAPHS), out
 
 
 def test_a_copied_bundle_uses_its_saved_graphs_after_one_hash(tiny_bundle_dirs, fresh, tmp_path, opened, monkeypatch):
     bundle = fresh(tiny_bundle_dirs[1])
-    Synthesizer.open(bundle)
+    Synthesizer.open(bundle, saved_graphs=True)
     copy = tmp_path / "copy" / "bundle"
     shutil.copytree(bundle, copy)  # new inodes: each saved file's stat differs from its record
     hashed = []
