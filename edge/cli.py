@@ -596,15 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
 
     p = command(
-        "optimize", cmd_optimize, "save this machine's optimized graphs of a bundle (what the first open does)",
+        "optimize", cmd_optimize, "save this machine's optimized graphs of a bundle, with packed weights to map",
         "Have onnxruntime optimize each graph of BUNDLE for this machine and save it with its packed weights, "
-        "so that opening the bundle neither optimizes the graphs nor copies the weights into the heap (they are "
-        "memory-mapped). The first open of a bundle does the same; run this at install time to take that cost "
-        "then. The saved graphs go to BUNDLE/optimized/<machine key>/ (or the user cache, "
+        "so that later opens neither optimize the graphs nor keep the packed weights on the heap (they are "
+        "memory-mapped: clean pages the kernel can reclaim; 3.2 GB for int4). It does not shorten the start "
+        "with onnxruntime 1.32, which packs each weight again at load to check the saved ones, and costs disk "
+        "(6 GB for int4), hence opt-in. The saved graphs go to BUNDLE/optimized/<machine key>/ (or the user cache, "
         "$VOXTRAL_EDGE_CACHE or ~/.cache/voxtral-edge, when BUNDLE cannot be written); they suit this CPU and "
         "this onnxruntime only, and are made again when either, or the bundle, changes. Delete that folder to "
-        "reclaim the space (about 2.2x the bundle's backbone for int4); `say --no-saved-graphs` neither uses nor "
-        "makes them.",
+        "reclaim the space; `say --no-saved-graphs` ignores them.",
         "example:\n  voxtral-edge optimize voxtral-int4")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
