@@ -10,6 +10,7 @@ context of `--max-context` positions would) and reports resident memory:
   each with the saved optimized graphs ("saved") and without them (`saved_graphs=False`, "plain").
 
     python benchmarks/startup.py --bundle BUNDLE [--max-context 2048] [--threads N] [--no-cold]
+                                 [--graphs saved plain] [--keep]
 
 Resident memory splits into anonymous (private heap: packed weights onnxruntime made, KV cache,
 buffers) and file-backed (mapped weights and embeddings: clean pages the kernel can drop and re-read).
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--no-cold", action="store_true", help="skip the cold runs (they need root)")
     parser.add_argument("--keep", action="store_true", help="keep the saved graphs and stamp: no first-open run")
+    parser.add_argument("--graphs", nargs="+", choices=["saved", "plain"], default=["saved", "plain"],
+                        help="which sessions to measure (default: both)")
     args = parser.parse_args()
     bundle = Path(args.bundle)
     from voxtral_edge.manifest import verified_stamp_path
@@ -75,8 +78,8 @@ def main() -> None:
         for folder in cache_folders(bundle):
             shutil.rmtree(folder, ignore_errors=True)
         verified_stamp_path(bundle).unlink(missing_ok=True)
-        runs.append(("first open", True, False))
-    for cached in (True, False):
+        runs.append(("first open", "saved" in args.graphs, False))
+    for cached in [g == "saved" for g in args.graphs]:
         if not args.no_cold:
             runs.append(("cold", cached, True))
         runs.append(("warm", cached, False))
