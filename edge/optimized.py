@@ -9,8 +9,8 @@ heap, and the optimizer does not run.
 
 The saved graph suits one machine (packed layouts and NCHWc blocks follow the CPU's instruction sets;
 onnxruntime warns that it "may contain hardware specific optimizations") and one onnxruntime version,
-so it is a cache, never part of the bundle, made on the first open on the target (or by
-`voxtral-edge optimize BUNDLE`):
+so it is a cache, never part of the bundle, made on the target by `voxtral-edge optimize BUNDLE`
+(`optimize_bundle`) or `Synthesizer.open(..., saved_graphs=True)`; once made, opens use it:
 
     BUNDLE/optimized/<machine key>/<graph>.onnx, <graph>.onnx.data, <graph>.json
     (USER_CACHE/optimized/<bundle key>/<machine key>/ when the bundle folder cannot be written)
@@ -23,7 +23,10 @@ onnxruntime refuses it (1.32 packs each saved weight again at load and compares)
 
 The saved data file holds the original weights beside the packed ones (about 2.2x the bundle's file
 for the int4 backbone): onnxruntime reads the originals at every load to check the packed blobs, and
-refuses a file whose originals differ, so they cannot be left out.
+refuses a file whose originals differ, so they cannot be left out. Because of that check the packing
+is paid at every load anyway: measured on the full-size int4 bundle (benchmarks/README.md), opening
+from the saved graphs is no faster, the peak resident memory is the same, and the packed weights move
+from private heap (3.8 -> 0.6 GB anonymous) to clean file pages. Hence opt-in.
 """
 
 from __future__ import annotations
