@@ -185,20 +185,18 @@ class Synthesizer:
         return outputs[-2].numpy()[0], outputs[-1].numpy()[0]
 
     def acoustic_codes(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
-        """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance;
-        returns codes 0..levels-1."""
-        x = np.asarray(noise, dtype=f32).copy()
-        timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
-        guided = cfg_alpha != 1  # with alpha 1 the unconditional row has weight 0: skip it
-        h_batch = (np.stack([h, np.zeros_like(h)]) if guided else h[None]).astype(f32)
-        flow = self.sessions["flow_head"]
-        for k in range(steps):
-            rows = flow.run(["velocity"], {"x": np.stack([x] * len(h_batch)), "t": timesteps[k:k + 1],
-                                           "h": h_batch})[0]
-            v = f32(cfg_alpha) * rows[0] + f32(1 - cfg_alpha) * rows[1] if guided else rows[0]
-            x = x + v * (timesteps[k + 1] - timesteps[k])
-        levels = self.audio_layout["acoustic_codebook_size"]
-        return np.round((np.clip(x, -1, 1) + 1) / 2 * (levels - 1)).astype(np.int64)
+        """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance,
+        all steps in one call of the flow_head graph; returns codes 0..levels-1."""
+        return self._flow(h, noise, steps, cfg_alpha)[0][0]
+
+    def _flow(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """(codes [1, n_acoustic], latent [1, n_acoustic]) of one frame."""
+        # with alpha 1 the unconditional row has weight 0: the graph runs the conditional row alone
+        weights = np.array([1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha], dtype=f32)
+        codes, latent = self.sessions["flow_head"].run(["codes", "latent"], {
+            "noise": np.asarray(noise, dtype=f32).reshape(1, -1), "h": np.asarray(h, dtype=f32).reshape(1, -1),
+            "timesteps": np.linspace(0, 1, steps + 1, dtype=f32), "cfg_weights": weights})
+        return codes, latent
 
     def audio_embedding(self, codes: np.ndarray) -> np.ndarray:
         """The next backbone input: the sum of one row per codebook (codes without specials)."""
