@@ -20,6 +20,8 @@ import unicodedata
 import threading
 import time
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -76,7 +78,8 @@ class EmbeddingTable:
 class Synthesizer:
     """Speech from a bundle. `Synthesizer.open(path)` verifies the bundle and loads its graphs."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None):
+    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
+                 codec_threads: int | None = None, codec_pipeline: bool = False):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -92,11 +95,20 @@ class Synthesizer:
         # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
         # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # the codec may have its own thread budget: on its own thread (codec_pipeline) it runs beside the others
+        codec_options = options
+        if codec_threads:
+            codec_options = ort.SessionOptions()
+            codec_options.intra_op_num_threads, codec_options.inter_op_num_threads = int(codec_threads), 1
+            codec_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.codec_pipeline = bool(codec_pipeline)
+        self._pool: ThreadPoolExecutor | None = None
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, graph in m["graphs"].items():
             path = m.path(graph["file"])
             try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(path), codec_options if name == "codec_decoder" else options,
+                                               providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
                 raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
             have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
@@ -120,10 +132,13 @@ class Synthesizer:
 
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
-             verify: bool = True) -> "Synthesizer":
+             verify: bool = True, codec_threads: int | None = None, codec_pipeline: bool = False) -> "Synthesizer":
         """Check the bundle against its manifest (sha256 of every file unless verify=False; sizes always),
-        then build one onnxruntime session per graph."""
-        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context)
+        then build one onnxruntime session per graph. `threads` is the backbone's and flow head's intra-op
+        thread budget, `codec_threads` the codec's (default: the same); with `codec_pipeline`, `stream`
+        decodes audio on a second thread while the next frames are computed (same audio)."""
+        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
+                   codec_threads=codec_threads, codec_pipeline=codec_pipeline)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -273,26 +288,56 @@ class Synthesizer:
                                    f"and {first_chunk_frames}")
         with self._lock:
             run, chunks, pending, codec, current = _Run(), [], [], None, None
+            decoding: deque[Future] = deque()  # chunks on the codec thread, in order
+            pool = self._codec_pool()
+
+            def decode(codec: CodecStream, frames: list) -> np.ndarray:
+                return run.time("codec_ms", codec.decode, np.array(frames))
+
+            def submit(frames: list):
+                """Decode a chunk: on the codec thread when there is one (but never the first chunk, which
+                decides the time to first audio), else here; yields the chunks that are ready, in order."""
+                if pool is None or not chunks:
+                    chunks.append(decode(codec, frames))
+                    yield chunks[-1]
+                else:
+                    decoding.append(pool.submit(decode, codec, frames))
+                yield from ready(wait=False)
+
+            def ready(wait: bool):
+                while decoding and (wait or decoding[0].done()):
+                    chunks.append(decoding.popleft().result())
+                    yield chunks[-1]
+
             try:
                 for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
                     if piece != current:  # a new prompt: the codec starts afresh
                         if pending:
-                            chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
+                            yield from submit(pending)
                             pending = []
-                            yield chunks[-1]
+                        yield from ready(wait=True)
                         codec, current = CodecStream(self), piece
                     pending.append(frame)
-                    if len(pending) == (chunk_frames if chunks else first_chunk_frames):
-                        chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
+                    if len(pending) == (chunk_frames if chunks or decoding else first_chunk_frames):
+                        yield from submit(pending)
                         pending = []
-                        yield chunks[-1]
+                    else:
+                        yield from ready(wait=False)
                 if pending:
-                    chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
-                    yield chunks[-1]
+                    yield from submit(pending)
+                yield from ready(wait=True)
             finally:  # also when the caller stops early: what was heard is what was made
+                for future in decoding:  # (a chunk still decoding was not heard; its codec state is dropped)
+                    future.cancel() or future.exception()
                 audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=f32)
                 self.last_result = run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
                                               frames_heard=sum(len(c) for c in chunks) // self._samples_per_frame)
+
+    def _codec_pool(self) -> ThreadPoolExecutor | None:
+        """The codec's own thread when `codec_pipeline` is on (made once, kept)."""
+        if self.codec_pipeline and self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="voxtral-codec")
+        return self._pool if self.codec_pipeline else None
 
     def _frames(self, text, voice, seed, steps, cfg_alpha, max_frames, noise, run: "_Run"):
         """(piece index, frame of codes without specials), one frame at a time, as they are generated."""

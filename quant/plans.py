@@ -7,6 +7,9 @@
     int4-fast      int4 with the backbone in blocks of 128: less memory to read, faster prefill
     int4-all-fast  int4-all with the backbone in blocks of 128
 
+In every named plan but fp32 the backbone's semantic head (8320 x 3072, 100 MB in fp32, read every
+frame) is dynamic int8; a TOML plan keeps it fp32 unless it says otherwise (`override`, below).
+
 Blocks of 128 for the flow head and dynamic int8 cost almost nothing in quality and are much faster
 on its 6-row matmuls (measured: benchmarks/README.md); the backbone's block size trades quality
 (blocks of 32) against speed (blocks of 128).
@@ -22,6 +25,8 @@ fp32:
     symmetric = true
     accuracy_level = 4        # 0 (as the weights) .. 4 (int8 compute); see onnxruntime's MatMulNBits
     skip = ["semantic_head/*"]  # weight names (fnmatch patterns) to keep in fp32
+    [backbone_step.override."semantic_head/*"]  # these weights another way (same keys as the graph's)
+    method = "dynamic-int8"
 
 Weight names are the graph's: `layers.3/wqkv`, `layers.3/feed_forward/w2`, `semantic_head/logits`,
 `acoustic_transformer.layers.0/attention/wq`, `tokens/input_projection`, ...
@@ -48,6 +53,7 @@ METHODS = ("nbits", "dynamic-int8", "fp32")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # The semantic head picks the semantic code by argmax: it stays fp32 unless a plan says otherwise.
 DEFAULT_SKIP = ("semantic_head/*",)
+SEMANTIC_HEAD = "semantic_head/*"
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,12 @@ class GraphPlan:
 
     spec: QuantSpec | None = None
     skip: tuple[str, ...] = DEFAULT_SKIP
+    overrides: tuple[tuple[str, QuantSpec], ...] = ()  # (weight-name pattern, spec): the first match wins
 
     def spec_for(self, weight_name: str) -> QuantSpec | None:
+        for pattern, spec in self.overrides:
+            if fnmatch.fnmatchcase(weight_name, pattern):
+                return spec
         if self.spec is None or any(fnmatch.fnmatchcase(weight_name, p) for p in self.skip):
             return None
         return self.spec
@@ -73,6 +83,8 @@ class GraphPlan:
         d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
         if s.method == "nbits":
             d.update(block_size=s.block_size, symmetric=s.symmetric, accuracy_level=s.accuracy_level)
+        if self.overrides:
+            d["override"] = {pattern: GraphPlan(spec, ()).describe() for pattern, spec in self.overrides}
         return d
 
 
@@ -92,14 +104,21 @@ def _nbits(bits: int, block: int) -> GraphPlan:
     return GraphPlan(QuantSpec("nbits", bits, block, True, 4))
 
 
+def _backbone(bits: int, block: int) -> GraphPlan:
+    """The backbone with its semantic head (8320 x 3072, 100 MB in fp32, read every frame) in dynamic int8:
+    one scale per column, the least onnxruntime's int8 kernels take (see benchmarks/README.md)."""
+    return GraphPlan(QuantSpec("nbits", bits, block, True, 4), skip=(), overrides=((SEMANTIC_HEAD, _INT8_HEAD),))
+
+
+_INT8_HEAD = QuantSpec("dynamic-int8")
 _DYNAMIC = GraphPlan(QuantSpec("dynamic-int8"))
 NAMED_PLANS = {
     "fp32": Plan("fp32"),
-    "int8": Plan("int8", {"backbone_step": _nbits(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _nbits(8, 128)}),
-    "int4": Plan("int4", {"backbone_step": _nbits(4, 32), "flow_head": _DYNAMIC}),
-    "int4-all": Plan("int4-all", {"backbone_step": _nbits(4, 32), "flow_head": _nbits(4, 128)}),
-    "int4-fast": Plan("int4-fast", {"backbone_step": _nbits(4, 128), "flow_head": _DYNAMIC}),
-    "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _nbits(4, 128), "flow_head": _nbits(4, 128)}),
+    "int8": Plan("int8", {"backbone_step": _backbone(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _nbits(8, 128)}),
+    "int4": Plan("int4", {"backbone_step": _backbone(4, 32), "flow_head": _DYNAMIC}),
+    "int4-all": Plan("int4-all", {"backbone_step": _backbone(4, 32), "flow_head": _nbits(4, 128)}),
+    "int4-fast": Plan("int4-fast", {"backbone_step": _backbone(4, 128), "flow_head": _DYNAMIC}),
+    "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _backbone(4, 128), "flow_head": _nbits(4, 128)}),
 }
 
 
@@ -130,7 +149,7 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
 
     if not isinstance(table, dict):
         fail("", "must be a table")
-    known = {"method", "bits", "block_size", "symmetric", "accuracy_level", "skip"}
+    known = {"method", "bits", "block_size", "symmetric", "accuracy_level", "skip", "override"}
     for key in set(table) - known:
         fail(key, f"unknown key (expected {', '.join(sorted(known))})")
     method = table.get("method", "nbits")
@@ -153,4 +172,15 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
     skip = table.get("skip", list(DEFAULT_SKIP))
     if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
         fail("skip", "must be a list of weight-name patterns")
-    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip))
+    override = table.get("override", {})
+    if not isinstance(override, dict) or not all(isinstance(v, dict) for v in override.values()):
+        fail("override", 'must be tables named by weight-name pattern, e.g. [backbone_step.override."semantic_head/*"]')
+    overrides = []
+    for pattern, sub in override.items():
+        if {"skip", "override"} & set(sub):
+            fail(f"override.{pattern}", "takes method, bits, block_size, symmetric and accuracy_level only")
+        spec = _graph_plan(path, f"{graph}.override.{pattern}", sub).spec
+        if spec is None:
+            fail(f"override.{pattern}", 'method "fp32": list the pattern in skip instead')
+        overrides.append((pattern, spec))
+    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip), tuple(overrides))
