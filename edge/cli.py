@@ -148,9 +148,10 @@ def _apply_profile(args: argparse.Namespace) -> None:
 
     profile = load_profile(args.profile)
     for option, value in (("threads", profile.threads), ("steps", profile.steps), ("cfg", profile.cfg),
-                          ("max_context", profile.max_context)):
+                          ("max_context", profile.max_context), ("codec_threads", profile.codec_threads)):
         if getattr(args, option, None) is None:
             setattr(args, option, value)
+    args.codec_pipeline = getattr(args, "codec_pipeline", False) or profile.codec_pipeline
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -168,7 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
                                  frames=args.frames, repeats=args.repeats, max_context=args.max_context,
-                                 verify=not args.no_verify)
+                                 verify=not args.no_verify, codec_threads=args.codec_threads,
+                                 codec_pipeline=args.codec_pipeline)
     print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -211,7 +213,8 @@ def cmd_say(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
-                             max_context=args.max_context)
+                             max_context=args.max_context, codec_threads=args.codec_threads,
+                             codec_pipeline=args.codec_pipeline)
     synth.voice(args.voice)  # an unknown voice fails before any file is created
     wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
     player = None
@@ -458,7 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=_positive(int), metavar="N",
                    help="KV cache positions to allocate (default: the bundle's)")
     p.add_argument("--profile", metavar="NAME|FILE",
-                   help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
+                   help="device profile whose settings (threads, steps, cfg, max context, codec thread) fill in "
+                        "unset options")
+    p.add_argument("--codec-threads", type=_positive(int, 1, 256), metavar="N",
+                   help="the codec's own onnxruntime threads (default: --threads)")
+    p.add_argument("--codec-pipeline", action="store_true",
+                   help="decode audio on a second thread while the next frames are computed (the same audio; "
+                        "pays when the codec has cores of its own)")
 
     p = command("devices", cmd_devices, "list the shipped device profiles",
                 "List the device profiles shipped with voxtral-edge (devices/*.toml): their precision plan, threads, "
@@ -477,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
     p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
+    p.add_argument("--codec-threads", type=_positive(int, 1, 256), metavar="N",
+                   help="the codec's own onnxruntime threads (default: --threads)")
+    p.add_argument("--codec-pipeline", action="store_true",
+                   help="decode audio on a second thread while the next frames are computed (the same audio; "
+                        "pays when the codec has cores of its own)")
     p.add_argument("--steps", type=_positive(int, 1, 64), help="Euler steps, 1..64 (default: the model's)")
     p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA", help="guidance strength (default: 1.2)")
     p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")

@@ -25,7 +25,9 @@ rows        backbone step 1 (one position); flow head 6 (conditional and uncondi
 throughput  int8_gops for int4/int8 graphs (MatMulNBits at accuracy_level 4 computes in int8), fp32_gflops
             for fp32, both scaled by min(threads, cores) / cores.
 
-A frame is one backbone step, `steps` flow-head calls and 1/chunk_frames of a codec call. Not counted:
+A frame is one backbone step, `steps` flow-head calls and 1/chunk_frames of a codec call; with the
+profile's codec_pipeline the codec runs on its own thread and cores (codec_threads, at the profile's
+per-core throughput), beside the other two: a frame then takes the longer of the two. Not counted:
 Python and numpy between calls, and attention's reads of the KV cache unless `position` is given (2 x
 layers x kv_heads x head_dim x 4 bytes per cached position: 0.21 MB at full size, 0.44 GB at position 2048).
 """
@@ -73,7 +75,6 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
     steps = profile.steps if steps is None else int(steps)
     chunk = profile.stream_chunk_frames if chunk_frames is None else int(chunk_frames)
     calibration = calibration or {}
-    share = min(profile.threads, profile.cores) / profile.cores
     b = manifest["model"]["backbone"]
     kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 4 * position  # the KV cache is fp32
     calls = {"backbone_step": 1.0, "flow_head": float(steps), "codec_decoder": 1 / chunk}  # per frame
@@ -84,7 +85,9 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
         rows = ROWS[graph] * (chunk if graph == "codec_decoder" else 1)
         flops = 2 * weights / bytes_per_weight(manifest, graph) * rows
         read = weights + (kv_bytes if graph == "backbone_step" else 0)
-        gops = (profile.fp32_gflops if precision == "fp32" else profile.int8_gops) * share
+        threads = profile.codec_threads if graph == "codec_decoder" and profile.codec_threads else profile.threads
+        gops = (profile.fp32_gflops if precision == "fp32" else profile.int8_gops) * (
+            min(threads, profile.cores) / profile.cores)
         memory_ms, compute_ms = read / (profile.memory_bandwidth_gbs * 1e6), flops / (gops * 1e6)
         factor = float(calibration.get(graph, 1.0))
         graphs[graph] = {"bytes": read, "flops": flops, "precision": precision, "calls_per_frame": calls[graph],
@@ -94,10 +97,11 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
     backbone = graphs["backbone_step"]["call_ms"]
     flow_step = graphs["flow_head"]["call_ms"]
     codec = graphs["codec_decoder"]["call_ms"] / chunk
-    frame = backbone + steps * flow_step + codec
+    frame = max(backbone + steps * flow_step, codec) if profile.codec_pipeline else backbone + steps * flow_step + codec
     frame_duration_ms = 1e3 / manifest["audio"]["frame_rate"]
     return {"backbone_ms": backbone, "flow_step_ms": flow_step, "flow_ms": steps * flow_step, "codec_ms": codec,
             "frame_ms": frame, "rtf": frame / frame_duration_ms, "steps": steps, "chunk_frames": chunk,
+            "codec_pipeline": profile.codec_pipeline,
             "bound": {g: graphs[g]["bound"] for g in GRAPHS}, "graphs": graphs}
 
 

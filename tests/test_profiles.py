@@ -56,6 +56,21 @@ def test_profile_from_a_path(tmp_path):
     assert p.source == str(path) and load_profile(str(path)) == p
 
 
+def test_codec_thread_keys_are_optional(tmp_path):
+    path = tmp_path / "board.toml"
+    path.write_text(GOOD)
+    assert (load_profile(path).codec_threads, load_profile(path).codec_pipeline) == (None, False)
+    path.write_text(GOOD.replace("stream_chunk_frames = 4\n", "stream_chunk_frames = 4\ncodec_threads = 2\n"
+                                                               "codec_pipeline = true\n"))
+    assert (load_profile(path).codec_threads, load_profile(path).codec_pipeline) == (2, True)
+    assert load_profile("qualcomm-sa8295p").codec_pipeline and not load_profile("x86-avx512").codec_pipeline
+    for bad, key in (("codec_threads = 0\n", "runtime.codec_threads"), ('codec_pipeline = "yes"\n', "runtime.codec_pipeline"),
+                     ("codec_pipeline = 1\n", "runtime.codec_pipeline")):
+        path.write_text(GOOD.replace("stream_chunk_frames = 4\n", "stream_chunk_frames = 4\n" + bad))
+        with pytest.raises(ConfigError, match=rf"{path}: '{key}'"):
+            load_profile(path)
+
+
 def test_unknown_profile_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError) as e:
         load_profile("pentium-ii")
@@ -161,6 +176,16 @@ def test_estimate_quantized_and_threads():
     # more threads than cores buy nothing
     assert estimate_frame(m, dataclasses.replace(PROFILE, threads=8))["frame_ms"] == pytest.approx(
         estimate_frame(m, PROFILE)["frame_ms"])
+
+
+def test_estimate_with_the_codec_on_its_own_thread():
+    # 100 ms backbone + 240 ms flow head; the codec (37.5 ms a frame) runs beside them: the frame is 340 ms
+    piped = dataclasses.replace(PROFILE, codec_pipeline=True)
+    e = estimate_frame(manifest(), piped)
+    assert e["codec_ms"] == pytest.approx(37.5) and e["frame_ms"] == pytest.approx(340)
+    # on 1 thread of 4 cores the codec takes 150 ms a frame, longer than the rest: it sets the pace
+    e = estimate_frame(manifest(), dataclasses.replace(piped, codec_threads=1), steps=0)
+    assert e["codec_ms"] == pytest.approx(150) and e["frame_ms"] == pytest.approx(150)
 
 
 def test_bytes_per_weight_follows_the_quantization_entry():
