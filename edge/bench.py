@@ -82,6 +82,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
               codec_threads: int | None = None, codec_pipeline: bool = False) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
+    from voxtral_edge.prompt import voice_positions
     from voxtral_edge.runtime import Synthesizer
 
     start = time.perf_counter()
@@ -132,7 +133,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
     rows.append(Row("peak RSS", "MB", rss, rss, rss))
     info = provenance(synth, threads)
-    info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice,
+    info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice, chunk_frames=chunk_frames,
+                first_audio_tokens=len(prompt) - voice_positions(prompt, synth.ids).stop - 1,
                 codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline)
     return info, rows
 

@@ -1,5 +1,6 @@
 """A roofline estimate of a bundle's time per 80 ms frame on a device profile, and its calibration.
 
+    estimate_profiles(manifest, here, measured, targets) -> calibrated on this machine, each target's estimate
     estimate_frame(manifest, profile)          -> backbone_ms, flow_step_ms, flow_ms, codec_ms, frame_ms, rtf,
                                                   bound {graph: "memory" | "compute"}, graphs {graph: details}
     calibrate(manifest, profile, measured)     -> {graph: factor} that makes the estimate reproduce `measured`
@@ -136,3 +137,12 @@ def calibration_error(runs: Mapping[str, tuple[dict, Mapping[str, float]]], prof
             frame = measured["backbone_step"] + estimate["steps"] * measured["flow_head"] + measured["codec_decoder"]
             errors[name]["frame"] = estimate["frame_ms"] / frame - 1
     return errors
+
+
+def estimate_profiles(manifest: dict, here: DeviceProfile, measured: Mapping[str, float], targets: list[DeviceProfile],
+                      *, steps: int, chunk_frames: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Calibrate on this machine's measurements (as calibrate() takes them, taken with `steps` Euler steps and
+    codec calls of `chunk_frames`) and estimate a frame on each target with those factors, at `steps`
+    and the target's own chunk size; returns (factors, {target name: estimate_frame's dict})."""
+    factors = calibrate(manifest, here, measured, steps=steps, chunk_frames=chunk_frames)
+    return factors, {t.name: estimate_frame(manifest, t, steps=steps, calibration=factors) for t in targets}
