@@ -76,12 +76,18 @@ class GraphPlan:
     def precision(self) -> str:
         return "fp32" if self.spec is None else self.spec.precision
 
+    @property
+    def quantizes(self) -> bool:
+        """Whether any weight of the graph is quantized."""
+        return self.spec is not None or bool(self.overrides)
+
     def describe(self) -> dict:
-        if self.spec is None:
-            return {"method": "fp32"}
         s = self.spec
-        d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
-        if s.method == "nbits":
+        if s is None:
+            d = {"method": "fp32"}
+        else:
+            d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
+        if s is not None and s.method == "nbits":
             d.update(block_size=s.block_size, symmetric=s.symmetric, accuracy_level=s.accuracy_level)
         if self.overrides:
             d["override"] = {pattern: GraphPlan(spec, ()).describe() for pattern, spec in self.overrides}
@@ -155,8 +161,6 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
     method = table.get("method", "nbits")
     if method not in METHODS:
         fail("method", f"{method!r} is not one of {', '.join(METHODS)}")
-    if method == "fp32":
-        return GraphPlan()
     bits = table.get("bits", 8 if method == "dynamic-int8" else 4)
     if bits not in ((8,) if method == "dynamic-int8" else (4, 8)) or isinstance(bits, bool):
         fail("bits", f"{bits!r} is not supported by {method} (4 or 8 for nbits, 8 for dynamic-int8)")
@@ -172,6 +176,13 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
     skip = table.get("skip", list(DEFAULT_SKIP))
     if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
         fail("skip", "must be a list of weight-name patterns")
+    if method == "fp32":  # only the overridden weights are quantized
+        return GraphPlan(None, (), _overrides(path, graph, table, fail))
+    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip),
+                     _overrides(path, graph, table, fail))
+
+
+def _overrides(path: Path, graph: str, table: dict, fail) -> tuple[tuple[str, QuantSpec], ...]:
     override = table.get("override", {})
     if not isinstance(override, dict) or not all(isinstance(v, dict) for v in override.values()):
         fail("override", 'must be tables named by weight-name pattern, e.g. [backbone_step.override."semantic_head/*"]')
@@ -183,4 +194,4 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
         if spec is None:
             fail(f"override.{pattern}", 'method "fp32": list the pattern in skip instead')
         overrides.append((pattern, spec))
-    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip), tuple(overrides))
+    return tuple(overrides)

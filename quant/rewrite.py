@@ -103,19 +103,19 @@ def quantize_bundle(src: str | Path, out: str | Path, plan: str | Path | Plan, *
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     out = Path(out)
     for name in GRAPHS:
-        if plan.graph(name).spec is not None and manifest["graphs"][name]["precision"] != "fp32":
+        if plan.graph(name).quantizes and manifest["graphs"][name]["precision"] != "fp32":
             raise VoxtralEdgeError(f"{manifest.bundle}: graph '{name}' is already {manifest['graphs'][name]['precision']}"
                                    f"; quantize an fp32 bundle (re-export with --precision fp32)")
     data = manifest.data
     total = sum(data["files"][g["data"]]["size"] for name, g in data["graphs"].items()
-                if g.get("data") and plan.graph(name).spec is not None)
+                if g.get("data") and plan.graph(name).quantizes)
     bar = Progress(f"quantizing to {out.name}", total, unit="B", enabled=progress)
     with replacing_folder(out, force) as tmp:
         new = {k: v for k, v in data.items() if k not in ("files", "graphs", "quantization")}
         new["graphs"], new["files"], rewritten = {}, {}, {}
         for name, entry in data["graphs"].items():
             graph_plan = plan.graph(name)
-            if graph_plan.spec is None:
+            if not graph_plan.quantizes:
                 new["graphs"][name] = entry
                 continue
             g = rewrite_graph(manifest.path(entry["file"]), tmp / entry["file"], graph_plan, bar)

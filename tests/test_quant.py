@@ -166,6 +166,11 @@ def test_plans_from_toml(tmp_path):
     assert backbone.spec_for("semantic_head/logits") == QuantSpec("nbits", 8, 32, True, 4)  # not skipped: overridden
     assert backbone.spec_for("layers.0/wqkv").method == "dynamic-int8"
     assert backbone.spec_for("layers.1/wqkv") == QuantSpec("nbits", 4, 32, True, 4)
+    path.write_text('[backbone_step]\nmethod = "fp32"\n[backbone_step.override."semantic_head/*"]\n'
+                    'method = "dynamic-int8"\n')
+    head_only = load_plan(path).graph("backbone_step")  # an fp32 graph but for one weight
+    assert head_only.quantizes and head_only.spec_for("layers.1/wqkv") is None
+    assert head_only.spec_for("semantic_head/logits").method == "dynamic-int8"
     assert load_plan("int4-all").graph("flow_head").spec.bits == 4
 
 
