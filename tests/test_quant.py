@@ -106,10 +106,10 @@ def test_quantized_bundles_run_within_their_bound(plan, quantized, tiny_bundle_d
         "int8": {"backbone_step": "int8", "flow_head": "int8", "codec_decoder": "int8"},
         "int4": {"backbone_step": "int4", "flow_head": "int8", "codec_decoder": "fp32"},
         "int4-all": {"backbone_step": "int4", "flow_head": "int4", "codec_decoder": "fp32"}}[plan]
-    # 3 layers x (wqkv, wo, w1_w3, w2) and the semantic head, which named plans store as dynamic int8
+    # 3 layers x (wqkv, wo, w1_w3, w2) and the semantic head, which named plans store 8-bit
     assert m["quantization"]["graphs"]["backbone_step"]["quantized_weights"] == 13
     assert m["quantization"]["graphs"]["backbone_step"]["override"] == {"semantic_head/*": {
-        "method": "dynamic-int8", "bits": 8, "skip": []}}
+        "method": "nbits", "bits": 8, "skip": [], "block_size": 32, "symmetric": True, "accuracy_level": 4}}
     if plan != "int8":  # (int8's blocks of 128 are wider than the tiny rows of 48: padding eats the gain)
         assert m.data["files"]["backbone_step.onnx.data"]["size"] < 0.5 * Manifest.load(
             tiny_bundle_dirs[0]).data["files"]["backbone_step.onnx.data"]["size"]
@@ -158,7 +158,8 @@ def test_plans_from_toml(tmp_path):
     assert plan.graph("flow_head").spec.method == "dynamic-int8"
     assert plan.graph("codec_decoder").spec is None
     assert plan.graph("backbone_step").spec_for("semantic_head/logits") is not None  # skip = [] quantizes it
-    assert NAMED_PLANS["int4"].graph("backbone_step").spec_for("semantic_head/logits").method == "dynamic-int8"
+    assert NAMED_PLANS["int4"].graph("backbone_step").spec_for("semantic_head/logits") == QuantSpec("nbits", 8, 32,
+                                                                                                     True, 4)
     assert load_plan(tmp_path / "plan.toml").graph("backbone_step").overrides == ()
     path.write_text('[backbone_step]\n[backbone_step.override."semantic_head/*"]\nmethod = "nbits"\nbits = 8\n'
                     '[backbone_step.override."layers.0/*"]\nmethod = "dynamic-int8"\n')
