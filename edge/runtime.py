@@ -4,7 +4,8 @@
     backbone prefill (KV cache: one preallocated buffer per layer, bound as both past and present,
                       so GroupQueryAttention writes each new position in place)
     per frame:  semantic code = argmax(semantic_logits); END_AUDIO ends the utterance
-                acoustic codes = Euler steps of the flow head, conditional and unconditional rows in one batch
+                acoustic codes = one flow_head call: every Euler step, conditional and unconditional rows in
+                                 one batch, guidance and rounding inside the graph
                 next input = sum of one audio-embedding row per codebook -> one backbone step
     codes -> codec decoder -> 24 kHz float32 audio
 

@@ -5,7 +5,10 @@ backbone_step   inputs_embeds [1, T, dim], past_length [1], past_key_i/past_valu
                 EMPTY_AUDIO and padding at -inf), present_key_i/present_value_i. T > 1 is a prefill. Attention is
                 onnxruntime's GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same
                 buffer as input and output, the KV cache is written in place, never copied.
-flow_head       x [B, n_acoustic], t [1], h [B, dim] -> velocity [B, n_acoustic]: one Euler evaluation.
+flow_head       noise [1, n_acoustic], h [1, dim], timesteps [steps + 1], cfg_weights [B] -> codes [1, n_acoustic]
+                (int64) and latent [1, n_acoustic]: a whole frame, every Euler step in a Loop, guidance and
+                FSQ rounding inside, what does not change between steps computed once (build_flow_head).
+                (flow_velocity, one evaluation x, t, h -> velocity, is built for tests and benchmarks only.)
 codec_decoder   codes [K, n_codebooks] of K >= 1 new frames (no specials), frames_done [1] and the carried state
                 (conv tails, windowed attention caches) -> audio [K * samples_per_frame] and next_<state>.
 
