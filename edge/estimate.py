@@ -19,7 +19,11 @@ flops       2 x params x rows, params = bytes / bytes per weight: 4 for fp32; fo
             5% high because the semantic head stays fp32, which is harmless: at one row the step is
             memory-bound). Norms, biases and other non-matmul weights are counted as matmul weights;
             they are a negligible share.
-rows        backbone step 1 (one position); flow head 6 (conditional and unconditional rows x 3 tokens);
+rows        backbone step 1 (one position); flow head 4.4 per Euler step, the mean over its weights of
+            the rows each multiplies (conditional and unconditional rows x 3 tokens = 6 in most layers; 2 in
+            the first layer's q, k, v, whose latent and time tokens are shared, and in the last layer's q,
+            wo and feed-forward, which serve token 0 only; the time and conditioning projections once per
+            frame; at full size: 1.59 G row-weights over 0.36 G weights);
             codec 15/4 per frame: its four transformer stages hold about a quarter of the weights each and
             run 1, 2, 4 and 8 positions per frame. One codec call decodes `chunk_frames` frames
             (default profile.stream_chunk_frames), so its weights are read once per chunk.
@@ -41,7 +45,7 @@ from .errors import BundleError
 from .profiles import DeviceProfile
 
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
-ROWS = {"backbone_step": 1.0, "flow_head": 6.0, "codec_decoder": 15 / 4}
+ROWS = {"backbone_step": 1.0, "flow_head": 4.4, "codec_decoder": 15 / 4}
 # What calibrate() takes per graph: ms per frame (backbone), per Euler step (flow head), per frame (codec).
 MEASURED = {"backbone_step": "backbone_ms", "flow_head": "flow_step_ms", "codec_decoder": "codec_ms"}
 _DEFAULT_BYTES = {"fp32": 4.0, "int8": 1.125, "int4": 0.625}  # blocks of 32 with fp32 scales, symmetric
