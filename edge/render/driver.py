@@ -151,7 +151,7 @@ def _pool(ray, ray_address, bundle, workers, threads, todo, memory, settings, bu
     workers = min(workers, todo)
     if free and workers * memory > free:
         warnings.warn(MemoryWarning(
-            f"{workers} workers of this bundle need about {workers * memory / 1e9:.1f} GB "
+            f"{workers} worker(s) of this bundle need about {workers * memory / 1e9:.1f} GB "
             f"({memory / 1e9:.2f} GB each) and {free / 1e9:.1f} GB is available: the system may swap or kill "
             f"workers; give fewer with --workers"), stacklevel=3)
     return LocalPool(bundle, workers, threads or max(1, cores // workers), settings.max_context)
