@@ -104,6 +104,8 @@ def render(catalog: str | Path, bundle: str | Path, out: str | Path, *, settings
             else:
                 records[job["id"]] = record
         if todo:
+            # grouped by voice: a worker then mostly gets items of the voice whose prefix it has cached
+            todo.sort(key=lambda job: job["voice"])
             pool = _pool(ray, ray_address, bundle, workers, threads, len(todo), memory, settings, bundle_id, runtime)
             start = time.perf_counter()
             pool.start()

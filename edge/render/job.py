@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +59,7 @@ def runtime_identity() -> dict:
     """The versions whose kernels and encoders make the bytes."""
     import onnxruntime
 
-    identity = {"voxtral_edge": __version__, "onnxruntime": onnxruntime.__version__}
-    return identity
+    return {"voxtral_edge": __version__, "onnxruntime": onnxruntime.__version__}
 
 
 def flac_encoder_version() -> str:
@@ -183,7 +182,3 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def settings_dict(settings: Settings) -> dict:
-    return asdict(settings)
