@@ -286,3 +286,11 @@ def test_the_default_worker_count_fits_the_memory(monkeypatch, render_rows, tiny
         summary = render(catalog, tiny_bundle_dirs[0], tmp_path / "out", settings=SETTINGS, progress=False)
     assert summary.workers == 1 and summary.peak_rss > 0
     assert np.isclose(summary.audio_s, 3 * RENDER_MAX_FRAMES * 0.08)
+
+
+def test_ray_without_the_fleet_extra_is_a_usage_error(monkeypatch, render_rows, tiny_bundle_dirs, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    catalog = write_csv_catalog(tmp_path / "catalog.csv", render_rows[:1])
+    code = main(["render", str(catalog), "--bundle", str(tiny_bundle_dirs[0]), "--out", str(tmp_path / "out"), "--ray"])
+    assert code == 2 and "pip install 'voxtral-edge[fleet]'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "index.jsonl").read_text()  # nothing rendered, nothing claimed
