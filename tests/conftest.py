@@ -29,18 +29,19 @@ def tiny_bundle_dirs(tiny_checkpoint_dirs, tmp_path_factory):
     return [export_bundle(ck, root / ck.name, max_context=256, progress=False) for ck in tiny_checkpoint_dirs]
 
 
-# A prompt catalog of 30 items in 3 languages and voices, some with their own seed, steps or cfg.
+# A prompt catalog of 30 items in 3 languages and voices, some with their own seed, steps or cfg, some with
+# numbers for the text front-end to spell.
 RENDER_MAX_FRAMES = 6
 _PHRASES = {
-    ("en", "casual_male"): ["Turn left in two hundred metres.", "Traffic ahead.", "Your destination is on the right.",
+    ("en", "casual_male"): ["Turn left in 200 m.", "Traffic ahead.", "Your destination is on the right.",
                             "Low fuel.", "Recalculating the route.", "Keep right at the fork.",
                             "Speed camera ahead.", "Take the second exit.", "You have arrived.", "Door open."],
-    ("fr", "fr_female"): ["Tournez à gauche dans deux cents mètres.", "Bouchon devant.", "Vous êtes arrivé.",
+    ("fr", "fr_female"): ["Tournez à gauche dans 200 m.", "Bouchon devant.", "Vous êtes arrivé.",
                           "Carburant faible.", "Nouveau calcul de l'itinéraire.", "Serrez à droite.",
                           "Radar devant.", "Prenez la deuxième sortie.", "Porte ouverte.", "Ceinture !"],
     ("es", "neutral_female"): ["Gire a la izquierda.", "Tráfico adelante.", "Ha llegado a su destino.",
                                "Combustible bajo.", "Recalculando la ruta.", "Manténgase a la derecha.",
-                               "Radar adelante.", "Tome la segunda salida.", "Puerta abierta.", "¡Cinturón!"],
+                               "Radar adelante.", "Tome la 2.ª salida.", "Puerta abierta.", "¡Cinturón!"],
 }
 
 

@@ -21,6 +21,7 @@ from voxtral_edge.cli import main
 from voxtral_edge.errors import UsageError
 from voxtral_edge.render import Settings, load_catalog, render
 from voxtral_edge.runtime import Synthesizer
+from voxtral_edge.text import normalize
 
 SETTINGS = Settings(max_frames=RENDER_MAX_FRAMES)
 
@@ -57,14 +58,31 @@ def test_one_worker_renders_what_the_synthesizer_says(rendered_catalog, render_r
             samples = w.readframes(w.getnframes())
             assert record["duration"] == pytest.approx(w.getnframes() / 24000)
         want = synth.synthesize(row["text"], row["voice"], seed=seed_of(row), steps=row.get("steps", 7),
-                                cfg_alpha=row.get("cfg", 1.2), max_frames=RENDER_MAX_FRAMES)
+                                cfg_alpha=row.get("cfg", 1.2), max_frames=RENDER_MAX_FRAMES, lang=row["lang"])
         assert samples == to_pcm16(want.audio), row["id"]
+        assert record["spoken_text"] == normalize(row["text"], row["lang"]) == want.spoken_text
         assert record["frames"] == len(want.codes) == RENDER_MAX_FRAMES
         assert record["seed"] == seed_of(row) and record["lang"] == row["lang"] and record["text"] == row["text"]
         assert record["settings"]["steps"] == row.get("steps", 7) and record["settings"]["cfg"] == row.get("cfg", 1.2)
         manifest = (tiny_bundle_dirs[0] / "manifest.json").read_bytes()
         assert record["bundle"] == hashlib.sha256(manifest).hexdigest()
     assert leftovers(out) == [] and not (out / "errors.jsonl").exists()
+    assert records[0]["spoken_text"] == "Turn left in two hundred metres."  # the front-end ran, in English
+
+
+def test_raw_texts_are_spoken_as_written(render_rows, tiny_bundle_dirs, tmp_path):
+    rows = [r for r in render_rows if any(c.isdigit() for c in r["text"])]
+    catalog = write_csv_catalog(tmp_path / "catalog.csv", rows)
+    render(catalog, tiny_bundle_dirs[0], tmp_path / "out", workers=1, progress=False,
+           settings=Settings(max_frames=RENDER_MAX_FRAMES, normalize=False))
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    for row, record in zip(rows, index(tmp_path / "out")):
+        assert record["spoken_text"] == row["text"] and record["settings"]["normalize"] is False
+        with wave.open(str(tmp_path / "out" / record["file"])) as w:
+            samples = w.readframes(w.getnframes())
+        want = synth.synthesize(row["text"], row["voice"], seed=seed_of(row), max_frames=RENDER_MAX_FRAMES,
+                                steps=row.get("steps", 7), cfg_alpha=row.get("cfg", 1.2), normalize=False)
+        assert samples == to_pcm16(want.audio)
 
 
 def test_two_workers_from_json_lines_give_the_same_bytes(rendered_catalog, render_rows, tiny_bundle_dirs, tmp_path):
@@ -173,14 +191,17 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_item_rendered(rendered_cata
 def test_items_that_fail_on_their_own_go_to_errors_jsonl(render_rows, tiny_bundle_dirs, tmp_path, capsys):
     # 20 positions hold a prompt for casual_male (9 voice tokens) but not for neutral_female (14)
     rows = [r for r in render_rows if r["voice"] != "fr_female"][::3]
+    rows.insert(1, {"id": "emoji", "text": "😀 👍", "voice": "casual_male"})  # nothing to say once normalized
     catalog = write_csv_catalog(tmp_path / "catalog.csv", rows)
     code = main(["render", str(catalog), "--bundle", str(tiny_bundle_dirs[0]), "--out", str(tmp_path / "out"),
                  "--max-context", "20", "--max-frames", "2", "--workers", "1"])
     err = capsys.readouterr().err
     assert code == 1 and "failed (see" in err
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
-    failed = [r["id"] for r in rows if r["voice"] == "neutral_female"]
-    assert [e["id"] for e in errors] == failed and all("max_context is 20" in e["error"] for e in errors)
+    failed = [r["id"] for r in rows if r["voice"] == "neutral_female" or r["id"] == "emoji"]
+    assert [e["id"] for e in errors] == failed
+    assert "nothing is left to speak once normalized" in errors[0]["error"]
+    assert all("max_context is 20" in e["error"] for e in errors[1:])
     assert [e["line"] for e in errors] == [rows.index(r) + 2 for r in rows if r["id"] in failed]  # header is line 1
     assert [r["id"] for r in index(tmp_path / "out")] == [r["id"] for r in rows if r["id"] not in failed]
 
@@ -230,6 +251,7 @@ GOOD = "a1,Hello there.,casual_male,en,\n"
     ("empty.csv", HEADER + GOOD + 'b2,"   ",casual_male,en,\n', "line 3: text is empty"),
     ("fields.csv", HEADER + "b2,Hi, there.,casual_male,en,\n", "line 2: 6 fields, the header has 5"),
     ("seed.csv", HEADER + "b2,Hi.,casual_male,en,1.5\n", "line 2: seed must be an integer, found '1.5'"),
+    ("lang.csv", HEADER + GOOD + "b2,Hi.,casual_male,xx,\n", "line 3: lang 'xx': expected one of en, fr"),
     ("utf8.csv", (HEADER + GOOD).encode() + b"b2,caf\xe9,casual_male,fr,\n", "line 3: not valid UTF-8"),
     ("missing.jsonl", '{"id": "a1", "text": "Hi.", "voice": "casual_male"}\n\n{"id": "b2", "text": "Hi."}\n',
      "line 3: missing column voice"),

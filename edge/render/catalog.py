@@ -1,7 +1,8 @@
 """A prompt catalog: CSV or JSON Lines, one item to render per row, checked whole before any work starts.
 
 Columns: `id`, `text`, `voice` (required) and `lang`, `seed`, `steps`, `cfg` (optional; in CSV an empty
-cell is an absent value). An id names the output file, so it must be safe as a file name everywhere:
+cell is an absent value). `lang` is the language the text is normalized in (one of voxtral_edge.text's
+LANGUAGES; absent: the voice's language). An id names the output file, so it must be safe as a file name everywhere:
 letters, digits, `.`, `_` and `-`, starting with a letter or digit, no `..`, at most 100 characters, and
 unique even ignoring case (two ids differing only in case would be one file on macOS or Windows).
 An item without a seed gets `default_seed(id)`, so the catalog alone fixes every sample.
@@ -20,12 +21,12 @@ from typing import Collection, Iterator
 
 from ..errors import UsageError
 from ..runtime import check_request
+from ..text import LANGUAGES
 
 REQUIRED = ("id", "text", "voice")
 OPTIONAL = ("lang", "seed", "steps", "cfg")
 MAX_ID_LENGTH = 100
 _SAFE_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}")
-_LANG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 MAX_ERRORS_SHOWN = 10
 
 
@@ -175,8 +176,9 @@ def _item(row: dict, line: int, voices: Collection[str] | None) -> Item:
     if voices is not None and voice not in voices:
         raise UsageError(f"unknown voice {voice!r:.40}; the bundle has: {', '.join(sorted(voices))}")
     lang = row.get("lang")
-    if lang is not None and not _LANG.fullmatch(lang.strip()):
-        raise UsageError(f"lang {lang!r:.40} is not a language code such as 'en', 'fr' or 'pt-BR'")
+    if lang is not None and lang.strip() not in LANGUAGES:
+        raise UsageError(f"lang {lang!r:.40}: expected one of {', '.join(LANGUAGES)} (the text front-end's "
+                         f"languages), or none for the voice's language")
     seed, steps, cfg = _number(row, "seed", int), _number(row, "steps", int), _number(row, "cfg", float)
     # values the row leaves out are the run's; stand-ins here only let the given ones be checked
     check_request(text, 1 if steps is None else steps, 1.0 if cfg is None else cfg, None, seed)

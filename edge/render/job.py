@@ -2,8 +2,8 @@
 worker that turns jobs into encoded audio with one open Synthesizer, and the run's settings.
 
 Everything that can change a clip's bytes is in the job and is recorded in the index: text, voice, lang,
-seed, steps, cfg, max_frames, max_context, format, the bundle's identity (its manifest's sha256) and the
-runtime's versions. Thread counts and worker counts are not: they do not change the samples.
+seed, steps, cfg, max_frames, max_context, normalize, format, the bundle's identity (its manifest's sha256)
+and the runtime's versions (which include the text front-end's rules). Thread counts and worker counts are not: they do not change the samples.
 """
 
 from __future__ import annotations
@@ -38,12 +38,7 @@ class Settings:
     cfg: float = DEFAULT_CFG
     max_frames: int | None = None  # None: until the model ends the utterance (or the runaway guard)
     max_context: int | None = None  # None: the bundle's
-
-
-def spoken_text(text: str, lang: str | None) -> str:
-    """The text as it is spoken. Catalog texts are spoken as written: the index records this text, so a
-    normalizing front-end can take this function's place without changing the index's layout."""
-    return text
+    normalize: bool = True  # False: the texts are spoken as written (see voxtral_edge.text)
 
 
 def bundle_identity(bundle: str | Path) -> str:
@@ -78,7 +73,7 @@ def make_job(item: Item, settings: Settings, manifest: Manifest, bundle_id: str,
     max_context = settings.max_context or manifest["model"]["backbone"]["max_context"]
     job_settings = {"steps": int(steps), "cfg": float(item.cfg if item.cfg is not None else settings.cfg),
                     "max_frames": settings.max_frames, "max_context": int(max_context),
-                    "format": settings.format, "sample_rate": int(manifest["audio"]["sample_rate"])}
+                    "normalize": settings.normalize, "format": settings.format, "sample_rate": int(manifest["audio"]["sample_rate"])}
     if settings.format == "flac":
         job_settings["libsndfile"] = flac_encoder_version()
     return {"id": item.id, "file": f"{item.id}.{settings.format}", "voice": item.voice, "lang": item.lang,
@@ -95,20 +90,22 @@ class ItemRenderer:
 
     def render(self, job: dict) -> dict:
         """{"id", "data", "duration", "frames", "finished", "spoken_text"}, or {"id", "error"} when the item
-        cannot be rendered for a reason of its own (a VoxtralEdgeError); anything else is a bug and raises."""
+        cannot be rendered for a reason of its own (a VoxtralEdgeError: nothing left to say once normalized,
+        a prompt the context cannot hold); anything else is a bug and raises. The text is normalized for the
+        item's lang (none: its voice's language) unless the settings say not to."""
         s = job["settings"]
-        spoken = spoken_text(job["text"], job["lang"])
         try:
             with warnings.catch_warnings():  # a runaway piece is recorded as finished: false
                 warnings.simplefilter("ignore", RunawayWarning)
-                result = self.synth.synthesize(spoken, job["voice"], seed=job["seed"], steps=s["steps"],
-                                               cfg_alpha=s["cfg"], max_frames=s["max_frames"])
+                result = self.synth.synthesize(job["text"], job["voice"], seed=job["seed"], steps=s["steps"],
+                                               cfg_alpha=s["cfg"], max_frames=s["max_frames"],
+                                               normalize=s["normalize"], lang=job["lang"])
         except VoxtralEdgeError as e:
             return {"id": job["id"], "error": str(e)}
         self.rendered += 1
         return {"id": job["id"], "data": encode(result.audio, result.sample_rate, s["format"]),
                 "duration": round(result.duration, 6), "frames": int(len(result.codes)),
-                "finished": bool(result.finished), "spoken_text": spoken}
+                "finished": bool(result.finished), "spoken_text": result.spoken_text}
 
     def info(self) -> dict:
         """Where this worker runs and what it holds in memory."""

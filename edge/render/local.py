@@ -44,6 +44,14 @@ def _worker_main(conn, bundle: str, threads: int | None, max_context: int | None
         conn.send(outcome)
 
 
+def _readable(conn) -> bool:
+    """A message (or the news that the pipe is gone) waits on `conn`."""
+    try:
+        return conn.poll()
+    except OSError:
+        return True
+
+
 class _Worker:
     def __init__(self, context, bundle, threads, max_context):
         self.conn, child = context.Pipe()
@@ -57,7 +65,7 @@ class _Worker:
     def wait_ready(self) -> dict:
         try:
             message = self.conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             raise VoxtralEdgeError(f"a render worker (pid {self.process.pid}) died while opening the bundle "
                                    f"(exit code {self.process.exitcode}; out of memory?)") from None
         if "error" in message:
@@ -99,10 +107,10 @@ class LocalPool:
             busy = [w for w in self.processes if w.job is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             for worker in busy:
-                if worker.conn in ready or worker.conn.poll():
+                if worker.conn in ready or _readable(worker.conn):
                     try:
                         outcome = worker.conn.recv()
-                    except EOFError:  # died while sending: handled as a death below
+                    except (EOFError, OSError):  # the pipe closed or reset: a death, handled below
                         outcome = None
                     if outcome is not None:
                         job, worker.job = worker.job, None
