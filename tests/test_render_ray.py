@@ -66,3 +66,18 @@ def test_an_actor_refuses_a_bundle_that_differs_and_names_its_node(cluster, tiny
         pool.close()
     message = str(e.value)
     assert message.startswith(f"node {socket.gethostname()} (") and "differs from the driver's" in message
+
+
+def test_the_cli_renders_on_the_running_cluster(cluster, rendered_catalog, render_rows, tiny_bundle_dirs, tmp_path,
+                                                capsys):
+    from conftest import write_csv_catalog
+    from voxtral_edge.cli import main
+
+    _, one = rendered_catalog
+    catalog = write_csv_catalog(tmp_path / "catalog.csv", render_rows[:4])
+    code = main(["render", str(catalog), "--bundle", str(tiny_bundle_dirs[0]), "--out", str(tmp_path / "out"),
+                 "--ray", "--max-frames", str(RENDER_MAX_FRAMES)])
+    assert code == 0 and "4 rendered" in capsys.readouterr().err
+    for row in render_rows[:4]:
+        name = f"{row['id']}.wav"
+        assert (tmp_path / "out" / name).read_bytes() == (one / name).read_bytes()
