@@ -180,13 +180,13 @@ def test_not_a_bundle(tmp_path):
 
 
 def test_the_runtime_imports_neither_exporter_nor_export_dependencies(tiny_bundle_dirs):
-    code = (f"import sys; import voxtral_edge.profiles, voxtral_edge.playback, voxtral_edge.bench; "
+    code = (f"import sys; import voxtral_edge.profiles, voxtral_edge.playback, voxtral_edge.bench, voxtral_edge.render; "
             f"from voxtral_edge.runtime import Synthesizer; s = Synthesizer.open({str(tiny_bundle_dirs[0])!r}); "
             "s.synthesize('Hi', 'casual_male', seed=0, max_frames=2); "
             "import voxtral_edge.cli; "
             "bad = [m for m in sys.modules if m.startswith(('voxtral_edge.export', 'voxtral_edge.quant', 'onnx.', "
-            "'safetensors', 'ml_dtypes', 'torch', 'starlette', 'uvicorn', 'httpx', 'openai')) or m == 'onnx']; "
-            "assert not bad, bad")
+            "'safetensors', 'ml_dtypes', 'torch', 'starlette', 'uvicorn', 'httpx', 'openai', 'ray.', 'soundfile')) "
+            "or m in ('onnx', 'ray')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
