@@ -102,3 +102,14 @@ def test_kernels_are_read_from_an_onnxruntime_profile(tmp_path):
     session.run(None, {"x": np.ones((2, 3), np.float32)})
     assert compare.kernels_run(Path(session.end_profiling())) == {"MatMul (CPUExecutionProvider)",
                                                                    "Relu (CPUExecutionProvider)"}
+
+
+def test_teacher_forced_codes_count_each_difference_once():
+    codes, audio = run(4)
+    forced = codes.copy()
+    forced[1, 2] += 1
+    c = compare.compare_runs(codes, audio, codes, audio, codes, forced)
+    assert (c.forced_equal, c.forced_total) == (11, 12)
+    assert c.passes()  # the free-running codes agree; the teacher-forced count is reported beside them
+    assert "teacher-forced 11/12" in compare.format_line("tiny", "int4", "max", c)
+    assert compare.relative_error(np.array([2.0, -4.0]), np.array([2.0, -3.0])) == 0.25
