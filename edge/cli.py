@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from voxtral_edge import __version__
 from voxtral_edge.errors import UsageError, VoxtralEdgeError
+from voxtral_edge.text.tables import LANGUAGES
 
 
 def _read_text(text: str) -> str:
@@ -45,10 +47,20 @@ def cmd_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_as_spoken(args: argparse.Namespace, voice: str | None = None) -> str:
+    """TEXT (or stdin), normalized when --normalize is given: for --lang, else the voice's language."""
+    text = _read_text(args.text)
+    if not args.normalize:
+        return text
+    from voxtral_edge.text import normalize, voice_language
+
+    return normalize(text, args.lang or (voice_language(voice) if voice else "en"))
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from voxtral_edge.tekken import Tekken
 
-    print(json.dumps(Tekken.from_file(args.tokenizer).encode(_read_text(args.text))))
+    print(json.dumps(Tekken.from_file(args.tokenizer).encode(_text_as_spoken(args))))
     return 0
 
 
@@ -57,7 +69,14 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from voxtral_edge.tekken import Tekken
 
     tekken = Tekken.from_file(Path(args.checkpoint) / "tekken.json")
-    print(json.dumps(tekken_speech_prompt(tekken, _read_text(args.text), args.voice)))
+    print(json.dumps(tekken_speech_prompt(tekken, _text_as_spoken(args, args.voice), args.voice)))
+    return 0
+
+
+def cmd_normalize(args: argparse.Namespace) -> int:
+    from voxtral_edge.text import normalize
+
+    print(normalize(_read_text(args.text), args.lang))
     return 0
 
 
@@ -253,7 +272,8 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
 
     chunk_frames = args.chunk_frames
     chunks = synth.stream(text, args.voice, chunk_frames=chunk_frames, seed=args.seed, steps=args.steps,
-                          cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise)
+                          cfg_alpha=1.2 if args.cfg is None else args.cfg, max_frames=args.max_frames, noise=noise,
+                          normalize=not args.raw, lang=args.lang)
     previous = None  # when the last chunk arrived: the pace is measured past the first (which holds the prefill)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunawayWarning)
@@ -323,6 +343,36 @@ The weights are random, so the audio is noise. To hear real speech, download the
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from voxtral_edge.serve.server import default_cache_dir, serve
+
+    _apply_profile(args)
+    try:
+        from voxtral_edge.serve.app import ServiceConfig
+    except ImportError as e:
+        raise UsageError(f"serve needs the [serve] extra ({e.name} is missing): pip install 'voxtral-edge[serve]'") \
+            from None
+    config = ServiceConfig(
+        bundle=Path(args.bundle), model_name=args.served_model_name, api_key=args.api_key, threads=args.threads,
+        max_context=args.max_context, verify=not args.no_verify, seed=args.seed, steps=args.steps,
+        cfg=1.2 if args.cfg is None else args.cfg,
+        cache_dir=None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+        cache_bytes=int(args.cache_mb * (1 << 20)), queue_limit=args.queue_limit,
+        max_body_bytes=args.max_body_kb << 10)
+    if not Path(args.bundle).is_dir():
+        raise UsageError(f"--bundle {args.bundle}: not a folder (give a bundle made by `voxtral-edge export`)")
+    serve(config, host=args.host, port=args.port, unix=args.unix, max_connections=args.max_connections,
+          log_level=args.log_level)
+    return 0
+
+
+def _normalize_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--normalize", action="store_true",
+                   help="normalize TEXT first, as `say` does (see `voxtral-edge normalize`)")
+    p.add_argument("--lang", choices=LANGUAGES, metavar="L",
+                   help=f"language for --normalize: {', '.join(LANGUAGES)} (default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxtral-edge",
@@ -362,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         "example:\n  voxtral-edge tokens --tokenizer work/tiny/tekken.json 'Hello world'")
     p.add_argument("--tokenizer", required=True, metavar="TEKKEN_JSON", help="path to tekken.json")
     p.add_argument("text", metavar="TEXT")
+    _normalize_options(p, "English")
 
     p = command(
         "prompt", cmd_prompt, "print the speech prompt ids for a text and voice (JSON list)",
@@ -372,6 +423,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="checkpoint folder (reads its tekken.json)")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice name")
     p.add_argument("text", metavar="TEXT")
+    _normalize_options(p, "the voice's language")
+
+    p = command(
+        "normalize", cmd_normalize, "print a text as it will be spoken (numbers, units, times... in words)",
+        "Print TEXT as `say` speaks it unless given --raw: markdown, HTML, URLs, emoji and invisible characters "
+        "flattened or dropped, lines joined; numbers, decimals, ordinals, ranges, percentages, money, units "
+        "(m, km, km/h, mph, mi, ft, °C, °F, kWh, kW, L, min, h), times, dates, road and exit numbers and "
+        "address abbreviations spelled out in the language's words; a final full stop added. TEXT '-' reads "
+        "standard input.",
+        "examples:\n  voxtral-edge normalize 'In 200 m, take exit 12a onto the A7.'\n"
+        "  voxtral-edge normalize --lang de 'Um 14:30 Uhr: -3 °C auf der B 27.'")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--lang", default="en", choices=LANGUAGES, metavar="L",
+                   help=f"language: {', '.join(LANGUAGES)} (default: en)")
 
     p = command(
         "export", cmd_export, "export a checkpoint folder to a bundle (ONNX graphs + manifest)",
@@ -429,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "say", cmd_say, "speak a text to a WAV file (or raw PCM on stdout)",
-        "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. A summary with "
-        "per-stage timings goes to standard error.",
+        "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. The text is "
+        "normalized first for --lang, else the voice's language (see `voxtral-edge normalize`; --raw speaks it "
+        "as written). A summary with per-stage timings goes to standard error.",
         "examples:\n  voxtral-edge say 'Turn left in 200 metres.' --bundle voxtral-bundle --voice casual_male -o turn.wav\n"
         "  echo 'Bonjour' | voxtral-edge say - --bundle voxtral-bundle --voice fr_female -o - | aplay -f S16_LE -r 24000")
     p.add_argument("text", metavar="TEXT")
@@ -459,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="KV cache positions to allocate (default: the bundle's)")
     p.add_argument("--profile", metavar="NAME|FILE",
                    help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
+    p.add_argument("--raw", action="store_true",
+                   help="speak TEXT as written: no normalization (see `voxtral-edge normalize`)")
+    p.add_argument("--lang", choices=LANGUAGES, metavar="L",
+                   help=f"language TEXT is normalized for: {', '.join(LANGUAGES)} (default: the voice's, else en)")
 
     p = command("devices", cmd_devices, "list the shipped device profiles",
                 "List the device profiles shipped with voxtral-edge (devices/*.toml): their precision plan, threads, "
@@ -488,6 +558,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
     p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
                    help="the profile of this machine, for the calibration (default: x86-avx512)")
+
+    p = command(
+        "serve", cmd_serve, "run the speech service (OpenAI-compatible HTTP API, priorities, phrase cache)",
+        "Serve a bundle over HTTP: POST /v1/audio/speech (OpenAI's speech API; wav or pcm, streamed as it is "
+        "made), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, GET /health (503 while the bundle "
+        "loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
+        "background): a higher one preempts a lower one at the next 80 ms frame, which then resumes where it "
+        "stopped. Finished audio is kept in a phrase cache on disk. SIGTERM ends every stream at the next frame "
+        "with valid audio. Binds to 127.0.0.1; any other address needs --api-key. Needs the [serve] extra.",
+        "examples:\n  voxtral-edge serve --bundle voxtral-int4 --profile raspberry-pi-5\n"
+        "  curl -s localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\\n"
+        "       -d '{\"input\": \"Turn left.\", \"voice\": \"casual_male\", \"priority\": \"navigation\"}' -o turn.wav")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --api-key)")
+    p.add_argument("--port", type=_positive(int, 0, 65535), default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--unix", metavar="PATH", help="serve on this unix socket instead of TCP")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("VOXTRAL_EDGE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: $VOXTRAL_EDGE_API_KEY)")
+    p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
+    p.add_argument("--threads", type=_positive(int, 1, 256), help="onnxruntime threads")
+    p.add_argument("--steps", type=_positive(int, 1, 64), help="default Euler steps (default: the model's)")
+    p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA", help="default guidance (default: 1.2)")
+    p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")
+    p.add_argument("--seed", type=_positive(int, 0, 2**63 - 1), default=0,
+                   help="seed of requests that give none (default: 0: a prompt always sounds the same)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model id of /v1/models and requests (default: the bundle's checkpoint folder name)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="phrase cache folder (default: $CACHE_DIRECTORY/phrases under systemd, else "
+                        "~/.cache/voxtral-edge/phrases)")
+    p.add_argument("--cache-mb", type=_positive(float), default=256, help="phrase cache size cap in MB (default: 256)")
+    p.add_argument("--no-cache", action="store_true", help="keep no phrase cache")
+    p.add_argument("--queue-limit", type=_positive(int), default=16,
+                   help="requests per priority class, in progress or waiting, before 429 (default: 16)")
+    p.add_argument("--max-connections", type=_positive(int), default=32,
+                   help="concurrent connections before 503 (default: 32)")
+    p.add_argument("--max-body-kb", type=_positive(int), default=64, help="request body limit in KB (default: 64)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="server log detail (default: info, one line per request)")
+    p.add_argument("--no-verify", action="store_true", help="load without hashing the bundle (sizes still checked)")
 
     p = command("voices", cmd_voices, "list the preset voices of a bundle",
                 "List the bundle's preset voices with the number of [AUDIO] tokens each takes in the prompt.")

@@ -9,7 +9,9 @@
     codes -> codec decoder -> 24 kHz float32 audio
 
 A Synthesizer holds one KV cache, so it serves one request at a time; calls from several threads are
-serialized by a lock.
+serialized by a lock. An utterance can also be made step by step (`start`, then `step` per frame): its
+state is an `Utterance` object, and several may take turns frame by frame, each one's KV rows set aside
+while another's are in the cache, so that a scheduler can pause one utterance for another and resume it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from tokenizers import Tokenizer
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
-from .text import split_text
+from .text import LANGUAGES, split_text, voice_language
+from .text import normalize as normalize_text
 
 DEFAULT_MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
@@ -53,6 +56,7 @@ class Result:
     prompt_tokens: int
     finished: bool  # True when the model ended the utterance (END_AUDIO), False when max_frames did
     timings: dict[str, float] = field(default_factory=dict)
+    spoken_text: str = ""  # the text the prompts were made of: the normalized text, or the raw one
 
     @property
     def duration(self) -> float:
@@ -115,6 +119,7 @@ class Synthesizer:
         self._voices: dict[str, np.ndarray] = {}
         self._kv: list[ort.OrtValue] | None = None
         self._prefix_cache: dict[str, list[np.ndarray]] = {}
+        self._holder: Utterance | None = None  # the utterance whose rows the KV cache holds
         self.last_result: Result | None = None
         self._lock = threading.Lock()
 
@@ -249,60 +254,78 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
+    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
+        """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
+        language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
+        left to say is a UsageError."""
+        if lang is not None and lang not in LANGUAGES:
+            raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+        if not normalize:
+            return text
+        lang = voice_language(voice) if lang is None else lang
+        spoken = normalize_text(text, lang)
+        if not spoken.strip():
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized ({lang}); "
+                             f"pass normalize=False (--raw) to speak it as written")
+        return spoken
+
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
-                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None) -> Result:
-        """Speak `text` with a preset voice. Frame f's flow-matching noise is row f of `noise` when given,
-        else drawn from `seed` (a random seed when None; the one used is in the result). A text longer
-        than the context is spoken piece by piece (see `pieces`)."""
+                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None,
+                   normalize: bool = True, lang: str | None = None) -> Result:
+        """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
+        language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
+        f's flow-matching noise is row f of `noise` when given, else drawn from `seed` (a random seed when
+        None; the one used is in the result). A text longer than the context is spoken piece by piece
+        (see `pieces`)."""
+        u = self.start(text, voice, chunk_frames=DECODE_CHUNK, first_chunk_frames=DECODE_CHUNK, seed=seed,
+                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise,
+                       normalize=normalize, lang=lang)
         with self._lock:
-            run, audio, piece_frames = _Run(), [], {}
-            for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
-                piece_frames.setdefault(piece, []).append(frame)
-            for frames in piece_frames.values():  # each piece is its own utterance for the codec
-                audio.append(run.time("codec_ms", self.decode, np.array(frames)))
-            audio = np.concatenate(audio) if audio else np.zeros(0, dtype=f32)
-            return run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate)
+            try:
+                while not u.done:
+                    self._step(u)
+            finally:
+                result = self._close(u)
+        return result
 
     def stream(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
                seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
-               max_frames: int | None = None, noise: np.ndarray | None = None) -> Iterator[np.ndarray]:
+               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
+               lang: str | None = None) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
         frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
-        concatenate to what `synthesize` returns. Stop early by closing the generator (or leaving the
-        loop); `last_result` then holds the codes, audio and timings of what was made."""
+        concatenate to what `synthesize` returns (normalize and lang as there). Stop early by closing the
+        generator (or leaving the loop); `last_result` then holds the codes, audio, timings and spoken
+        text of what was made."""
+        u = self.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames, seed=seed,
+                       steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise, normalize=normalize,
+                       lang=lang)
+        with self._lock:
+            try:
+                while not u.done:
+                    chunk = self._step(u)
+                    if len(chunk):
+                        yield chunk
+            finally:  # also when the caller stops early: what was heard is what was made
+                self.last_result = self._close(u)
+
+    # -- an utterance, step by step ------------------------------------------------------------------
+    def start(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
+              seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
+              max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
+              lang: str | None = None) -> Utterance:
+        """Check a request and return its utterance, not yet begun: each `step` makes one frame of it.
+        The arguments are those of `stream`; a bad one raises UsageError here, before any work."""
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise UsageError(f"chunk_frames and first_chunk_frames must be >= 1, found {chunk_frames} "
-                                   f"and {first_chunk_frames}")
-        with self._lock:
-            run, chunks, pending, codec, current = _Run(), [], [], None, None
-            try:
-                for piece, frame in self._frames(text, voice, seed, steps, cfg_alpha, max_frames, noise, run):
-                    if piece != current:  # a new prompt: the codec starts afresh
-                        if pending:
-                            chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
-                            pending = []
-                            yield chunks[-1]
-                        codec, current = CodecStream(self), piece
-                    pending.append(frame)
-                    if len(pending) == (chunk_frames if chunks else first_chunk_frames):
-                        chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
-                        pending = []
-                        yield chunks[-1]
-                if pending:
-                    chunks.append(run.time("codec_ms", codec.decode, np.array(pending)))
-                    yield chunks[-1]
-            finally:  # also when the caller stops early: what was heard is what was made
-                audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=f32)
-                self.last_result = run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
-                                              frames_heard=sum(len(c) for c in chunks) // self._samples_per_frame)
-
-    def _frames(self, text, voice, seed, steps, cfg_alpha, max_frames, noise, run: "_Run"):
-        """(piece index, frame of codes without specials), one frame at a time, as they are generated."""
-        layout = self.audio_layout
-        n_acoustic = layout["n_acoustic_codebook"]
+                             f"and {first_chunk_frames}")
+        n_acoustic = self.audio_layout["n_acoustic_codebook"]
         steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
-        check_request(text, steps, cfg_alpha, max_frames, seed)
+        check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
+        run, rng = _Run(), None
+        text = run.spoken_text = run.time("tokenize_ms", lambda: self.spoken_text(text, voice, normalize=normalize,
+                                                                                  lang=lang))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -316,44 +339,164 @@ class Synthesizer:
         left = DEFAULT_MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
         pieces = run.time("tokenize_ms", self.pieces, text, voice)
         run.finished = True
-        for index, piece in enumerate(pieces):
-            prompt = run.time("tokenize_ms", self.prompt, piece, voice)
-            x = run.time("tokenize_ms", self.prompt_embeddings, prompt, voice)
-            room = self.max_context - len(prompt)
-            if room < 1:
-                raise VoxtralEdgeError(f"the prompt takes {len(prompt)} positions, max_context is "
-                                       f"{self.max_context}: shorten the text")
-            text_tokens = len(prompt) - self.voices[voice] - 5
-            guard = min(room, DEFAULT_MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * text_tokens)
-            limit = min(guard, left)
-            run.prompt_tokens += len(prompt)
-            hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, voice)
-            position, ended, made = len(prompt), False, 0
-            for f in range(limit):
-                semantic = int(np.argmax(logits))
-                if semantic == layout["end_audio"]:
-                    ended = True
-                    break
-                frame_noise = noise[len(run.frames)] if noise is not None else rng.standard_normal(n_acoustic,
-                                                                                                   dtype=f32)
-                acoustic = run.time("flow_ms", self.acoustic_codes, hidden[-1], frame_noise, steps, cfg_alpha)
-                frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
-                run.frames.append(frame)
-                made += 1
-                yield index, frame
-                if made < limit:
-                    hidden, logits = run.time("backbone_ms", self.backbone, self.audio_embedding(frame)[None],
-                                              position)
-                    position += 1
-            left -= made
-            run.finished = run.finished and ended
-            if not ended and made == guard:  # stopped by the guard, not by the caller's max_frames
-                warnings.warn(RunawayWarning(
-                    f"piece {index + 1} of {len(pieces)} did not end after {guard} frames ({guard * 0.08:.1f} s, no "
-                    f"END_AUDIO for its {text_tokens} text tokens); stopped it there"), stacklevel=3)
-            if left <= 0:
-                run.finished = run.finished and index == len(pieces) - 1
-                return
+        return Utterance(voice, pieces, steps, float(cfg_alpha), chunk_frames, first_chunk_frames, left, run,
+                         noise, rng)
+
+    def step(self, u: Utterance) -> np.ndarray:
+        """Make u's next frame (the first frame of a piece prefills it first) and return the audio it
+        completes: a chunk as `stream` yields them, or an empty array while a chunk fills up; the step
+        that ends u sets `u.done`. Utterances may take turns step by step: the cache changes hands at
+        the step (see `suspend`), and each one's audio is what it would have been alone."""
+        with self._lock:
+            return self._step(u)
+
+    def suspend(self, u: Utterance) -> None:
+        """Set u aside: the KV rows it has written are copied out of the cache into `u.kv`, so that
+        another utterance may use the cache; u's next `step` copies them back. (Done by `step` itself
+        when another utterance's turn comes; this frees the cache for direct backbone calls.)"""
+        with self._lock:
+            self._suspend(u)
+
+    def close(self, u: Utterance) -> Result:
+        """End u, spoken or not: its KV rows are freed and a Result holds what it made (the audio is
+        the chunks `step` returned)."""
+        with self._lock:
+            return self._close(u)
+
+    def _step(self, u: Utterance) -> np.ndarray:
+        if u.done:
+            return np.zeros(0, dtype=f32)
+        self._resume(u)
+        if u.hidden is None:
+            self._begin_piece(u)
+        frame = self._next_frame(u)
+        if frame is not None:
+            u.pending.append(frame)
+            if len(u.pending) < (u.chunk_frames if u.chunks else u.first_chunk_frames):
+                return np.zeros(0, dtype=f32)
+        chunk = u.run.time("codec_ms", u.codec.decode, np.array(u.pending)) if u.pending else np.zeros(0, f32)
+        u.pending = []
+        if len(chunk):
+            u.chunks.append(chunk)
+        if frame is None:  # the piece ended: its last frames were decoded with its own codec state
+            self._end_piece(u)
+        return chunk
+
+    def _begin_piece(self, u: Utterance) -> None:
+        """Prefill u's next piece: its prompt, guard and codec state."""
+        run = u.run
+        u.piece += 1
+        prompt = run.time("tokenize_ms", self.prompt, u.pieces[u.piece], u.voice)
+        x = run.time("tokenize_ms", self.prompt_embeddings, prompt, u.voice)
+        room = self.max_context - len(prompt)
+        if room < 1:
+            raise VoxtralEdgeError(f"the prompt takes {len(prompt)} positions, max_context is "
+                                   f"{self.max_context}: shorten the text")
+        u.text_tokens = len(prompt) - self.voices[u.voice] - 5
+        u.guard = min(room, DEFAULT_MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * u.text_tokens)
+        u.limit = min(u.guard, u.left)
+        run.prompt_tokens += len(prompt)
+        hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice)
+        u.hidden, u.logits, u.position = hidden[-1], logits, len(prompt)
+        u.made, u.fed, u.ended, u.codec = 0, True, False, CodecStream(self)
+
+    def _next_frame(self, u: Utterance) -> np.ndarray | None:
+        """u's next frame of codes (without specials), or None when its piece has ended (END_AUDIO, or
+        its limit reached)."""
+        layout, run = self.audio_layout, u.run
+        if u.made == u.limit:
+            return None
+        if not u.fed:  # the frame made last goes into the backbone first
+            hidden, u.logits = run.time("backbone_ms", self.backbone, self.audio_embedding(run.frames[-1])[None],
+                                        u.position)
+            u.hidden, u.position, u.fed = hidden[-1], u.position + 1, True
+        semantic = int(np.argmax(u.logits))
+        if semantic == layout["end_audio"]:
+            u.ended = True
+            return None
+        frame_noise = u.noise[len(run.frames)] if u.noise is not None else \
+            u.rng.standard_normal(layout["n_acoustic_codebook"], dtype=f32)
+        acoustic = run.time("flow_ms", self.acoustic_codes, u.hidden, frame_noise, u.steps, u.cfg_alpha)
+        frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
+        run.frames.append(frame)
+        u.made, u.left, u.fed = u.made + 1, u.left - 1, False
+        return frame
+
+    def _end_piece(self, u: Utterance) -> None:
+        run, last = u.run, u.piece == len(u.pieces) - 1
+        run.finished = run.finished and u.ended
+        if not u.ended and u.made == u.guard:  # stopped by the guard, not by the caller's max_frames
+            warnings.warn(RunawayWarning(
+                f"piece {u.piece + 1} of {len(u.pieces)} did not end after {u.guard} frames ({u.guard * 0.08:.1f} s, "
+                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=4)
+        if u.left <= 0:
+            run.finished = run.finished and last
+        u.hidden = u.logits = u.codec = None
+        u.position = 0
+        if last or u.left <= 0:
+            u.done = True
+            if self._holder is u:
+                self._holder = None
+
+    def _suspend(self, u: Utterance) -> None:
+        if self._holder is u:
+            u.kv = [a[:, :, :u.position].copy() for a in self._kv_arrays]
+            self._holder = None
+
+    def _resume(self, u: Utterance) -> None:
+        """Make the cache hold u's rows, setting aside those of the utterance that held it."""
+        if self._holder is u:
+            return
+        if self._holder is not None:
+            self._suspend(self._holder)
+        if u.kv is not None:
+            for a, rows in zip(self._kv_cache() and self._kv_arrays, u.kv):
+                a[:, :, :rows.shape[2]] = rows
+            u.kv = None
+        self._holder = u
+
+    def _close(self, u: Utterance) -> Result:
+        if self._holder is u:
+            self._holder = None
+        u.kv = None
+        if not u.done:
+            u.run.finished, u.done = False, True
+        audio = np.concatenate(u.chunks) if u.chunks else np.zeros(0, dtype=f32)
+        return u.run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
+                            frames_heard=len(audio) // self._samples_per_frame)
+
+
+@dataclass(eq=False)
+class Utterance:
+    """One utterance in progress, as data: what is left to say, where the backbone stands, the codec's
+    carried state and the noise generator. `Synthesizer.start` makes one and `step` advances it by one
+    frame; while another utterance has the KV cache, `kv` holds the rows this one has written."""
+
+    voice: str
+    pieces: list[str]  # the prompts it is spoken in (see Synthesizer.pieces)
+    steps: int
+    cfg_alpha: float
+    chunk_frames: int
+    first_chunk_frames: int
+    left: int  # frames the caller still allows
+    run: _Run  # frames made so far, seed, timings
+    noise: np.ndarray | None = None  # row f is frame f's initial noise, when given
+    rng: np.random.Generator | None = None  # else each frame draws its noise from this
+    piece: int = -1  # the piece being spoken (-1: none begun)
+    position: int = 0  # KV rows the current piece has written
+    hidden: np.ndarray | None = None  # the backbone's last hidden state (None: between pieces)
+    logits: np.ndarray | None = None  # and its semantic logits: the next frame comes from them
+    fed: bool = True  # the last frame made has gone through the backbone
+    ended: bool = False  # the current piece met END_AUDIO
+    made: int = 0  # frames of the current piece
+    limit: int = 0  # frames the current piece may make
+    guard: int = 0  # its runaway guard
+    text_tokens: int = 0
+    codec: CodecStream | None = None
+    pending: list[np.ndarray] = field(default_factory=list)  # frames made, not yet decoded
+    chunks: list[np.ndarray] = field(default_factory=list)  # the audio returned so far
+    kv: list[np.ndarray] | None = None  # its KV rows [:position] per layer while set aside
+    done: bool = False
 
 
 MAX_STEPS = 64
@@ -397,6 +540,7 @@ class _Run:
         self.seed: int | None = None
         self.prompt_tokens = 0
         self.finished = False
+        self.spoken_text = ""
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -409,7 +553,8 @@ class _Run:
         frames = self.frames if frames_heard is None else self.frames[:frames_heard]
         codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
         timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
-        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings)
+        return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings,
+                      self.spoken_text)
 
 
 class CodecStream:

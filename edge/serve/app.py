@@ -1,0 +1,429 @@
+"""The HTTP API: OpenAI's speech endpoint as vLLM-Omni serves it, the voice and model lists, prefetch,
+health, and the page at `/`. An app is a function of requests; the `Service` it is made from holds the
+bundle, the scheduler and the cache, opened in the background so that /health can say "loading".
+
+Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with OpenAI's string codes.
+A streamed WAV has an unknown length: its RIFF and data sizes are 0xFFFFFFFF, as OpenAI's streamed WAV
+(read it to the end of the stream; `pcm` is the same samples without the 44-byte header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import math
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import UsageError, VoxtralEdgeError
+from ..manifest import MANIFEST
+from ..runtime import DEFAULT_MAX_FRAMES, MAX_CFG, MAX_STEPS, Synthesizer
+from .cache import PhraseCache, cache_key
+from .scheduler import DEFAULT_PRIORITY, PRIORITIES, Job, QueueFull, Scheduler, ShuttingDown
+
+log = logging.getLogger("voxtral_edge.serve")
+
+MAX_INPUT_CHARS = 4096  # as OpenAI's speech endpoint
+FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+MAX_HEADER_BYTES = 16 << 10  # a request's headers, together
+FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed", "steps",
+          "cfg", "priority", "max_frames")
+
+
+@dataclass
+class ServiceConfig:
+    """What `voxtral-edge serve` was started with (defaults: a device profile's, else the runtime's)."""
+
+    bundle: Path
+    model_name: str | None = None  # the id clients send as "model" (default: the bundle's checkpoint name)
+    api_key: str | None = None
+    threads: int | None = None
+    max_context: int | None = None
+    verify: bool = True
+    seed: int = 0  # a request without a seed gets this one: the same prompt sounds the same, and is cached
+    steps: int | None = None
+    cfg: float = 1.2
+    cache_dir: Path | None = None
+    cache_bytes: int = 256 << 20
+    queue_limit: int = 16
+    max_body_bytes: int = 64 << 10
+    chunk_frames: int = 4
+    first_chunk_frames: int = 1
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+
+
+class Service:
+    """The bundle opened once, its scheduler and phrase cache; `state` is loading, ready or failed."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.state, self.error = "loading", None
+        self.synth: Synthesizer | None = None
+        self.scheduler: Scheduler | None = None
+        self.cache: PhraseCache | None = None
+        self.created = int(time.time())
+        self.prefetching: dict[str, Job] = {}
+        self.on_failure = lambda: None  # called (from the loading thread) when the bundle cannot be opened
+        self._loader: threading.Thread | None = None
+
+    def start_loading(self) -> None:
+        self._loader = threading.Thread(target=self.load, name="voxtral-edge-load", daemon=True)
+        self._loader.start()
+
+    def load(self) -> None:
+        c = self.config
+        try:
+            synth = Synthesizer.open(c.bundle, threads=c.threads, max_context=c.max_context, verify=c.verify)
+            self.bundle_sha256 = hashlib.sha256((synth.manifest.bundle / MANIFEST).read_bytes()).hexdigest()
+            self.model_name = c.model_name or synth.manifest["source"]["checkpoint"]
+            self.cache = PhraseCache(c.cache_dir, c.cache_bytes) if c.cache_dir is not None else None
+            self.scheduler = Scheduler(synth, queue_limit=c.queue_limit, cache=self.cache)
+            self.synth = synth
+            self.state = "ready"
+            log.info("ready: %s (%s), voices %s", c.bundle, self.model_name, ", ".join(sorted(synth.voices)))
+        except Exception as e:  # noqa: BLE001 - reported on /health and in the log
+            self.state, self.error = "failed", f"{type(e).__name__}: {e}" if not isinstance(e, VoxtralEdgeError) \
+                else str(e)
+            log.error("cannot open the bundle: %s", self.error)
+            self.on_failure()
+
+    def stop(self, wait: bool = True) -> None:
+        """End the streams at the next frame boundary (on SIGTERM) and stop the worker."""
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout=30.0 if wait else 0)
+
+    def speech_key(self, r: "SpeechRequest") -> str:
+        c = self.config
+        return cache_key(bundle=self.bundle_sha256, runtime=__version__, text=r.text, voice=r.voice, seed=r.seed,
+                         steps=r.steps, cfg=r.cfg, max_frames=r.max_frames, chunk_frames=c.chunk_frames,
+                         first_chunk_frames=c.first_chunk_frames)
+
+    def start(self, r: "SpeechRequest"):
+        try:
+            return self.synth.start(r.text, r.voice, chunk_frames=self.config.chunk_frames,
+                                    first_chunk_frames=self.config.first_chunk_frames, seed=r.seed, steps=r.steps,
+                                    cfg_alpha=r.cfg, max_frames=r.max_frames)
+        except UsageError as e:
+            raise ApiError(400, str(e), param="input", code="invalid_value") from None
+
+
+@dataclass
+class SpeechRequest:
+    text: str
+    voice: str
+    response_format: str
+    seed: int
+    steps: int | None
+    cfg: float
+    priority: str
+    max_frames: int | None
+
+
+def _integer(body: dict, name: str, low: int, high: int, default):
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name} must be an integer, found {type(value).__name__}", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be from {low} to {high}, found {value}", param=name, code="invalid_value")
+    return value
+
+
+def _number(body: dict, name: str, default):
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a number, found {json.dumps(value)}", param=name, code="invalid_type")
+    return float(value)
+
+
+def _string(body: dict, name: str, default=None, required: bool = False):
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, f"{name} is required", param=name, code="missing_required_parameter")
+        return default
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string, found {type(value).__name__}", param=name, code="invalid_type")
+    return value
+
+
+def parse_speech(body, service: Service, priority: str | None = None) -> SpeechRequest:
+    """Check a speech request's body: every field's presence, type and range, before any work."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, found {type(body).__name__}", code="invalid_json")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise ApiError(400, f"unrecognized request argument: {unknown[0]} (accepted: {', '.join(FIELDS)})",
+                       param=unknown[0], code="unknown_parameter")
+    model = _string(body, "model")
+    if model is not None and model != service.model_name:
+        raise ApiError(404, f"The model `{model}` does not exist: this server serves `{service.model_name}`",
+                       param="model", code="model_not_found")
+    text = _string(body, "input", required=True)
+    if not text.strip():
+        raise ApiError(400, "input is empty: give the text to speak", param="input", code="invalid_value")
+    if len(text) > MAX_INPUT_CHARS:
+        raise ApiError(400, f"input is {len(text)} characters long; at most {MAX_INPUT_CHARS} are accepted",
+                       param="input", code="string_above_max_length")
+    voice = _string(body, "voice", required=True)
+    voices = sorted(service.synth.voices)
+    if voice not in voices:
+        raise ApiError(400, f"unknown voice {voice!r}; this server has: {', '.join(voices)}", param="voice",
+                       code="invalid_value")
+    fmt = _string(body, "response_format", "wav")
+    if fmt not in FORMATS:
+        raise ApiError(400, f"response_format {fmt!r} is not supported: use wav or pcm (16-bit mono, "
+                            f"{service.synth.sample_rate} Hz)", param="response_format", code="invalid_value")
+    speed = _number(body, "speed", 1.0)
+    if speed != 1.0:
+        raise ApiError(400, f"speed must be 1.0 (the model speaks at its own pace), found {speed:g}", param="speed",
+                       code="invalid_value")
+    if _string(body, "stream_format", "audio") != "audio":
+        raise ApiError(400, "stream_format must be 'audio' (raw audio bytes); 'sse' is not supported",
+                       param="stream_format", code="invalid_value")
+    if _string(body, "instructions"):
+        raise ApiError(400, "instructions are not supported: this model takes a preset voice", param="instructions",
+                       code="invalid_value")
+    cfg = _number(body, "cfg", service.config.cfg)
+    if not 0 <= cfg <= MAX_CFG:
+        raise ApiError(400, f"cfg must be from 0 to {MAX_CFG:g}, found {cfg:g}", param="cfg", code="invalid_value")
+    chosen = _string(body, "priority", priority or DEFAULT_PRIORITY)
+    if chosen not in PRIORITIES:
+        raise ApiError(400, f"priority must be one of {', '.join(PRIORITIES)}, found {chosen!r}", param="priority",
+                       code="invalid_value")
+    return SpeechRequest(text, voice, fmt, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
+                         _integer(body, "steps", 1, MAX_STEPS, service.config.steps), cfg,
+                         priority or chosen, _integer(body, "max_frames", 1, DEFAULT_MAX_FRAMES * 64, None))
+
+
+def wav_header(sample_rate: int) -> bytes:
+    """A 16-bit mono WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF, as OpenAI)."""
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 0xFFFFFFFF, b"WAVE", b"fmt ", 16, 1, 1, sample_rate,
+                       sample_rate * 2, 2, 16, b"data", 0xFFFFFFFF)
+
+
+# -- handlers ----------------------------------------------------------------------------------------
+def _service(request: Request, ready: bool = True) -> Service:
+    service: Service = request.app.state.service
+    key = service.config.api_key
+    if key is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+    if ready and service.state != "ready":
+        raise ApiError(503, "the bundle is still loading" if service.state == "loading" else
+                       f"the bundle could not be opened: {service.error}", type="server_error", code=service.state,
+                       headers={"Retry-After": "1"} if service.state == "loading" else None)
+    return service
+
+
+async def _json_body(request: Request, limit: int):
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the body is {declared} bytes; at most {limit} are accepted", code="request_too_large")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise ApiError(413, f"the body exceeds {limit} bytes", code="request_too_large")
+    try:
+        return json.loads(body, parse_constant=_not_json)
+    except ValueError as e:
+        raise ApiError(400, f"the body is not valid JSON ({e})", code="invalid_json") from None
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+async def health(request: Request) -> Response:
+    service: Service = request.app.state.service
+    if service.state != "ready":
+        return JSONResponse({"status": service.state, **({"error": service.error} if service.error else {})},
+                            status_code=503)
+    return JSONResponse({"status": "ok", "model": service.model_name, "scheduler": service.scheduler.snapshot(),
+                         "cache": service.cache.snapshot() if service.cache else None})
+
+
+async def models(request: Request) -> Response:
+    service = _service(request)
+    return JSONResponse({"object": "list", "data": [{
+        "id": service.model_name, "object": "model", "created": service.created, "owned_by": "voxtral-edge",
+        "root": service.model_name, "parent": None, "max_model_len": service.synth.max_context, "permission": []}]})
+
+
+async def voices(request: Request) -> Response:
+    service = _service(request)
+    return JSONResponse({"voices": sorted(service.synth.voices), "uploaded_voices": []})
+
+
+async def _first_event(channel: asyncio.Queue, request: Request):
+    """The job's first event, or None if the client leaves before it comes."""
+    async def disconnected():
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    get, gone = asyncio.ensure_future(channel.get()), asyncio.ensure_future(disconnected())
+    done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    gone.cancel()
+    if get in done:
+        return get.result()
+    get.cancel()
+    return None
+
+
+async def speech(request: Request) -> Response:
+    """POST /v1/audio/speech: from the cache at once, else queued at its priority; the response (status and
+    headers) starts with the first audio, so that an error before it is still answered as an error."""
+    service = _service(request)
+    r = parse_speech(await _json_body(request, service.config.max_body_bytes), service)
+    rate = service.synth.sample_rate
+    header = wav_header(rate) if r.response_format == "wav" else b""
+    headers = {"X-Sample-Rate": str(rate), "X-Priority": r.priority}
+    key = service.speech_key(r)
+    pcm = await run_in_threadpool(service.cache.get, key) if service.cache is not None else None
+    if pcm is not None:
+        async def cached():
+            yield header + pcm
+        return StreamingResponse(cached(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "hit"})
+
+    loop, channel = asyncio.get_running_loop(), asyncio.Queue()
+    utterance = await run_in_threadpool(service.start, r)
+    job = Job(utterance, r.priority, lambda event: loop.call_soon_threadsafe(channel.put_nowait, event), key)
+    _submit(service, job)
+    first = await _first_event(channel, request)
+    if first is None:  # the client left while its request waited
+        service.scheduler.cancel(job)
+        return Response(status_code=499)
+    kind, value = first
+    if kind == "error":
+        raise ApiError(500, f"synthesis failed: {value}", type="server_error", code="synthesis_failed")
+    if kind == "end" and value == "shutdown":
+        raise ApiError(503, "the service is shutting down", type="server_error", code="shutting_down")
+
+    async def audio():
+        try:
+            yield header + (value if kind == "audio" else b"")
+            event = first
+            while event[0] == "audio":
+                event = await channel.get()
+                if event[0] == "audio":
+                    yield event[1]
+            if event[0] == "error":
+                log.error("job %d failed after its first audio: %s", job.id, event[1])
+        finally:  # the client left (starlette cancels this) or the job ended: either way it costs nothing more
+            service.scheduler.cancel(job)
+
+    return StreamingResponse(audio(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "miss"})
+
+
+def _submit(service: Service, job: Job) -> None:
+    try:
+        service.scheduler.submit(job)
+    except QueueFull as e:
+        service.synth.close(job.utterance)
+        raise ApiError(429, str(e), type="rate_limit_error", code="rate_limit_exceeded",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), type="server_error", code="shutting_down") from None
+
+
+async def prefetch(request: Request) -> Response:
+    """Render a prompt into the cache at background priority; 200 if it is there already, else 202."""
+    service = _service(request)
+    r = parse_speech(await _json_body(request, service.config.max_body_bytes), service, priority="background")
+    if service.cache is None:
+        raise ApiError(400, "this server runs without a phrase cache (--no-cache): nothing to prefetch into",
+                       code="cache_disabled")
+    key = service.speech_key(r)
+    if await run_in_threadpool(service.cache.get, key) is not None:
+        return JSONResponse({"status": "cached", "key": key})
+    pending = service.prefetching.get(key)
+    if pending is None or pending.state not in ("queued", "running", "suspended"):
+        service.prefetching = {k: j for k, j in service.prefetching.items() if j.state in ("queued", "running",
+                                                                                            "suspended")}
+        job = Job(await run_in_threadpool(service.start, r), "background", cache_key=key)
+        _submit(service, job)
+        service.prefetching[key] = job
+    return JSONResponse({"status": "queued", "key": key}, status_code=202)
+
+
+async def page(request: Request) -> Response:
+    return HTMLResponse(resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
+
+
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code).response()
+
+
+class HeaderLimit:
+    """431 for a request whose headers exceed MAX_HEADER_BYTES together (h11's own limit only holds for
+    headers that arrive in pieces)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > MAX_HEADER_BYTES:
+            response = ApiError(431, f"the request's headers exceed {MAX_HEADER_BYTES} bytes",
+                                code="request_header_fields_too_large").response()
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(service: Service) -> Starlette:
+    """The ASGI app over a Service; the bundle starts loading when the app starts."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        service.start_loading()
+        yield
+        await run_in_threadpool(service.stop)
+
+    app = Starlette(routes=[
+        Route("/", page), Route("/health", health), Route("/v1/models", models),
+        Route("/v1/audio/voices", voices), Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/audio/prefetch", prefetch, methods=["POST"]),
+    ], exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan,
+        middleware=[Middleware(HeaderLimit)])
+    app.state.service = service
+    return app
