@@ -375,11 +375,19 @@ def report(data: Path, wheels: Path | None = None) -> bool:
 
 
 def fixtures(out: Path) -> None:
-    """tests/conftest.py's checkpoints and bundles, written to OUT for VOXTRAL_TEST_FIXTURES."""
+    """tests/conftest.py's checkpoints and bundles, written to OUT for VOXTRAL_TEST_FIXTURES (kept while the
+    exporter's code is unchanged)."""
+    import shutil
+
+    stamp = exporter_stamp()
+    if (out / ".exporter").exists() and (out / ".exporter").read_text() == stamp:
+        return
+    shutil.rmtree(out, ignore_errors=True)
     sys.path.insert(0, str(REPO / "tests"))
     import conftest
 
     conftest.write_fixtures(out)
+    (out / ".exporter").write_text(stamp)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,16 +61,27 @@ if [ ! -e "$root/.built" ]; then
     touch "$root/.built"
 fi
 
-# -- aarch64 wheels of the runtime's dependencies, at the host's versions ---------------------------
+# -- aarch64 wheels of the runtime's dependencies ------------------------------------------------------
 # The root cannot verify the registry's TLS certificate, so wheels are fetched here and installed offline.
 versions() { "$python" -c 'import sys; from importlib.metadata import version; print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' "$@"; }
-pins="$(versions numpy onnxruntime tokenizers)"
+# the runtime's dependencies as pyproject lists them (for Python 3.11), at the versions installed here
+pins="$("$python" - "$repo/pyproject.toml" <<'PY'
+import sys, tomllib
+from importlib.metadata import version
+from packaging.requirements import Requirement
+deps = [Requirement(d) for d in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]]
+print(" ".join(f"{d.name}=={version(d.name)}" for d in deps
+               if d.marker is None or d.marker.evaluate({"python_version": "3.11", "python_full_version": "3.11.2"})))
+PY
+)"
 test_pins="$(versions ml_dtypes safetensors)"  # what the tests' numpy reference needs to read a checkpoint
 wheels="$work/wheels"
 if [ ! -e "$wheels/.pins" ] || [ "$(cat "$wheels/.pins")" != "$pins $test_pins" ]; then
     step "fetching aarch64 wheels: $pins (+ setuptools; for the tests: pytest, hypothesis, ml_dtypes, safetensors)"
     rm -rf "$wheels"
-    "$python" -m pip download --quiet --dest "$wheels" --platform manylinux_2_28_aarch64 \
+    # num2words needs docopt, which the registry has only as source: a pure-Python wheel built here
+    "$python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$(versions docopt)"
+    "$python" -m pip download --quiet --dest "$wheels" --find-links "$wheels" --platform manylinux_2_28_aarch64 \
         --platform manylinux2014_aarch64 --python-version 3.11 --only-binary=:all: \
         $pins "setuptools>=68" wheel pytest hypothesis $test_pins
     echo "$pins $test_pins" >"$wheels/.pins"
