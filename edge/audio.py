@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import wave
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError, VoxtralEdgeError
+from .files import replace_file
 
 
 def to_pcm16(audio: np.ndarray) -> bytes:
@@ -16,23 +18,23 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
+def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
+    """A mono 16-bit WAV file's bytes."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(to_pcm16(audio))
+    return buffer.getvalue()
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write a mono 16-bit WAV; the file appears complete or not at all."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: is a directory; give a file name such as {path / 'out.wav'}")
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with wave.open(str(tmp), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(int(sample_rate))
-            w.writeframes(to_pcm16(audio))
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
-    return path
+    return replace_file(path, encode_wav(audio, sample_rate))
 
 
 class WavWriter:

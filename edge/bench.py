@@ -10,6 +10,7 @@ divide by the frames made). Rows:
     flow head     ms/frame all Euler steps of a frame (and ms/step)
     codec         ms/frame streamed in chunks of `chunk_frames`
     first audio   ms       streamed: from the call to the first chunk of audio (voice prefix cached, 1 frame)
+    frame         ms/frame wall time per frame past the prefill (with --codec-pipeline the codec runs beside)
     rtf           x        total time / audio duration (< 1 is faster than real time)
     peak RSS      MB       the process's peak resident memory
 
@@ -78,12 +79,15 @@ def provenance(synth, threads: int | None) -> dict:
 
 def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
               frames: int = 25, repeats: int = 3, chunk_frames: int = 4, voice: str | None = None,
-              max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True) -> tuple[dict, list[Row]]:
+              max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
+              codec_threads: int | None = None, codec_pipeline: bool = False) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
+    from voxtral_edge.prompt import voice_positions
     from voxtral_edge.runtime import Synthesizer
 
     start = time.perf_counter()
-    synth = Synthesizer.open(bundle, threads=threads, max_context=max_context, verify=verify)
+    synth = Synthesizer.open(bundle, threads=threads, max_context=max_context, verify=verify,
+                             codec_threads=codec_threads, codec_pipeline=codec_pipeline)
     load_s = time.perf_counter() - start
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -105,7 +109,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
             if i == 0:
                 first_audio.append(1e3 * (time.perf_counter() - start))
         runs.append(synth.last_result)
-    per = {k: [] for k in ("prefill", "backbone", "flow", "flow_step", "codec", "first", "rtf")}
+    per = {k: [] for k in ("prefill", "backbone", "flow", "flow_step", "codec", "frame", "first", "rtf")}
     per["first"], per["prefill"] = first_audio, prefill
     for r in runs:
         t, n = r.timings, max(len(r.codes), 1)
@@ -115,6 +119,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
         per["flow"].append(flow)
         per["flow_step"].append(flow / max(steps, 1))
         per["codec"].append(codec)
+        per["frame"].append((t["total_ms"] - t["prefill_ms"] - t["tokenize_ms"]) / n)
         per["rtf"].append(t["total_ms"] / 1e3 / max(r.duration, 1e-9))
     rows = [Row("load", "s", load_s, load_s, load_s),
             summarize(f"prefill pp{len(prompt)}", "tok/s", per["prefill"]),
@@ -122,12 +127,15 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
             summarize(f"flow head ({steps} steps)", "ms/frame", per["flow"]),
             summarize("flow head step", "ms/step", per["flow_step"]),
             summarize("codec", "ms/frame", per["codec"]),
+            summarize("frame", "ms/frame", per["frame"]),
             summarize("first audio", "ms", per["first"]),
             summarize("rtf", "x", per["rtf"])]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
     rows.append(Row("peak RSS", "MB", rss, rss, rss))
     info = provenance(synth, threads)
-    info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice)
+    info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice, chunk_frames=chunk_frames,
+                first_audio_tokens=len(prompt) - voice_positions(prompt, synth.ids).stop - 1,
+                codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline)
     return info, rows
 
 
@@ -158,7 +166,7 @@ def plot(info: dict, rows: list[Row], path: str | Path) -> Path:
         from .errors import VoxtralEdgeError
 
         raise VoxtralEdgeError("--plot needs matplotlib: pip install matplotlib") from None
-    parts = {r.test.split(" (")[0]: r.median for r in rows if r.unit == "ms/frame"}
+    parts = {r.test.split(" (")[0]: r.median for r in rows if r.unit == "ms/frame" and r.test != "frame"}
     fig, ax = plt.subplots(figsize=(8, 2.2))
     left = 0.0
     for label, value in parts.items():

@@ -167,9 +167,10 @@ def _apply_profile(args: argparse.Namespace) -> None:
 
     profile = load_profile(args.profile)
     for option, value in (("threads", profile.threads), ("steps", profile.steps), ("cfg", profile.cfg),
-                          ("max_context", profile.max_context)):
+                          ("max_context", profile.max_context), ("codec_threads", profile.codec_threads)):
         if getattr(args, option, None) is None:
             setattr(args, option, value)
+    args.codec_pipeline = getattr(args, "codec_pipeline", False) or profile.codec_pipeline
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -187,33 +188,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
                                  frames=args.frames, repeats=args.repeats, max_context=args.max_context,
-                                 verify=not args.no_verify)
+                                 verify=not args.no_verify, codec_threads=args.codec_threads,
+                                 codec_pipeline=args.codec_pipeline)
     print(bench.to_json_lines(info, rows) if args.json else bench.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
     if args.estimate:
-        from voxtral_edge.estimate import calibrate, estimate_frame
+        from voxtral_edge.estimate import estimate_frame, estimate_profiles
         from voxtral_edge.manifest import Manifest
-        from voxtral_edge.profiles import load_profile
+        from voxtral_edge.profiles import list_profiles, load_profile
 
         manifest = Manifest.load(args.bundle, verify=False).data
         here = load_profile(args.here)
         by_test = {r.test.split(" (")[0]: r.median for r in rows}
         measured = {"backbone_step": by_test["backbone"], "flow_head": by_test["flow head step"],
                     "codec_decoder": by_test["codec"]}
-        factors = calibrate(manifest, here, measured, steps=info["steps"], chunk_frames=args.frames)
-        fitted = estimate_frame(manifest, here, steps=info["steps"], calibration=factors, chunk_frames=args.frames)
+        targets = [load_profile(args.estimate)] if args.estimate != "all" else list_profiles()
+        factors, estimates = estimate_profiles(manifest, here, measured, targets, steps=info["steps"],
+                                               chunk_frames=info["chunk_frames"])
+        fitted = estimate_frame(manifest, here, steps=info["steps"], calibration=factors,
+                                chunk_frames=info["chunk_frames"])
         print(f"\ncalibrated on this machine ({here.name}): factors "
               + ", ".join(f"{k} {v:.2f}" for k, v in factors.items())
               + f"; reproduces the measured frame: {fitted['frame_ms']:.1f} ms")
-        targets = [load_profile(args.estimate)] if args.estimate != "all" else __import__(
-            "voxtral_edge.profiles", fromlist=["list_profiles"]).list_profiles()
         print("\n| profile | backbone ms | flow ms/step | flow ms/frame | codec ms | frame ms | rtf |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for target in targets:
-            e = estimate_frame(manifest, target, steps=info["steps"], calibration=factors)
-            print(f"| {target.name} | {e['backbone_ms']:.1f} | {e['flow_step_ms']:.1f} | {e['flow_ms']:.1f} | "
-                  f"{e['codec_ms']:.1f} | {e['frame_ms']:.1f} | {e['rtf']:.2f} |")
+        for name, e in estimates.items():
+            print(f"| {name} | {e['backbone_ms']:.1f} | {e['flow_step_ms']:.1f} | {e['flow_ms']:.1f} | "
+                  f"{e['codec_ms']:.1f}{' (beside)' if e['codec_pipeline'] else ''} | {e['frame_ms']:.1f} | "
+                  f"{e['rtf']:.2f} |")
     return 0
 
 
@@ -230,7 +233,8 @@ def cmd_say(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=not args.no_verify,
-                             max_context=args.max_context)
+                             max_context=args.max_context, codec_threads=args.codec_threads,
+                             codec_pipeline=args.codec_pipeline)
     synth.voice(args.voice)  # an unknown voice fails before any file is created
     wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
     player = None
@@ -305,6 +309,23 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
     for w in caught:
         print(f"voxtral-edge: warning: {w.message}", file=sys.stderr)
     return interrupted
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import warnings
+
+    from voxtral_edge.render import Settings, render
+
+    settings = Settings(format=args.format, steps=args.steps, cfg=1.2 if args.cfg is None else args.cfg,
+                        max_frames=args.max_frames, max_context=args.max_context, normalize=not args.raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *_, **__: print(f"voxtral-edge: warning: {message}", file=sys.stderr)
+        summary = render(args.catalog, args.bundle, args.out, settings=settings, workers=args.workers,
+                         threads=args.threads, ray=args.ray is not None, ray_address=args.ray or None,
+                         verify=not args.no_verify)
+    print(summary, file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def cmd_voices(args: argparse.Namespace) -> int:
@@ -524,7 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=_positive(int), metavar="N",
                    help="KV cache positions to allocate (default: the bundle's)")
     p.add_argument("--profile", metavar="NAME|FILE",
-                   help="device profile whose settings (threads, steps, cfg, max context) fill in unset options")
+                   help="device profile whose settings (threads, steps, cfg, max context, codec thread) fill in "
+                        "unset options")
+    p.add_argument("--codec-threads", type=_positive(int, 1, 256), metavar="N",
+                   help="the codec's own onnxruntime threads (default: --threads)")
+    p.add_argument("--codec-pipeline", action="store_true",
+                   help="decode audio on a second thread while the next frames are computed (the same audio; "
+                        "pays when the codec has cores of its own)")
     p.add_argument("--raw", action="store_true",
                    help="speak TEXT as written: no normalization (see `voxtral-edge normalize`)")
     p.add_argument("--lang", choices=LANGUAGES, metavar="L",
@@ -547,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile for threads, steps, cfg, max context")
     p.add_argument("--threads", type=_positive(int), help="onnxruntime threads")
+    p.add_argument("--codec-threads", type=_positive(int, 1, 256), metavar="N",
+                   help="the codec's own onnxruntime threads (default: --threads)")
+    p.add_argument("--codec-pipeline", action="store_true",
+                   help="decode audio on a second thread while the next frames are computed (the same audio; "
+                        "pays when the codec has cores of its own)")
     p.add_argument("--steps", type=_positive(int, 1, 64), help="Euler steps, 1..64 (default: the model's)")
     p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA", help="guidance strength (default: 1.2)")
     p.add_argument("--max-context", type=_positive(int), metavar="N", help="KV cache positions")
@@ -558,6 +590,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
     p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
                    help="the profile of this machine, for the calibration (default: x86-avx512)")
+
+    p = command(
+        "render", cmd_render, "pre-render a catalog of prompts to audio files (local workers or Ray)",
+        "Render every item of CATALOG to OUT/<id>.<ext> and list them in OUT/index.jsonl (id, file, sha256, "
+        "duration, frames, seed, settings, spoken text, bundle identity), in catalog order. CATALOG is CSV "
+        "(with a header) or JSON Lines: columns id, text, voice, and optional lang (the language the text is "
+        "normalized in; default: the voice's), seed, steps, cfg; an item "
+        "without a seed gets one derived from its id (the first 63 bits of sha256(id)). The whole catalog is "
+        "checked first: a bad row stops the run before any work, naming its line.\n\n"
+        "A rerun renders only the items that are new or changed (text, voice, seed, settings, bundle or "
+        "runtime) or whose file is missing or altered; every file is written atomically, so an interrupted "
+        "run leaves only whole files and the next run goes on from there. The same catalog and bundle give "
+        "byte-identical files whatever the backend or the number of workers. Items that fail on their own "
+        "(a text the context cannot hold) go to OUT/errors.jsonl and the run goes on.\n\n"
+        "Exit status: 0 when every item is done, 1 when some failed, 2 on usage errors.",
+        "examples:\n"
+        "  voxtral-edge render prompts.csv --bundle voxtral-int4 --out clips/\n"
+        "  voxtral-edge render prompts.jsonl --bundle voxtral-int4 --out clips/ --workers 2 --format pcm\n"
+        "  voxtral-edge render prompts.csv --bundle /opt/voxtral-int4 --out clips/ --ray auto   (on a node of a running cluster)\n\n"
+        "prompts.csv:\n"
+        "  id,text,voice,lang,seed\n"
+        "  nav_turn_left,Turn left in 200 metres.,casual_male,en,\n"
+        "  nav_turn_left_fr,Tournez à gauche dans 200 mètres.,fr_female,fr,42")
+    p.add_argument("catalog", metavar="CATALOG", help="the prompts: a .csv or .jsonl file")
+    p.add_argument("--bundle", required=True, metavar="DIR",
+                   help="bundle folder (with --ray: at this same path on every node)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--workers", type=_positive(int), metavar="N",
+                   help="worker processes (or Ray actors), each holding the bundle once (default: as many as the "
+                        "cores and the free memory hold; on Ray, as many as the cluster holds)")
+    p.add_argument("--threads", type=_positive(int, 1, 256), metavar="T",
+                   help="onnxruntime threads per worker (default: cores / workers; on Ray: 1, one CPU per actor)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="render on a Ray cluster (needs voxtral-edge[fleet]): ADDRESS as ray.init takes it (auto, "
+                        "HOST:6379, ray://HOST:10001); without one, RAY_ADDRESS or a new local cluster")
+    p.add_argument("--format", choices=["wav", "pcm", "flac"], default="wav",
+                   help="wav (16-bit mono), pcm (raw signed 16-bit little-endian), or flac (needs "
+                        "voxtral-edge[flac]); default: wav")
+    p.add_argument("--steps", type=_positive(int, 1, 64), help="Euler steps for items without a steps column "
+                                                                "(default: the model's, 7)")
+    p.add_argument("--cfg", type=_positive(float, 0, 10), metavar="ALPHA",
+                   help="guidance strength for items without a cfg column (default: 1.2)")
+    p.add_argument("--raw", action="store_true",
+                   help="speak the texts as written (default: normalized, in the item's lang or its voice's "
+                        "language, as `voxtral-edge normalize` prints them)")
+    p.add_argument("--max-frames", type=_positive(int), metavar="N", help="stop each clip after N frames of 80 ms")
+    p.add_argument("--max-context", type=_positive(int), metavar="N",
+                   help="KV cache positions per worker (default: the bundle's); fewer take less memory")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the bundle's files on this machine (Ray actors always check)")
 
     p = command(
         "serve", cmd_serve, "run the speech service (OpenAI-compatible HTTP API, priorities, phrase cache)",

@@ -1,5 +1,6 @@
 """A roofline estimate of a bundle's time per 80 ms frame on a device profile, and its calibration.
 
+    estimate_profiles(manifest, here, measured, targets) -> calibrated on this machine, each target's estimate
     estimate_frame(manifest, profile)          -> backbone_ms, flow_step_ms, flow_ms, codec_ms, frame_ms, rtf,
                                                   bound {graph: "memory" | "compute"}, graphs {graph: details}
     calibrate(manifest, profile, measured)     -> {graph: factor} that makes the estimate reproduce `measured`
@@ -18,14 +19,20 @@ flops       2 x params x rows, params = bytes / bytes per weight: 4 for fp32; fo
             5% high because the semantic head stays fp32, which is harmless: at one row the step is
             memory-bound). Norms, biases and other non-matmul weights are counted as matmul weights;
             they are a negligible share.
-rows        backbone step 1 (one position); flow head 6 (conditional and unconditional rows x 3 tokens);
+rows        backbone step 1 (one position); flow head 4.4 per Euler step, the mean over its weights of
+            the rows each multiplies (conditional and unconditional rows x 3 tokens = 6 in most layers; 2 in
+            the first layer's q, k, v, whose latent and time tokens are shared, and in the last layer's q,
+            wo and feed-forward, which serve token 0 only; the time and conditioning projections once per
+            frame; at full size: 1.59 G row-weights over 0.36 G weights);
             codec 15/4 per frame: its four transformer stages hold about a quarter of the weights each and
             run 1, 2, 4 and 8 positions per frame. One codec call decodes `chunk_frames` frames
             (default profile.stream_chunk_frames), so its weights are read once per chunk.
 throughput  int8_gops for int4/int8 graphs (MatMulNBits at accuracy_level 4 computes in int8), fp32_gflops
             for fp32, both scaled by min(threads, cores) / cores.
 
-A frame is one backbone step, `steps` flow-head calls and 1/chunk_frames of a codec call. Not counted:
+A frame is one backbone step, `steps` flow-head calls and 1/chunk_frames of a codec call; with the
+profile's codec_pipeline the codec runs on its own thread and cores (codec_threads, at the profile's
+per-core throughput), beside the other two: a frame then takes the longer of the two. Not counted:
 Python and numpy between calls, and attention's reads of the KV cache unless `position` is given (2 x
 layers x kv_heads x head_dim x 4 bytes per cached position: 0.21 MB at full size, 0.44 GB at position 2048).
 """
@@ -38,7 +45,7 @@ from .errors import BundleError
 from .profiles import DeviceProfile
 
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
-ROWS = {"backbone_step": 1.0, "flow_head": 6.0, "codec_decoder": 15 / 4}
+ROWS = {"backbone_step": 1.0, "flow_head": 4.4, "codec_decoder": 15 / 4}
 # What calibrate() takes per graph: ms per frame (backbone), per Euler step (flow head), per frame (codec).
 MEASURED = {"backbone_step": "backbone_ms", "flow_head": "flow_step_ms", "codec_decoder": "codec_ms"}
 _DEFAULT_BYTES = {"fp32": 4.0, "int8": 1.125, "int4": 0.625}  # blocks of 32 with fp32 scales, symmetric
@@ -73,7 +80,6 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
     steps = profile.steps if steps is None else int(steps)
     chunk = profile.stream_chunk_frames if chunk_frames is None else int(chunk_frames)
     calibration = calibration or {}
-    share = min(profile.threads, profile.cores) / profile.cores
     b = manifest["model"]["backbone"]
     kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 4 * position  # the KV cache is fp32
     calls = {"backbone_step": 1.0, "flow_head": float(steps), "codec_decoder": 1 / chunk}  # per frame
@@ -84,7 +90,9 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
         rows = ROWS[graph] * (chunk if graph == "codec_decoder" else 1)
         flops = 2 * weights / bytes_per_weight(manifest, graph) * rows
         read = weights + (kv_bytes if graph == "backbone_step" else 0)
-        gops = (profile.fp32_gflops if precision == "fp32" else profile.int8_gops) * share
+        threads = profile.codec_threads if graph == "codec_decoder" and profile.codec_threads else profile.threads
+        gops = (profile.fp32_gflops if precision == "fp32" else profile.int8_gops) * (
+            min(threads, profile.cores) / profile.cores)
         memory_ms, compute_ms = read / (profile.memory_bandwidth_gbs * 1e6), flops / (gops * 1e6)
         factor = float(calibration.get(graph, 1.0))
         graphs[graph] = {"bytes": read, "flops": flops, "precision": precision, "calls_per_frame": calls[graph],
@@ -94,10 +102,11 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
     backbone = graphs["backbone_step"]["call_ms"]
     flow_step = graphs["flow_head"]["call_ms"]
     codec = graphs["codec_decoder"]["call_ms"] / chunk
-    frame = backbone + steps * flow_step + codec
+    frame = max(backbone + steps * flow_step, codec) if profile.codec_pipeline else backbone + steps * flow_step + codec
     frame_duration_ms = 1e3 / manifest["audio"]["frame_rate"]
     return {"backbone_ms": backbone, "flow_step_ms": flow_step, "flow_ms": steps * flow_step, "codec_ms": codec,
             "frame_ms": frame, "rtf": frame / frame_duration_ms, "steps": steps, "chunk_frames": chunk,
+            "codec_pipeline": profile.codec_pipeline,
             "bound": {g: graphs[g]["bound"] for g in GRAPHS}, "graphs": graphs}
 
 
@@ -132,3 +141,12 @@ def calibration_error(runs: Mapping[str, tuple[dict, Mapping[str, float]]], prof
             frame = measured["backbone_step"] + estimate["steps"] * measured["flow_head"] + measured["codec_decoder"]
             errors[name]["frame"] = estimate["frame_ms"] / frame - 1
     return errors
+
+
+def estimate_profiles(manifest: dict, here: DeviceProfile, measured: Mapping[str, float], targets: list[DeviceProfile],
+                      *, steps: int, chunk_frames: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Calibrate on this machine's measurements (as calibrate() takes them, taken with `steps` Euler steps and
+    codec calls of `chunk_frames`) and estimate a frame on each target with those factors, at `steps`
+    and the target's own chunk size; returns (factors, {target name: estimate_frame's dict})."""
+    factors = calibrate(manifest, here, measured, steps=steps, chunk_frames=chunk_frames)
+    return factors, {t.name: estimate_frame(manifest, t, steps=steps, calibration=factors) for t in targets}

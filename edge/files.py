@@ -1,7 +1,8 @@
-"""Writing a folder so that it appears complete or not at all."""
+"""Writing files and folders so that they appear complete or not at all."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,3 +32,20 @@ def replacing_folder(out: str | Path, force: bool = False) -> Iterator[Path]:
     elif out.exists():
         out.unlink()
     tmp.rename(out)
+
+
+def replace_file(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through the sibling `.NAME.partial` and a rename: a reader (or a run that was
+    interrupted) finds the old file or the new one, never part of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise VoxtralEdgeError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+    return path

@@ -16,6 +16,9 @@ The format (each shipped file cites, in comments, where its numbers come from):
     max_context = 2048                # KV-cache positions
     execution_providers = ["cpu"]     # in order of preference: cpu, cuda, qnn, xnnpack, coreml
     stream_chunk_frames = 4           # frames per codec call when streaming
+    codec_threads = 2                 # optional: the codec's own intra-op threads (default: threads)
+    codec_pipeline = true             # optional: decode audio on a second thread, beside the backbone
+                                      # (pays where the codec has cores of its own, e.g. a little cluster)
     [hardware]                        # estimates for voxtral_edge.estimate, not measurements
     cores = 2                         # the cores the compute figures cover (those the threads run on)
     memory_bandwidth_gbs = 40.0       # sustained, GB/s
@@ -48,16 +51,18 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "qn
 PRECISIONS = PLAN_NAMES
 
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
+_BOOL = "true or false"
 _PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)}"
 # table -> key -> what the value must be
 _SCHEMA = {
     "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table"},
     "runtime": {"threads": _POSITIVE_INT, "precision": f"one of {', '.join(PRECISIONS)}", "steps": _POSITIVE_INT,
                 "cfg": _POSITIVE_NUMBER, "max_context": _POSITIVE_INT, "execution_providers": _PROVIDER_LIST,
-                "stream_chunk_frames": _POSITIVE_INT},
+                "stream_chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
     "hardware": {"cores": _POSITIVE_INT, "memory_bandwidth_gbs": _POSITIVE_NUMBER, "fp32_gflops": _POSITIVE_NUMBER,
                  "int8_gops": _POSITIVE_NUMBER},
 }
+_OPTIONAL = {"runtime.codec_threads", "runtime.codec_pipeline"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class DeviceProfile:
     fp32_gflops: float
     int8_gops: float
     source: str
+    codec_threads: int | None = None  # None: the same as threads
+    codec_pipeline: bool = False
 
     @property
     def onnxruntime_providers(self) -> list[str]:
@@ -86,6 +93,8 @@ class DeviceProfile:
 
 
 def _valid(value, accepted: str) -> bool:
+    if accepted == _BOOL:
+        return isinstance(value, bool)
     if isinstance(value, bool):  # TOML true/false would pass as the integers 1 and 0
         return False
     if accepted == _POSITIVE_INT:
@@ -113,6 +122,8 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
             if key not in schema:
                 raise ConfigError(f"{source}: unknown key '{prefix}{key}' (expected {', '.join(schema)})")
         for key, accepted in schema.items():
+            if key not in values and f"{prefix}{key}" in _OPTIONAL:
+                continue
             if key not in values:
                 raise ConfigError(f"{source}: missing key '{prefix}{key}' ({accepted})")
             if not _valid(values[key], accepted):
@@ -126,7 +137,8 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
         max_context=runtime["max_context"], execution_providers=tuple(runtime["execution_providers"]),
         stream_chunk_frames=runtime["stream_chunk_frames"], cores=hardware["cores"],
         memory_bandwidth_gbs=float(hardware["memory_bandwidth_gbs"]), fp32_gflops=float(hardware["fp32_gflops"]),
-        int8_gops=float(hardware["int8_gops"]), source=source)
+        int8_gops=float(hardware["int8_gops"]), source=source, codec_threads=runtime.get("codec_threads"),
+        codec_pipeline=runtime.get("codec_pipeline", False))
 
 
 def _shipped() -> dict:

@@ -12,8 +12,9 @@ class Progress:
 
     quiet_s = 2.0
 
-    def __init__(self, label: str, total: float, unit: str = "", stream=None, enabled: bool = True):
-        self.label, self.total, self.unit = label, max(float(total), 1e-9), unit
+    def __init__(self, label: str, total: float, unit: str = "", stream=None, enabled: bool = True,
+                 rate: bool = False):
+        self.label, self.total, self.unit, self.rate = label, max(float(total), 1e-9), unit, rate
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.done_amount = 0.0
@@ -31,8 +32,13 @@ class Progress:
         if not self.enabled or time.perf_counter() - self.start < self.quiet_s:
             return
         fraction = min(self.done_amount / self.total, 1.0)
+        elapsed = time.perf_counter() - self.start
+        pace = ""
+        if self.rate and self.done_amount > 0:
+            per_s = self.done_amount / elapsed
+            pace = f"  {per_s:.2f}{self.unit}/s  ETA {max(self.total - self.done_amount, 0) / per_s:.0f} s"
         line = (f"{self.label}: {fraction:6.1%}  {self._amount(self.done_amount)} / {self._amount(self.total)}"
-                f"  {time.perf_counter() - self.start:5.0f} s  {note}")
+                f"  {elapsed:5.0f} s{pace}  {note}")
         if self._tty:
             self.stream.write("\r" + line[:120].ljust(120))
             self.stream.flush()

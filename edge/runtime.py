@@ -4,7 +4,8 @@
     backbone prefill (KV cache: one preallocated buffer per layer, bound as both past and present,
                       so GroupQueryAttention writes each new position in place)
     per frame:  semantic code = argmax(semantic_logits); END_AUDIO ends the utterance
-                acoustic codes = Euler steps of the flow head, conditional and unconditional rows in one batch
+                acoustic codes = one flow_head call: every Euler step, conditional and unconditional rows in
+                                 one batch, guidance and rounding inside the graph
                 next input = sum of one audio-embedding row per codebook -> one backbone step
     codes -> codec decoder -> 24 kHz float32 audio
 
@@ -22,6 +23,8 @@ import unicodedata
 import threading
 import time
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -80,7 +83,8 @@ class EmbeddingTable:
 class Synthesizer:
     """Speech from a bundle. `Synthesizer.open(path)` verifies the bundle and loads its graphs."""
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None):
+    def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
+                 codec_threads: int | None = None, codec_pipeline: bool = False):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -96,11 +100,20 @@ class Synthesizer:
         # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
         # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # the codec may have its own thread budget: on its own thread (codec_pipeline) it runs beside the others
+        codec_options = options
+        if codec_threads:
+            codec_options = ort.SessionOptions()
+            codec_options.intra_op_num_threads, codec_options.inter_op_num_threads = int(codec_threads), 1
+            codec_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.codec_pipeline = bool(codec_pipeline)
+        self._pool: ThreadPoolExecutor | None = None
         self.sessions: dict[str, ort.InferenceSession] = {}
         for name, graph in m["graphs"].items():
             path = m.path(graph["file"])
             try:
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(path), codec_options if name == "codec_decoder" else options,
+                                               providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
                 raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
             have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
@@ -125,10 +138,13 @@ class Synthesizer:
 
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
-             verify: bool = True) -> "Synthesizer":
+             verify: bool = True, codec_threads: int | None = None, codec_pipeline: bool = False) -> "Synthesizer":
         """Check the bundle against its manifest (sha256 of every file unless verify=False; sizes always),
-        then build one onnxruntime session per graph."""
-        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context)
+        then build one onnxruntime session per graph. `threads` is the backbone's and flow head's intra-op
+        thread budget, `codec_threads` the codec's (default: the same); with `codec_pipeline`, `stream`
+        decodes audio on a second thread while the next frames are computed (same audio)."""
+        return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
+                   codec_threads=codec_threads, codec_pipeline=codec_pipeline)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -190,20 +206,18 @@ class Synthesizer:
         return outputs[-2].numpy()[0], outputs[-1].numpy()[0]
 
     def acoustic_codes(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
-        """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance;
-        returns codes 0..levels-1."""
-        x = np.asarray(noise, dtype=f32).copy()
-        timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
-        guided = cfg_alpha != 1  # with alpha 1 the unconditional row has weight 0: skip it
-        h_batch = (np.stack([h, np.zeros_like(h)]) if guided else h[None]).astype(f32)
-        flow = self.sessions["flow_head"]
-        for k in range(steps):
-            rows = flow.run(["velocity"], {"x": np.stack([x] * len(h_batch)), "t": timesteps[k:k + 1],
-                                           "h": h_batch})[0]
-            v = f32(cfg_alpha) * rows[0] + f32(1 - cfg_alpha) * rows[1] if guided else rows[0]
-            x = x + v * (timesteps[k + 1] - timesteps[k])
-        levels = self.audio_layout["acoustic_codebook_size"]
-        return np.round((np.clip(x, -1, 1) + 1) / 2 * (levels - 1)).astype(np.int64)
+        """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance,
+        all steps in one call of the flow_head graph; returns codes 0..levels-1."""
+        return self._flow(h, noise, steps, cfg_alpha)[0][0]
+
+    def _flow(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """(codes [1, n_acoustic], latent [1, n_acoustic]) of one frame."""
+        # with alpha 1 the unconditional row has weight 0: the graph runs the conditional row alone
+        weights = np.array([1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha], dtype=f32)
+        codes, latent = self.sessions["flow_head"].run(["codes", "latent"], {
+            "noise": np.asarray(noise, dtype=f32).reshape(1, -1), "h": np.asarray(h, dtype=f32).reshape(1, -1),
+            "timesteps": np.linspace(0, 1, steps + 1, dtype=f32), "cfg_weights": weights})
+        return codes, latent
 
     def audio_embedding(self, codes: np.ndarray) -> np.ndarray:
         """The next backbone input: the sum of one row per codebook (codes without specials)."""
@@ -300,14 +314,31 @@ class Synthesizer:
         u = self.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames, seed=seed,
                        steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise, normalize=normalize,
                        lang=lang)
+        pool = self._codec_pool()
         with self._lock:
             try:
                 while not u.done:
-                    chunk = self._step(u)
+                    chunk = self._step(u, pool)
                     if len(chunk):
                         yield chunk
+                    yield from self._decoded(u, wait=u.done)
             finally:  # also when the caller stops early: what was heard is what was made
+                for future in u.decoding:  # (a chunk still decoding was not heard)
+                    future.cancel() or future.exception()
+                u.decoding.clear()
                 self.last_result = self._close(u)
+
+    def _codec_pool(self) -> ThreadPoolExecutor | None:
+        """The codec's own thread when `codec_pipeline` is on (made once, kept)."""
+        if self.codec_pipeline and self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="voxtral-codec")
+        return self._pool if self.codec_pipeline else None
+
+    def _decoded(self, u: Utterance, wait: bool) -> Iterator[np.ndarray]:
+        """The chunks the codec thread has finished for u, in order (all of them when `wait`)."""
+        while u.decoding and (wait or u.decoding[0].done()):
+            u.chunks.append(u.decoding.popleft().result())
+            yield u.chunks[-1]
 
     # -- an utterance, step by step ------------------------------------------------------------------
     def start(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
@@ -363,7 +394,8 @@ class Synthesizer:
         with self._lock:
             return self._close(u)
 
-    def _step(self, u: Utterance) -> np.ndarray:
+    def _step(self, u: Utterance, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+        """As `step`; with a `pool`, chunks after u's first are decoded there (u.decoding) and not returned."""
         if u.done:
             return np.zeros(0, dtype=f32)
         self._resume(u)
@@ -374,7 +406,11 @@ class Synthesizer:
             u.pending.append(frame)
             if len(u.pending) < (u.chunk_frames if u.chunks else u.first_chunk_frames):
                 return np.zeros(0, dtype=f32)
-        chunk = u.run.time("codec_ms", u.codec.decode, np.array(u.pending)) if u.pending else np.zeros(0, f32)
+        chunk = np.zeros(0, f32)
+        if u.pending and pool is not None and (u.chunks or u.decoding):  # the first chunk (first audio) is not
+            u.decoding.append(pool.submit(u.run.time, "codec_ms", u.codec.decode, np.array(u.pending)))
+        elif u.pending:
+            chunk = u.run.time("codec_ms", u.codec.decode, np.array(u.pending))
         u.pending = []
         if len(chunk):
             u.chunks.append(chunk)
@@ -495,6 +531,7 @@ class Utterance:
     codec: CodecStream | None = None
     pending: list[np.ndarray] = field(default_factory=list)  # frames made, not yet decoded
     chunks: list[np.ndarray] = field(default_factory=list)  # the audio returned so far
+    decoding: deque[Future] = field(default_factory=deque)  # chunks on the codec thread, in order
     kv: list[np.ndarray] | None = None  # its KV rows [:position] per layer while set aside
     done: bool = False
 

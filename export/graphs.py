@@ -5,7 +5,10 @@ backbone_step   inputs_embeds [1, T, dim], past_length [1], past_key_i/past_valu
                 EMPTY_AUDIO and padding at -inf), present_key_i/present_value_i. T > 1 is a prefill. Attention is
                 onnxruntime's GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same
                 buffer as input and output, the KV cache is written in place, never copied.
-flow_head       x [B, n_acoustic], t [1], h [B, dim] -> velocity [B, n_acoustic]: one Euler evaluation.
+flow_head       noise [1, n_acoustic], h [1, dim], timesteps [steps + 1], cfg_weights [B] -> codes [1, n_acoustic]
+                (int64) and latent [1, n_acoustic]: a whole frame, every Euler step in a Loop, guidance and
+                FSQ rounding inside, what does not change between steps computed once (build_flow_head).
+                (flow_velocity, one evaluation x, t, h -> velocity, is built for tests and benchmarks only.)
 codec_decoder   codes [K, n_codebooks] of K >= 1 new frames (no specials), frames_done [1] and the carried state
                 (conv tails, windowed attention caches) -> audio [K * samples_per_frame] and next_<state>.
 
@@ -22,10 +25,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .config import EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
-from voxtral_edge.quant.matmul import emit_quantized_matmul
+from voxtral_edge.quant.matmul import quantized_weight
 from voxtral_edge.quant.plans import GraphPlan
 
 from .onnx_graph import MS_DOMAIN, GraphBuilder
@@ -77,12 +80,21 @@ class _Graph(GraphBuilder):
 
     def linear(self, x: str, weight: np.ndarray, name: str, outputs: list[str] | None = None) -> str:
         """x @ weight.T for a checkpoint weight [out, in], quantized when the plan says so."""
+        return self.linear_weight(weight, name)(x, outputs)
+
+    def linear_weight(self, weight: np.ndarray, name: str) -> Callable[..., str]:
+        """Write a checkpoint weight [out, in] once (quantized when the plan says so); returns a function
+        x (, outputs) -> x @ weight.T that adds one node per call, all reading that one copy."""
         weight_kn = np.ascontiguousarray(weight.T)
-        spec = self.plan.spec_for("/".join(self._scope + [name]))
+        full_name = "/".join(self._scope + [name])
+        spec = self.plan.spec_for(full_name)
         if spec is None:
-            return self.op("MatMul", [x, self.weight(name, weight_kn)], name=name, outputs=outputs)
-        self.quantized.append("/".join(self._scope + [name]))
-        return emit_quantized_matmul(self, x, weight_kn, spec, name, outputs)
+            op_type, domain, inputs, attrs = "MatMul", "", [self.weight(name, weight_kn)], {}
+        else:
+            self.quantized.append(full_name)
+            (op_type, inputs, attrs), domain = quantized_weight(self, weight_kn, spec, name), MS_DOMAIN
+        return lambda x, outputs=None: self.op(op_type, [x, *inputs], domain=domain, name=name, outputs=outputs,
+                                               **attrs)
 
     def feed_forward(self, x: str, prefix: str, scale: np.ndarray | None = None) -> str:
         """SwiGLU with w1 and w3 in one MatMul; an optional output scale folded into w2."""
@@ -113,25 +125,30 @@ class _Graph(GraphBuilder):
             if qk_norm_eps is not None:
                 q = self.rms_norm(q, f"{prefix}.attention.q_norm.weight", qk_norm_eps)
                 k = self.rms_norm(k, f"{prefix}.attention.k_norm.weight", qk_norm_eps)
-            q, k, v = (self.heads(t, n, head_dim) for t, n in ((q, n_heads), (k, n_kv_heads), (v, n_kv_heads)))
-            if past is not None:  # earlier positions first: [1, kv_heads, past + S, head_dim]
-                k = self.op("Concat", [past[0], k], axis=2, name="keys")
-                v = self.op("Concat", [past[1], v], axis=2, name="values")
-                self.present = (k, v)
-            if n_heads != n_kv_heads:  # query head h reads KV head h // group, like repeat_interleave
-                group = self.const([1, 1, n_heads // n_kv_heads, 1, 1], np.int64)
-                merged = self.const([0, n_heads, -1, head_dim], np.int64)
-                k, v = (self.op("Reshape", [self.op("Expand", [self.op("Unsqueeze", [t, self.const([2], np.int64)]),
-                                                                 group]), merged]) for t in (k, v))
-            scores = self.op("Mul", [self.op("MatMul", [q, self.op("Transpose", [k], perm=[0, 1, 3, 2])]),
-                                     self.const(1 / math.sqrt(head_dim))], name="scores")
-            if bias is not None:
-                scores = self.op("Add", [scores, bias])
-            out = self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
-            out = self.op("Reshape", [self.op("Transpose", [out], perm=[0, 2, 1, 3]),
-                                      self.const([0, 0, n_heads * head_dim], np.int64)])
+            out = self.attend(q, k, v, n_heads, n_kv_heads, head_dim, bias, past)
             wo = self.tensor(f"{prefix}.attention.wo.weight")
             return self.linear(out, wo if out_scale is None else wo * out_scale[:, None], "wo")
+
+    def attend(self, q: str, k: str, v: str, n_heads: int, n_kv_heads: int, head_dim: int, bias: str | None = None,
+               past: tuple[str, str] | None = None) -> str:
+        """softmax(q k^T / sqrt(d) + bias) v for q [B, S', H*d], k and v [B, S, Hkv*d] -> [B, S', H*d]."""
+        q, k, v = (self.heads(t, n, head_dim) for t, n in ((q, n_heads), (k, n_kv_heads), (v, n_kv_heads)))
+        if past is not None:  # earlier positions first: [1, kv_heads, past + S, head_dim]
+            k = self.op("Concat", [past[0], k], axis=2, name="keys")
+            v = self.op("Concat", [past[1], v], axis=2, name="values")
+            self.present = (k, v)
+        if n_heads != n_kv_heads:  # query head h reads KV head h // group, like repeat_interleave
+            group = self.const([1, 1, n_heads // n_kv_heads, 1, 1], np.int64)
+            merged = self.const([0, n_heads, -1, head_dim], np.int64)
+            k, v = (self.op("Reshape", [self.op("Expand", [self.op("Unsqueeze", [t, self.const([2], np.int64)]),
+                                                             group]), merged]) for t in (k, v))
+        scores = self.op("Mul", [self.op("MatMul", [q, self.op("Transpose", [k], perm=[0, 1, 3, 2])]),
+                                 self.const(1 / math.sqrt(head_dim))], name="scores")
+        if bias is not None:
+            scores = self.op("Add", [scores, bias])
+        out = self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
+        return self.op("Reshape", [self.op("Transpose", [out], perm=[0, 2, 1, 3]),
+                                   self.const([0, 0, n_heads * head_dim], np.int64)])
 
 
 def rope_tables(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,11 +217,14 @@ def time_frequencies(dim: int) -> np.ndarray:
     return np.exp(-math.log(10000.0) * np.arange(dim // 2, dtype=np.float64) / (dim // 2)).astype(np.float32)
 
 
-def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
-                    plan: GraphPlan | None = None) -> GraphFile:
+def build_flow_velocity(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
+                        plan: GraphPlan | None = None) -> GraphFile:
+    """flow_velocity: x [B, n_acoustic], t [1], h [B, dim] -> velocity [B, n_acoustic], one evaluation of
+    the flow head. Not part of a bundle (the runtime uses flow_head, a whole frame): it checks the
+    layers against the reference's `velocity` and measures one Euler step alone."""
     f, a = config.flow_head, config.audio
     p = "acoustic_transformer"
-    g = _Graph("flow_head", path, tensor, plan)
+    g = _Graph("flow_velocity", path, tensor, plan)
     try:
         x = g.add_input("x", FLOAT, ["B", a.n_acoustic_codebook])
         t = g.add_input("t", FLOAT, [1])
@@ -235,6 +255,128 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
         out = g.op("Gather", [g.rms_norm(seq, f"{p}.norm.weight", f.norm_eps), g.const(0, np.int64)], axis=1)
         g.linear(out, tensor(f"{p}.acoustic_codebook_output.weight"), "acoustic_codebook_output",
                  outputs=[g.add_output("velocity", FLOAT, ["B", a.n_acoustic_codebook])])
+        return g.finish()
+    except BaseException:
+        g.abort()
+        raise
+
+
+def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
+                    plan: GraphPlan | None = None) -> GraphFile:
+    """flow_head: one frame's acoustic codes in one call, as Reference.acoustic_codes computes them.
+
+    noise [1, n_acoustic] (x at t = 0), h [1, dim], timesteps [steps + 1] (the Euler schedule) and
+    cfg_weights [B]: [alpha, 1 - alpha] guides with an unconditional row, [1] runs the conditional row
+    alone -> codes [1, n_acoustic] (int64, 0..levels-1) and latent [1, n_acoustic] (x at t = 1, unclipped).
+
+    A Loop runs the Euler steps (any number, one set of kernels and packed weights); what does not change
+    between steps is computed before it, once per frame: every step's time token (time_projection on all
+    `steps` rows at once), the conditioning token llm_projection(h) and its first-layer queries, keys and
+    values. The unconditional row's token is llm_projection(0) = 0 (no biases), a constant, and so are its
+    first-layer q, k, v (RMS norm of 0 is 0). Inside a step, the noisy-latent and time tokens are the same
+    in both rows until their first attention: their first-layer q, k, v are computed once, for both.
+    """
+    f, a = config.flow_head, config.audio
+    p = "acoustic_transformer"
+    n_ac, dim = a.n_acoustic_codebook, f.dim
+    q_width, kv_width = f.n_heads * f.head_dim, f.n_kv_heads * f.head_dim
+    g = _Graph("flow_head", path, tensor, plan)
+    try:
+        noise = g.add_input("noise", FLOAT, [1, n_ac])
+        h = g.add_input("h", FLOAT, [1, config.backbone.dim])
+        timesteps = g.add_input("timesteps", FLOAT, ["steps_plus_1"])
+        cfg_weights = g.add_input("cfg_weights", FLOAT, ["B"])
+        i64 = lambda *v: g.const(list(v), np.int64)  # noqa: E731
+        first = f"{p}.layers.0"
+        with g.scope("frame"):  # once per frame
+            rows = g.op("Shape", [cfg_weights], name="rows")  # [B]
+            steps = g.op("Sub", [g.op("Shape", [timesteps]), i64(1)], name="steps")
+            starts = g.op("Slice", [timesteps, i64(0), steps, i64(0)], name="step_starts")  # t_k, k < steps
+            angles = g.op("Mul", [g.op("Unsqueeze", [starts, i64(1)]),
+                                  g.weight("time_frequencies", time_frequencies(dim))])
+            time_tokens = g.linear(g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=1),
+                                   tensor(f"{p}.time_projection.weight"), "time_projection")  # [steps, dim]
+            cond = g.linear(h, tensor(f"{p}.llm_projection.weight"), "llm_projection")  # [1, dim]
+            h_tokens = g.op("Slice", [g.op("Concat", [cond, g.const(np.zeros((1, dim), np.float32), name="uncond")],
+                                            axis=0), i64(0), rows, i64(0)], name="h_tokens")  # [B, dim]
+        with g.scope(first):
+            norm0 = g.weight("norm_weight", tensor(f"{first}.attention_norm.weight"))
+            with g.scope("attention"):
+                w0 = {w: g.linear_weight(tensor(f"{first}.attention.{w}.weight"), w) for w in ("wq", "wk", "wv")}
+        with g.scope("frame"):
+            h_normed = g.op("RMSNormalization", [g.op("Slice", [h_tokens, i64(0), i64(1), i64(0)]), norm0], axis=-1,
+                            epsilon=float(f.norm_eps), name="h_norm")
+            zero = {"wq": q_width, "wk": kv_width, "wv": kv_width}
+            # [B, 1, width]: the conditional row's q, k, v, then the unconditional row's zeros
+            h_qkv = {w: g.op("Unsqueeze", [g.op("Slice", [g.op("Concat", [w0[w](h_normed), g.const(
+                np.zeros((1, zero[w]), np.float32), name=f"uncond_{w}")], axis=0), i64(0), rows, i64(0)]), i64(1)],
+                             name=f"h_{w}") for w in w0}
+
+        # one Euler step: x_k -> x_{k+1}
+        with g.subgraph() as body_nodes:
+            k, x = "step", "x_k"
+            with g.scope("step"):
+                g._names.update([k, x, "cond_in"])
+                k1 = g.op("Unsqueeze", [k, i64(0)], name="k")
+                dt = g.op("Sub", [g.op("Gather", [timesteps, g.op("Add", [k1, i64(1)])], axis=0),
+                                  g.op("Gather", [timesteps, k1], axis=0)], name="dt")  # [1]
+                acoustic = g.linear(x, tensor(f"{p}.input_projection.weight"), "input_projection")
+                shared = g.op("Concat", [acoustic, g.op("Gather", [time_tokens, k1], axis=0)], axis=0,
+                              name="x_t_tokens")  # [2, dim], the same in every row
+                per_row = lambda t, n, width: g.op("Expand", [g.op("Unsqueeze", [t, i64(0)]), g.op(  # noqa: E731
+                    "Concat", [rows, i64(n, width)], axis=0)])  # [n, width] -> [B, n, width]
+            last = f.n_layers == 1
+            with g.scope(first):
+                normed = g.op("RMSNormalization", [shared, norm0], axis=-1, epsilon=float(f.norm_eps), name="norm")
+                with g.scope("attention"):
+                    q_s, k_s, v_s = (w0[w](normed) for w in ("wq", "wk", "wv"))
+                    if last:  # only token 0 is read out
+                        q = per_row(g.op("Slice", [q_s, i64(0), i64(1), i64(0)]), 1, q_width)
+                    else:
+                        q = g.op("Concat", [per_row(q_s, 2, q_width), h_qkv["wq"]], axis=1)
+                    kk = g.op("Concat", [per_row(k_s, 2, kv_width), h_qkv["wk"]], axis=1)
+                    v = g.op("Concat", [per_row(v_s, 2, kv_width), h_qkv["wv"]], axis=1)
+                    attn = g.attend(q, kk, v, f.n_heads, f.n_kv_heads, f.head_dim)
+                    attn = g.linear(attn, tensor(f"{first}.attention.wo.weight"), "wo")
+                seq = g.op("Concat", [per_row(shared, 2, dim), g.op("Unsqueeze", [h_tokens, i64(1)])], axis=1,
+                           name="sequence")  # [B, 3, dim]: x, t, h
+                if last:
+                    seq = g.op("Slice", [seq, i64(0), i64(1), i64(1)])
+                seq = g.op("Add", [seq, attn], name="residual")
+                seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{first}.ffn_norm.weight", f.norm_eps), first)],
+                           name="residual")
+            for j in range(1, f.n_layers):
+                lp = f"{p}.layers.{j}"
+                with g.scope(lp):
+                    normed = g.rms_norm(seq, f"{lp}.attention_norm.weight", f.norm_eps)
+                    queries = None
+                    if j == f.n_layers - 1:  # only token 0 is read out: its query, output and FFN are all that's left
+                        seq = g.op("Slice", [seq, i64(0), i64(1), i64(1)])
+                        queries = g.op("Slice", [normed, i64(0), i64(1), i64(1)], name="token0")
+                    attn = g.attention(normed, lp, f.n_heads, f.n_kv_heads, f.head_dim, queries=queries)
+                    seq = g.op("Add", [seq, attn], name="residual")
+                    seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{lp}.ffn_norm.weight", f.norm_eps), lp)],
+                               name="residual")
+            with g.scope("step"):
+                out = g.op("Gather", [g.rms_norm(seq, f"{p}.norm.weight", f.norm_eps), g.const(0, np.int64)], axis=1)
+                velocity = g.linear(out, tensor(f"{p}.acoustic_codebook_output.weight"), "acoustic_codebook_output")
+                guided = g.op("ReduceSum", [g.op("Mul", [velocity, g.op("Unsqueeze", [cfg_weights, i64(1)])]), i64(0)],
+                              keepdims=1, name="guided")  # alpha v_cond + (1 - alpha) v_uncond, [1, n_ac]
+                g.op("Add", [x, g.op("Mul", [guided, dt])], outputs=["x_next"])
+                g.op("Identity", ["cond_in"], outputs=["cond_out"])
+        body = helper.make_graph(
+            body_nodes, "euler_step",
+            [helper.make_tensor_value_info(k, INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info(x, FLOAT, [1, n_ac])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("x_next", FLOAT, [1, n_ac])])
+        latent = g.op("Loop", [g.op("Squeeze", [steps, i64(0)], name="trip_count"), "", noise], body=body,
+                      outputs=[g.add_output("latent", FLOAT, [1, n_ac])])
+        with g.scope("fsq"):  # (clip(x, -1, 1) + 1) / 2 * (levels - 1), rounded half to even like numpy
+            scaled = g.op("Mul", [g.op("Div", [g.op("Add", [g.op("Clip", [latent, g.const(-1.0), g.const(1.0)]),
+                                                            g.const(1.0)]), g.const(2.0)]),
+                                  g.const(float(a.acoustic_codebook_size - 1))])
+            g.op("Cast", [g.op("Round", [scaled])], to=INT64, outputs=[g.add_output("codes", INT64, [1, n_ac])])
         return g.finish()
     except BaseException:
         g.abort()

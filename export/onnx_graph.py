@@ -64,6 +64,16 @@ class GraphBuilder:
         self._names.add(candidate)
         return candidate
 
+    @contextmanager
+    def subgraph(self):
+        """Collect the nodes added inside into a list of their own (the body of a Loop); names stay unique
+        over the whole model and weights still go to the main graph, which the body reads from."""
+        saved, self.nodes = self.nodes, []
+        try:
+            yield self.nodes
+        finally:
+            self.nodes = saved
+
     # -- graph interface ----------------------------------------------------------------------
     def input(self, name: str, elem_type: int, shape: list) -> str:
         self._names.add(name)

@@ -11,7 +11,7 @@ dynamic-int8   DynamicQuantizeMatMul (com.microsoft): int8 weights with one symm
                int16 with saturation, and full-range weights overflow it (flow-head cosine 0.87).
 
 Both the exporter (tensor by tensor, while building a graph) and `voxtral-edge quantize` (rewriting a
-built graph) go through `emit_quantized_matmul`.
+built graph) go through `quantized_weight`.
 """
 
 from __future__ import annotations
@@ -102,19 +102,24 @@ def quantize_int8_columns(weight_kn: np.ndarray) -> Int8Weight:
     return Int8Weight(values, scales.astype(np.float32))
 
 
-def emit_quantized_matmul(graph, x: str, weight_kn: np.ndarray, spec: QuantSpec, name: str,
-                          outputs: list[str] | None = None) -> str:
-    """Add x @ weight_kn as a quantized node to `graph` (a GraphBuilder); returns the output name."""
+def quantized_weight(graph, weight_kn: np.ndarray, spec: QuantSpec, name: str) -> tuple[str, list[str], dict]:
+    """Write x @ weight_kn's quantized weight into `graph` (a GraphBuilder); returns (op_type, the node's
+    inputs after x, its attributes): one weight can then serve several nodes."""
     k, n = weight_kn.shape
     if spec.method == "dynamic-int8":
         q = quantize_int8_columns(weight_kn)
-        inputs = [x, graph.weight(f"{name}_int8", q.values), graph.weight(f"{name}_scale", q.scales),
-                  graph.weight(f"{name}_zero_point", np.zeros(n, dtype=np.int8))]
-        return graph.op("DynamicQuantizeMatMul", inputs, domain=MS_DOMAIN, name=name, outputs=outputs)
+        return "DynamicQuantizeMatMul", [graph.weight(f"{name}_int8", q.values), graph.weight(f"{name}_scale", q.scales),
+                                         graph.weight(f"{name}_zero_point", np.zeros(n, dtype=np.int8))], {}
     q = quantize_nbits(weight_kn, spec)
-    inputs = [x, graph.weight(f"{name}_q{spec.bits}", q.packed), graph.weight(f"{name}_scales", q.scales)]
+    inputs = [graph.weight(f"{name}_q{spec.bits}", q.packed), graph.weight(f"{name}_scales", q.scales)]
     if q.zero_points is not None:
         inputs.append(graph.weight(f"{name}_zero_points", q.zero_points))
     attrs = {"accuracy_level": spec.accuracy_level} if spec.accuracy_level else {}
-    return graph.op("MatMulNBits", inputs, domain=MS_DOMAIN, name=name, outputs=outputs, K=k, N=n, bits=spec.bits,
-                    block_size=spec.block_size, **attrs)
+    return "MatMulNBits", inputs, dict(K=k, N=n, bits=spec.bits, block_size=spec.block_size, **attrs)
+
+
+def emit_quantized_matmul(graph, x: str, weight_kn: np.ndarray, spec: QuantSpec, name: str,
+                          outputs: list[str] | None = None) -> str:
+    """Add x @ weight_kn as a quantized node to `graph` (a GraphBuilder); returns the output name."""
+    op_type, inputs, attrs = quantized_weight(graph, weight_kn, spec, name)
+    return graph.op(op_type, [x, *inputs], domain=MS_DOMAIN, name=name, outputs=outputs, **attrs)

@@ -7,6 +7,9 @@
     int4-fast      int4 with the backbone in blocks of 128: less memory to read, faster prefill
     int4-all-fast  int4-all with the backbone in blocks of 128
 
+In every named plan but fp32 the backbone's semantic head (8320 x 3072, 100 MB in fp32, read every
+frame) is 8-bit in blocks of 32; a TOML plan keeps it fp32 unless it says otherwise (`override`, below).
+
 Blocks of 128 for the flow head and dynamic int8 cost almost nothing in quality and are much faster
 on its 6-row matmuls (measured: benchmarks/README.md); the backbone's block size trades quality
 (blocks of 32) against speed (blocks of 128).
@@ -22,6 +25,8 @@ fp32:
     symmetric = true
     accuracy_level = 4        # 0 (as the weights) .. 4 (int8 compute); see onnxruntime's MatMulNBits
     skip = ["semantic_head/*"]  # weight names (fnmatch patterns) to keep in fp32
+    [backbone_step.override."semantic_head/*"]  # these weights another way (same keys as the graph's)
+    method = "dynamic-int8"
 
 Weight names are the graph's: `layers.3/wqkv`, `layers.3/feed_forward/w2`, `semantic_head/logits`,
 `acoustic_transformer.layers.0/attention/wq`, `tokens/input_projection`, ...
@@ -48,6 +53,7 @@ METHODS = ("nbits", "dynamic-int8", "fp32")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # The semantic head picks the semantic code by argmax: it stays fp32 unless a plan says otherwise.
 DEFAULT_SKIP = ("semantic_head/*",)
+SEMANTIC_HEAD = "semantic_head/*"
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,12 @@ class GraphPlan:
 
     spec: QuantSpec | None = None
     skip: tuple[str, ...] = DEFAULT_SKIP
+    overrides: tuple[tuple[str, QuantSpec], ...] = ()  # (weight-name pattern, spec): the first match wins
 
     def spec_for(self, weight_name: str) -> QuantSpec | None:
+        for pattern, spec in self.overrides:
+            if fnmatch.fnmatchcase(weight_name, pattern):
+                return spec
         if self.spec is None or any(fnmatch.fnmatchcase(weight_name, p) for p in self.skip):
             return None
         return self.spec
@@ -66,13 +76,21 @@ class GraphPlan:
     def precision(self) -> str:
         return "fp32" if self.spec is None else self.spec.precision
 
+    @property
+    def quantizes(self) -> bool:
+        """Whether any weight of the graph is quantized."""
+        return self.spec is not None or bool(self.overrides)
+
     def describe(self) -> dict:
-        if self.spec is None:
-            return {"method": "fp32"}
         s = self.spec
-        d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
-        if s.method == "nbits":
+        if s is None:
+            d = {"method": "fp32"}
+        else:
+            d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
+        if s is not None and s.method == "nbits":
             d.update(block_size=s.block_size, symmetric=s.symmetric, accuracy_level=s.accuracy_level)
+        if self.overrides:
+            d["override"] = {pattern: GraphPlan(spec, ()).describe() for pattern, spec in self.overrides}
         return d
 
 
@@ -92,14 +110,22 @@ def _nbits(bits: int, block: int) -> GraphPlan:
     return GraphPlan(QuantSpec("nbits", bits, block, True, 4))
 
 
+def _backbone(bits: int, block: int) -> GraphPlan:
+    """The backbone with its semantic head (8320 x 3072, 100 MB in fp32, read every frame) in 8 bits, blocks
+    of 32: on the small checkpoint the same semantic codes as fp32 (teacher-forced 100%; blocks of 128:
+    97.5%, dynamic int8 with one scale per column: 95%; see benchmarks/README.md)."""
+    return GraphPlan(QuantSpec("nbits", bits, block, True, 4), skip=(), overrides=((SEMANTIC_HEAD, _INT8_HEAD),))
+
+
+_INT8_HEAD = QuantSpec("nbits", 8, 32, True, 4)
 _DYNAMIC = GraphPlan(QuantSpec("dynamic-int8"))
 NAMED_PLANS = {
     "fp32": Plan("fp32"),
-    "int8": Plan("int8", {"backbone_step": _nbits(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _nbits(8, 128)}),
-    "int4": Plan("int4", {"backbone_step": _nbits(4, 32), "flow_head": _DYNAMIC}),
-    "int4-all": Plan("int4-all", {"backbone_step": _nbits(4, 32), "flow_head": _nbits(4, 128)}),
-    "int4-fast": Plan("int4-fast", {"backbone_step": _nbits(4, 128), "flow_head": _DYNAMIC}),
-    "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _nbits(4, 128), "flow_head": _nbits(4, 128)}),
+    "int8": Plan("int8", {"backbone_step": _backbone(8, 128), "flow_head": _DYNAMIC, "codec_decoder": _nbits(8, 128)}),
+    "int4": Plan("int4", {"backbone_step": _backbone(4, 32), "flow_head": _DYNAMIC}),
+    "int4-all": Plan("int4-all", {"backbone_step": _backbone(4, 32), "flow_head": _nbits(4, 128)}),
+    "int4-fast": Plan("int4-fast", {"backbone_step": _backbone(4, 128), "flow_head": _DYNAMIC}),
+    "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _backbone(4, 128), "flow_head": _nbits(4, 128)}),
 }
 
 
@@ -130,14 +156,12 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
 
     if not isinstance(table, dict):
         fail("", "must be a table")
-    known = {"method", "bits", "block_size", "symmetric", "accuracy_level", "skip"}
+    known = {"method", "bits", "block_size", "symmetric", "accuracy_level", "skip", "override"}
     for key in set(table) - known:
         fail(key, f"unknown key (expected {', '.join(sorted(known))})")
     method = table.get("method", "nbits")
     if method not in METHODS:
         fail("method", f"{method!r} is not one of {', '.join(METHODS)}")
-    if method == "fp32":
-        return GraphPlan()
     bits = table.get("bits", 8 if method == "dynamic-int8" else 4)
     if bits not in ((8,) if method == "dynamic-int8" else (4, 8)) or isinstance(bits, bool):
         fail("bits", f"{bits!r} is not supported by {method} (4 or 8 for nbits, 8 for dynamic-int8)")
@@ -153,4 +177,22 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
     skip = table.get("skip", list(DEFAULT_SKIP))
     if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
         fail("skip", "must be a list of weight-name patterns")
-    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip))
+    if method == "fp32":  # only the overridden weights are quantized
+        return GraphPlan(None, (), _overrides(path, graph, table, fail))
+    return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip),
+                     _overrides(path, graph, table, fail))
+
+
+def _overrides(path: Path, graph: str, table: dict, fail) -> tuple[tuple[str, QuantSpec], ...]:
+    override = table.get("override", {})
+    if not isinstance(override, dict) or not all(isinstance(v, dict) for v in override.values()):
+        fail("override", 'must be tables named by weight-name pattern, e.g. [backbone_step.override."semantic_head/*"]')
+    overrides = []
+    for pattern, sub in override.items():
+        if {"skip", "override"} & set(sub):
+            fail(f"override.{pattern}", "takes method, bits, block_size, symmetric and accuracy_level only")
+        spec = _graph_plan(path, f"{graph}.override.{pattern}", sub).spec
+        if spec is None:
+            fail(f"override.{pattern}", 'method "fp32": list the pattern in skip instead')
+        overrides.append((pattern, spec))
+    return tuple(overrides)

@@ -113,12 +113,10 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
     # per graph, the same inputs through both
     x = ref.prompt_embeddings(ref.prompt(sentences[0], voice), voice)
     (h_ref, logits_ref), (h_cand, logits_cand) = ref.backbone(x, 0), cand.backbone(x, 0)
-    flow_x = rng.standard_normal((2, n_acoustic)).astype(np.float32)
-    flow_h = np.stack([h_ref[-1], np.zeros_like(h_ref[-1])])
+    flow_noise = rng.standard_normal((4, n_acoustic)).astype(np.float32)
 
-    def velocities(synth: Synthesizer) -> np.ndarray:
-        return np.stack([synth.sessions["flow_head"].run(["velocity"], {"x": flow_x, "t": np.array([t], np.float32),
-                                                                        "h": flow_h})[0] for t in (0.0, 0.5)])
+    def latents(synth: Synthesizer) -> np.ndarray:  # a frame's x at t = 1, before rounding to codes
+        return np.stack([synth._flow(h_ref[-1], n, steps, cfg_alpha)[1] for n in flow_noise])
 
     utterances, first_codes = [], None
     for i, text in enumerate(sentences):
@@ -149,7 +147,7 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
         "settings": {"voice": voice, "frames": frames, "steps": steps, "cfg_alpha": cfg_alpha, "seed": seed},
         "graphs": {
             "backbone_step": {"hidden_states": compare(h_cand, h_ref), "semantic_logits": compare(logits_cand, logits_ref)},
-            "flow_head": compare(velocities(cand), velocities(ref)),
+            "flow_head": compare(latents(cand), latents(ref)),
             "codec_decoder": codec,
         },
         "end_to_end": {"utterances": utterances,
@@ -173,7 +171,7 @@ def to_markdown(report: dict) -> str:
              "## Per graph, same inputs", "", "| output | cosine | max abs error | max error / scale |",
              "| --- | --- | --- | --- |"]
     rows = [("backbone hidden states", g["backbone_step"]["hidden_states"]),
-            ("semantic logits", g["backbone_step"]["semantic_logits"]), ("flow head velocity", g["flow_head"]),
+            ("semantic logits", g["backbone_step"]["semantic_logits"]), ("flow head latent (a frame, same h)", g["flow_head"]),
             ("codec audio (same codes)", g["codec_decoder"])]
     lines += [f"| {name} | {r['cosine']:.6f} | {r['max_abs_error']:.3g} | {r['max_rel_error']:.3g} |" for name, r in rows]
     lines += ["", f"Codec on the same codes: SNR {g['codec_decoder']['snr_db']:.1f} dB, log-mel distance "

@@ -1,7 +1,7 @@
 """`voxtral-edge quantize`: an fp32 bundle -> a quantized bundle, graph by graph, weight by weight.
 
 Each MatMul whose constant weight the plan selects is replaced through the same emitter the exporter
-uses (`emit_quantized_matmul`), reading the fp32 weight straight from the bundle's external data file,
+uses (`quantized_weight`), reading the fp32 weight straight from the bundle's external data file,
 so the whole fp32 graph is never in memory. Everything else is copied unchanged.
 """
 
@@ -19,7 +19,7 @@ from voxtral_edge.files import replacing_folder
 from voxtral_edge.manifest import Manifest, file_entry, write_manifest
 from voxtral_edge.progress import Progress
 
-from .matmul import emit_quantized_matmul
+from .matmul import MS_DOMAIN, quantized_weight
 from .plans import GRAPHS, GraphPlan, Plan, load_plan
 
 ONNX_TO_NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.INT64: np.int64,
@@ -55,17 +55,33 @@ def rewrite_graph(src: Path, dst: Path, plan: GraphPlan, bar: Progress):
     g = GraphBuilder(model.graph.name, dst)
     g._names.update(initializers)
     g.inputs, g.outputs = list(model.graph.input), list(model.graph.output)
-    quantized, kept = [], set()
-    try:
-        for node in model.graph.node:
+    quantized, kept, shared = [], set(), {}
+
+    def rewrite(nodes) -> None:
+        """Add `nodes` to g with the plan's matmuls quantized, the bodies of Loops and Ifs too (their
+        weights are the main graph's; a weight read by several nodes is quantized once)."""
+        for node in nodes:
             weight = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
             spec = plan.spec_for(weight) if weight in initializers else None
-            if spec is None:
-                g.nodes.append(node)
-                kept.update(node.input)
+            if spec is not None:
+                if weight not in shared:
+                    shared[weight] = quantized_weight(g, array(initializers[weight]), spec, weight)
+                    quantized.append(weight)
+                op_type, inputs, attrs = shared[weight]
+                g.op(op_type, [node.input[0], *inputs], domain=MS_DOMAIN, name=weight, outputs=list(node.output),
+                     **attrs)
                 continue
-            emit_quantized_matmul(g, node.input[0], array(initializers[weight]), spec, weight, list(node.output))
-            quantized.append(weight)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    with g.subgraph() as body:
+                        rewrite(attribute.g.node)
+                    del attribute.g.node[:]
+                    attribute.g.node.extend(body)
+            g.nodes.append(node)
+            kept.update(node.input)
+
+    try:
+        rewrite(model.graph.node)
         for name, t in initializers.items():
             if name in kept:
                 g.weight(name, array(t), exact_name=True)
@@ -87,19 +103,19 @@ def quantize_bundle(src: str | Path, out: str | Path, plan: str | Path | Plan, *
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     out = Path(out)
     for name in GRAPHS:
-        if plan.graph(name).spec is not None and manifest["graphs"][name]["precision"] != "fp32":
+        if plan.graph(name).quantizes and manifest["graphs"][name]["precision"] != "fp32":
             raise VoxtralEdgeError(f"{manifest.bundle}: graph '{name}' is already {manifest['graphs'][name]['precision']}"
                                    f"; quantize an fp32 bundle (re-export with --precision fp32)")
     data = manifest.data
     total = sum(data["files"][g["data"]]["size"] for name, g in data["graphs"].items()
-                if g.get("data") and plan.graph(name).spec is not None)
+                if g.get("data") and plan.graph(name).quantizes)
     bar = Progress(f"quantizing to {out.name}", total, unit="B", enabled=progress)
     with replacing_folder(out, force) as tmp:
         new = {k: v for k, v in data.items() if k not in ("files", "graphs", "quantization")}
         new["graphs"], new["files"], rewritten = {}, {}, {}
         for name, entry in data["graphs"].items():
             graph_plan = plan.graph(name)
-            if graph_plan.spec is None:
+            if not graph_plan.quantizes:
                 new["graphs"][name] = entry
                 continue
             g = rewrite_graph(manifest.path(entry["file"]), tmp / entry["file"], graph_plan, bar)

@@ -54,3 +54,59 @@ def tiny_bundle_dirs(tiny_checkpoint_dirs, tmp_path_factory):
     if PREPARED:
         return [Path(PREPARED, "bundles", f"tiny{s}") for s in SEEDS]
     return make_bundles(tiny_checkpoint_dirs, tmp_path_factory.mktemp("bundles"))
+
+
+# A prompt catalog of 30 items in 3 languages and voices, some with their own seed, steps or cfg, some with
+# numbers for the text front-end to spell.
+RENDER_MAX_FRAMES = 6
+_PHRASES = {
+    ("en", "casual_male"): ["Turn left in 200 m.", "Traffic ahead.", "Your destination is on the right.",
+                            "Low fuel.", "Recalculating the route.", "Keep right at the fork.",
+                            "Speed camera ahead.", "Take the second exit.", "You have arrived.", "Door open."],
+    ("fr", "fr_female"): ["Tournez à gauche dans 200 m.", "Bouchon devant.", "Vous êtes arrivé.",
+                          "Carburant faible.", "Nouveau calcul de l'itinéraire.", "Serrez à droite.",
+                          "Radar devant.", "Prenez la deuxième sortie.", "Porte ouverte.", "Ceinture !"],
+    ("es", "neutral_female"): ["Gire a la izquierda.", "Tráfico adelante.", "Ha llegado a su destino.",
+                               "Combustible bajo.", "Recalculando la ruta.", "Manténgase a la derecha.",
+                               "Radar adelante.", "Tome la 2.ª salida.", "Puerta abierta.", "¡Cinturón!"],
+}
+
+
+@pytest.fixture(scope="session")
+def render_rows():
+    """The catalog's rows as dicts (absent optional values left out)."""
+    rows = []
+    for (lang, voice), phrases in _PHRASES.items():
+        for i, text in enumerate(phrases):
+            row = {"id": f"{lang}_{i:02d}", "text": text, "voice": voice, "lang": lang}
+            if i % 3 == 0:
+                row["seed"] = 1000 + i
+            if i == 4:
+                row["steps"] = 3
+            if i == 5:
+                row["cfg"] = 1.0
+            rows.append(row)
+    return rows
+
+
+def write_csv_catalog(path, rows):
+    import csv
+
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "text", "voice", "lang", "seed", "steps", "cfg"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def rendered_catalog(render_rows, tiny_bundle_dirs, tmp_path_factory):
+    """(catalog.csv, the folder one local worker rendered it to)."""
+    from voxtral_edge.render import Settings, render
+
+    root = tmp_path_factory.mktemp("render")
+    catalog = write_csv_catalog(root / "catalog.csv", render_rows)
+    summary = render(catalog, tiny_bundle_dirs[0], root / "one", settings=Settings(max_frames=RENDER_MAX_FRAMES),
+                     workers=1, progress=False)
+    assert summary.rendered == len(render_rows) and summary.failed == 0
+    return catalog, root / "one"

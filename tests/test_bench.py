@@ -10,7 +10,7 @@ from voxtral_edge import bench
 def test_bench_rows_markdown_and_json(tiny_bundle_dirs):
     info, rows = bench.run_bench(tiny_bundle_dirs[0], frames=3, repeats=2, steps=2, verify=False)
     assert [r.test.split(" pp")[0] for r in rows] == ["load", "prefill", "backbone", "flow head (2 steps)",
-                                                      "flow head step", "codec", "first audio", "rtf", "peak RSS"]
+                                                      "flow head step", "codec", "frame", "first audio", "rtf", "peak RSS"]
     assert all(r.low <= r.median <= r.high and r.median > 0 for r in rows)
     assert info["precision"] == "fp32" and info["steps"] == 2 and info["frames"] == 3 and info["cores"] >= 1
     lines = bench.to_markdown(info, rows).splitlines()

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from voxtral_edge.export.checkpoint import Checkpoint
+from voxtral_edge.export.graphs import build_flow_velocity
 from voxtral_edge.export.reference import KVCache, Reference
 from voxtral_edge.manifest import Manifest
 from voxtral_edge.prompt import tekken_speech_prompt
@@ -53,16 +54,54 @@ def test_backbone_prefill_matches_reference(pair):
     assert_close(out["present_value_2"][0, :, :len(x)], cache.values[2].transpose(1, 0, 2))
 
 
+@pytest.fixture(scope="module")
+def velocity_graph(pair, tmp_path_factory):
+    """The single-evaluation flow graph (not in bundles) built from the same checkpoint."""
+    ref, _ = pair
+    path = tmp_path_factory.mktemp("velocity") / "flow_velocity.onnx"
+    build_flow_velocity(ref.config, ref.checkpoint.tensor, path)
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 @pytest.mark.parametrize("t", [0.0, 3 / 7, 6 / 7])
 @pytest.mark.parametrize("batch", [1, 2, 4])
-def test_flow_head_matches_reference(pair, t, batch):
-    ref, bundle = pair
+def test_flow_velocity_matches_reference(pair, velocity_graph, t, batch):
+    ref, _ = pair
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, ref.config.audio.n_acoustic_codebook)).astype(np.float32)
     h = rng.standard_normal((batch, ref.config.backbone.dim)).astype(np.float32)
     h[-1] = 0  # the unconditional row
-    v = session(bundle, "flow_head").run(None, {"x": x, "t": np.array([t], np.float32), "h": h})[0]
+    v = velocity_graph.run(None, {"x": x, "t": np.array([t], np.float32), "h": h})[0]
     assert_close(v, ref.velocity(x, t, h))
+
+
+def reference_latent(ref, h, noise, steps, cfg_alpha):
+    """Reference.acoustic_codes' x at t = 1, before rounding."""
+    x, timesteps = noise.copy(), np.linspace(0, 1, steps + 1, dtype=np.float32)
+    for k in range(steps):
+        v_cond, v_uncond = ref.velocity(np.stack([x, x]), float(timesteps[k]), np.stack([h, np.zeros_like(h)]))
+        x = x + (np.float32(cfg_alpha) * v_cond + np.float32(1 - cfg_alpha) * v_uncond) * (timesteps[k + 1] - timesteps[k])
+    return x
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7])
+@pytest.mark.parametrize("cfg_alpha", [1.2, 1.0, 0.0])
+def test_flow_frame_matches_reference(pair, steps, cfg_alpha):
+    """A whole frame in one call (every Euler step, the guidance, the rounding) gives the reference's codes."""
+    ref, bundle = pair
+    a = ref.config.audio
+    rng = np.random.default_rng(steps)
+    s = session(bundle, "flow_head")
+    for trial in range(4):
+        noise = rng.standard_normal(a.n_acoustic_codebook).astype(np.float32)
+        h = rng.standard_normal(ref.config.backbone.dim).astype(np.float32)
+        weights = [1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha]  # [1]: the conditional row alone
+        codes, latent = s.run(["codes", "latent"], {
+            "noise": noise[None], "h": h[None], "timesteps": np.linspace(0, 1, steps + 1, dtype=np.float32),
+            "cfg_weights": np.array(weights, np.float32)})
+        assert codes.dtype == np.int64
+        np.testing.assert_array_equal(codes[0], ref.acoustic_codes(h, noise, steps, cfg_alpha))
+        assert_close(latent[0], reference_latent(ref, h, noise, steps, cfg_alpha))
 
 
 def random_codes(config, frames, seed):

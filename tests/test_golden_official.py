@@ -28,6 +28,7 @@ import pytest
 from voxtral_edge.export.bundle import export_bundle
 from voxtral_edge.export.checkpoint import Checkpoint
 from voxtral_edge.export.config import N_AUDIO_SPECIALS
+from voxtral_edge.export.graphs import build_flow_velocity
 from voxtral_edge.export.make_checkpoint import make_checkpoint
 from voxtral_edge.export.reference import Reference
 from voxtral_edge.runtime import CodecStream, Synthesizer
@@ -156,8 +157,12 @@ def test_codec_decoder_graph_matches_official_whole_and_streamed(synth, golden):
     assert_codec_audio(np.concatenate(parts), golden["codec_audio"])
 
 
-def test_flow_head_graph_velocity_matches_official_cond_and_uncond(synth, golden):
-    flow = synth.sessions["flow_head"]
+def test_flow_velocity_graph_matches_official_cond_and_uncond(reference, golden, tmp_path):
+    """The flow head's layers as one evaluation (build_flow_velocity: the bundle's flow_head runs them for
+    a whole frame, checked by the acoustic-codes test below)."""
+    path = tmp_path / "flow_velocity.onnx"
+    build_flow_velocity(reference.config, reference.checkpoint.tensor, path)
+    flow = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x, h = golden["vel_x"], golden["vel_h"]
 
     def velocity(t, h):
@@ -168,6 +173,7 @@ def test_flow_head_graph_velocity_matches_official_cond_and_uncond(synth, golden
 
 
 def test_runtime_acoustic_codes_match_official_euler_cfg_and_fsq(synth, golden):
+    """The bundle's flow_head graph: every Euler step, the guidance and the FSQ rounding in one call."""
     meta = golden["meta"]
     codes = np.stack([synth.acoustic_codes(h, noise, meta["steps"], meta["cfg_alpha"])
                       for h, noise in zip(golden["flow_h"], golden["flow_noise"])])

@@ -56,6 +56,21 @@ def test_profile_from_a_path(tmp_path):
     assert p.source == str(path) and load_profile(str(path)) == p
 
 
+def test_codec_thread_keys_are_optional(tmp_path):
+    path = tmp_path / "board.toml"
+    path.write_text(GOOD)
+    assert (load_profile(path).codec_threads, load_profile(path).codec_pipeline) == (None, False)
+    path.write_text(GOOD.replace("stream_chunk_frames = 4\n", "stream_chunk_frames = 4\ncodec_threads = 2\n"
+                                                               "codec_pipeline = true\n"))
+    assert (load_profile(path).codec_threads, load_profile(path).codec_pipeline) == (2, True)
+    assert load_profile("qualcomm-sa8295p").codec_pipeline and not load_profile("x86-avx512").codec_pipeline
+    for bad, key in (("codec_threads = 0\n", "runtime.codec_threads"), ('codec_pipeline = "yes"\n', "runtime.codec_pipeline"),
+                     ("codec_pipeline = 1\n", "runtime.codec_pipeline")):
+        path.write_text(GOOD.replace("stream_chunk_frames = 4\n", "stream_chunk_frames = 4\n" + bad))
+        with pytest.raises(ConfigError, match=rf"{path}: '{key}'"):
+            load_profile(path)
+
+
 def test_unknown_profile_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError) as e:
         load_profile("pentium-ii")
@@ -135,16 +150,16 @@ def test_estimate_by_hand():
     assert e["graphs"]["backbone_step"]["memory_ms"] == pytest.approx(100)
     assert e["graphs"]["backbone_step"]["compute_ms"] == pytest.approx(50)
     assert e["backbone_ms"] == pytest.approx(100) and e["bound"]["backbone_step"] == "memory"
-    # flow head: 0.4 GB -> 40 ms; 2 x 0.1 G x 6 rows = 1.2 GFLOP -> 120 ms per step, 2 steps
-    assert e["flow_step_ms"] == pytest.approx(120) and e["bound"]["flow_head"] == "compute"
-    assert e["flow_ms"] == pytest.approx(240)
+    # flow head: 0.4 GB -> 40 ms; 2 x 0.1 G x 4.4 rows = 0.88 GFLOP -> 88 ms per step, 2 steps
+    assert e["flow_step_ms"] == pytest.approx(88) and e["bound"]["flow_head"] == "compute"
+    assert e["flow_ms"] == pytest.approx(176)
     # codec, 4 frames a call: 0.2 GB -> 20 ms; 2 x 0.05 G x 15/4 x 4 = 1.5 GFLOP -> 150 ms, 37.5 ms a frame
     assert e["codec_ms"] == pytest.approx(37.5) and e["bound"]["codec_decoder"] == "compute"
-    assert e["frame_ms"] == pytest.approx(377.5)
-    assert e["rtf"] == pytest.approx(377.5 / 80)
+    assert e["frame_ms"] == pytest.approx(313.5)
+    assert e["rtf"] == pytest.approx(313.5 / 80)
     # steps, chunk and KV reads: 2 x 2 layers x 1 x 125 x 4 bytes = 2 kB a position, 500 000 positions = 1 GB
     e = estimate_frame(manifest(), PROFILE, steps=1, chunk_frames=1, position=500_000)
-    assert e["flow_ms"] == pytest.approx(120) and e["backbone_ms"] == pytest.approx(200)
+    assert e["flow_ms"] == pytest.approx(88) and e["backbone_ms"] == pytest.approx(200)
     assert e["codec_ms"] == pytest.approx(37.5)  # 20 ms of weights vs 37.5 ms of compute: still compute-bound
 
 
@@ -153,14 +168,24 @@ def test_estimate_quantized_and_threads():
     e = estimate_frame(m, PROFILE)
     # int4: 0.625 GB -> 62.5 ms; 1 G params x 2 flops x 1 row = 2 G int8 ops at 40 GOP/s = 50 ms
     assert e["backbone_ms"] == pytest.approx(62.5) and e["bound"]["backbone_step"] == "memory"
-    # int8: 0.1125 GB -> 11.25 ms; 0.1 G params x 2 x 6 = 1.2 G ops -> 30 ms
-    assert e["flow_step_ms"] == pytest.approx(30) and e["bound"]["flow_head"] == "compute"
+    # int8: 0.1125 GB -> 11.25 ms; 0.1 G params x 2 x 4.4 = 0.88 G ops -> 22 ms
+    assert e["flow_step_ms"] == pytest.approx(22) and e["bound"]["flow_head"] == "compute"
     # 2 threads of 4 cores: half the compute, so the backbone turns compute-bound (100 ms)
     e = estimate_frame(m, dataclasses.replace(PROFILE, threads=2))
     assert e["backbone_ms"] == pytest.approx(100) and e["bound"]["backbone_step"] == "compute"
     # more threads than cores buy nothing
     assert estimate_frame(m, dataclasses.replace(PROFILE, threads=8))["frame_ms"] == pytest.approx(
         estimate_frame(m, PROFILE)["frame_ms"])
+
+
+def test_estimate_with_the_codec_on_its_own_thread():
+    # 100 ms backbone + 176 ms flow head; the codec (37.5 ms a frame) runs beside them: the frame is 276 ms
+    piped = dataclasses.replace(PROFILE, codec_pipeline=True)
+    e = estimate_frame(manifest(), piped)
+    assert e["codec_ms"] == pytest.approx(37.5) and e["frame_ms"] == pytest.approx(276)
+    # on 1 thread of 4 cores the codec takes 150 ms a frame, longer than the rest: it sets the pace
+    e = estimate_frame(manifest(), dataclasses.replace(piped, codec_threads=1), steps=0)
+    assert e["codec_ms"] == pytest.approx(150) and e["frame_ms"] == pytest.approx(150)
 
 
 def test_bytes_per_weight_follows_the_quantization_entry():
@@ -178,7 +203,7 @@ def test_bytes_per_weight_follows_the_quantization_entry():
 def test_calibration_reproduces_the_measurements():
     measured = {"backbone_step": 50.0, "flow_head": 60.0, "codec_decoder": 10.0}
     factors = calibrate(manifest(), PROFILE, measured)
-    assert factors == pytest.approx({"backbone_step": 2.0, "flow_head": 2.0, "codec_decoder": 3.75})
+    assert factors == pytest.approx({"backbone_step": 2.0, "flow_head": 88 / 60, "codec_decoder": 3.75})
     e = estimate_frame(manifest(), PROFILE, calibration=factors)
     assert (e["backbone_ms"], e["flow_step_ms"], e["codec_ms"]) == pytest.approx((50, 60, 10))
     assert e["frame_ms"] == pytest.approx(50 + 2 * 60 + 10)

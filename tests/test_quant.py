@@ -122,8 +122,10 @@ def test_quantized_bundles_run_within_their_bound(plan, quantized, tiny_bundle_d
         "int8": {"backbone_step": "int8", "flow_head": "int8", "codec_decoder": "int8"},
         "int4": {"backbone_step": "int4", "flow_head": "int8", "codec_decoder": "fp32"},
         "int4-all": {"backbone_step": "int4", "flow_head": "int4", "codec_decoder": "fp32"}}[plan]
-    # 3 layers x (wqkv, wo, w1_w3, w2); the semantic head stays fp32 by default
-    assert m["quantization"]["graphs"]["backbone_step"]["quantized_weights"] == 12
+    # 3 layers x (wqkv, wo, w1_w3, w2) and the semantic head, which named plans store 8-bit
+    assert m["quantization"]["graphs"]["backbone_step"]["quantized_weights"] == 13
+    assert m["quantization"]["graphs"]["backbone_step"]["override"] == {"semantic_head/*": {
+        "method": "nbits", "bits": 8, "skip": [], "block_size": 32, "symmetric": True, "accuracy_level": 4}}
     if plan != "int8":  # (int8's blocks of 128 are wider than the tiny rows of 48: padding eats the gain)
         assert m.data["files"]["backbone_step.onnx.data"]["size"] < 0.5 * Manifest.load(
             tiny_bundle_dirs[0]).data["files"]["backbone_step.onnx.data"]["size"]
@@ -172,7 +174,20 @@ def test_plans_from_toml(tmp_path):
     assert plan.graph("flow_head").spec.method == "dynamic-int8"
     assert plan.graph("codec_decoder").spec is None
     assert plan.graph("backbone_step").spec_for("semantic_head/logits") is not None  # skip = [] quantizes it
-    assert NAMED_PLANS["int4"].graph("backbone_step").spec_for("semantic_head/logits") is None
+    assert NAMED_PLANS["int4"].graph("backbone_step").spec_for("semantic_head/logits") == QuantSpec("nbits", 8, 32,
+                                                                                                     True, 4)
+    assert load_plan(tmp_path / "plan.toml").graph("backbone_step").overrides == ()
+    path.write_text('[backbone_step]\n[backbone_step.override."semantic_head/*"]\nmethod = "nbits"\nbits = 8\n'
+                    '[backbone_step.override."layers.0/*"]\nmethod = "dynamic-int8"\n')
+    backbone = load_plan(path).graph("backbone_step")
+    assert backbone.spec_for("semantic_head/logits") == QuantSpec("nbits", 8, 32, True, 4)  # not skipped: overridden
+    assert backbone.spec_for("layers.0/wqkv").method == "dynamic-int8"
+    assert backbone.spec_for("layers.1/wqkv") == QuantSpec("nbits", 4, 32, True, 4)
+    path.write_text('[backbone_step]\nmethod = "fp32"\n[backbone_step.override."semantic_head/*"]\n'
+                    'method = "dynamic-int8"\n')
+    head_only = load_plan(path).graph("backbone_step")  # an fp32 graph but for one weight
+    assert head_only.quantizes and head_only.spec_for("layers.1/wqkv") is None
+    assert head_only.spec_for("semantic_head/logits").method == "dynamic-int8"
     assert load_plan("int4-all").graph("flow_head").spec.bits == 4
 
 
@@ -187,6 +202,10 @@ def test_plans_from_toml(tmp_path):
     ("[backbone_step]\nskip = \"semantic_head/*\"\n", r"skip: must be a list"),
     ("[flow_head]\nmethod = \"dynamic-int8\"\nbits = 4\n", r"bits: 4 is not supported by dynamic-int8"),
     ("[backbone_step\nbits = 4\n", r"not a valid TOML plan"),
+    ("[backbone_step]\noverride = 3\n", r"override: must be tables named by weight-name pattern"),
+    ("[backbone_step.override.\"x/*\"]\nbits = 5\n", r"\[backbone_step.override.x/\*\] bits: 5 is not supported"),
+    ("[backbone_step.override.\"x/*\"]\nmethod = \"fp32\"\n", r"override.x/\*: method \"fp32\": list the pattern in skip"),
+    ("[backbone_step.override.\"x/*\"]\nskip = []\n", r"override.x/\*: takes method, bits"),
 ])
 def test_bad_plans_are_named(tmp_path, toml, message):
     path = tmp_path / "bad.toml"

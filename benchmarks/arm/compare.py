@@ -184,18 +184,16 @@ def teacher_forced_codes(synth, job: dict, codes: np.ndarray, noise: np.ndarray)
 
 def graph_probes(synth, job: dict, noise: np.ndarray) -> dict[str, np.ndarray]:
     """Each graph's output on the same inputs everywhere: the prefill's last hidden state and semantic
-    logits, one flow-head evaluation (frame 0's noise, t = 0, the prefill's h and zeros) and the codec
-    on fixed codes."""
+    logits, frame 0's flow-head latent (before rounding; from this side's prefill h) and the codec on
+    fixed codes."""
     prompt = synth.prompt(job["text"], job["voice"])
     hidden, logits = synth._prefill(prompt, synth.prompt_embeddings(prompt, job["voice"]), job["voice"])
     h = hidden[-1].astype(np.float32)
-    velocity = synth.sessions["flow_head"].run(["velocity"], {
-        "x": np.stack([noise[0], noise[0]]).astype(np.float32), "t": np.zeros(1, np.float32),
-        "h": np.stack([h, np.zeros_like(h)])})[0]
+    latent = synth._flow(h, noise[0], job["steps"], job["cfg"])[1]  # frame 0's flow head, before FSQ rounding
     layout = synth.audio_layout
     sizes = [layout["semantic_codebook_size"]] + [layout["acoustic_codebook_size"]] * layout["n_acoustic_codebook"]
     codes = np.stack([np.arange(4) * 7919 % size for size in sizes], axis=1)  # fixed, spread over each codebook
-    return {"probe_hidden": h, "probe_logits": logits[np.isfinite(logits)], "probe_velocity": velocity,
+    return {"probe_hidden": h, "probe_logits": logits[np.isfinite(logits)], "probe_latent": latent,
             "probe_codec": synth.decode(codes)}
 
 
@@ -359,7 +357,8 @@ def report(data: Path, wheels: Path | None = None) -> bool:
             ok &= c.passes() or job["plan"] != "fp32"
             probes = "  graphs vs x86 (max rel. error): " + ", ".join(
                 f"{name.removeprefix('probe_')} {relative_error(ref[name], got[name]):.1e}"
-                for name in ("probe_hidden", "probe_logits", "probe_velocity", "probe_codec") if name in got)
+                for name in ("probe_hidden", "probe_logits", "probe_velocity", "probe_latent", "probe_codec")
+                if name in got and name in ref)
             print(format_line(job["size"], job["plan"], variant, c) + probes)
     print("# onnxruntime's compute kernels run (from its profiles; the same op types on x86 and both Arm CPUs "
           "unless listed):")

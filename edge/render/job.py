@@ -1,0 +1,181 @@
+"""What one item of a catalog becomes, the same on every backend: a job (plain data, sent to a worker), the
+worker that turns jobs into encoded audio with one open Synthesizer, and the run's settings.
+
+Everything that can change a clip's bytes is in the job and is recorded in the index: text, voice, lang,
+seed, steps, cfg, max_frames, max_context, normalize, format, the bundle's identity (its manifest's sha256)
+and the runtime's versions (which include the text front-end's rules). Thread counts and worker counts are not: they do not change the samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..audio import encode_wav, to_pcm16
+from ..errors import BundleError, UsageError, VoxtralEdgeError
+from ..manifest import MANIFEST, Manifest
+from ..runtime import RunawayWarning, Synthesizer
+from .catalog import Item
+
+FORMATS = ("wav", "pcm", "flac")
+DEFAULT_CFG = 1.2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Run-wide settings; steps and cfg are the defaults for items that do not give their own."""
+
+    format: str = "wav"
+    steps: int | None = None  # None: the model's
+    cfg: float = DEFAULT_CFG
+    max_frames: int | None = None  # None: until the model ends the utterance (or the runaway guard)
+    max_context: int | None = None  # None: the bundle's
+    normalize: bool = True  # False: the texts are spoken as written (see voxtral_edge.text)
+
+
+def bundle_identity(bundle: str | Path) -> str:
+    """The sha256 of the bundle's manifest.json, which lists the sha256 of every other file: it names the
+    bundle's exact contents."""
+    try:
+        return hashlib.sha256((Path(bundle) / MANIFEST).read_bytes()).hexdigest()
+    except OSError as e:
+        raise BundleError(f"{Path(bundle) / MANIFEST}: cannot read ({e.strerror or e})") from None
+
+
+def runtime_identity() -> dict:
+    """The versions whose kernels and encoders make the bytes."""
+    import onnxruntime
+
+    return {"voxtral_edge": __version__, "onnxruntime": onnxruntime.__version__}
+
+
+def flac_encoder_version() -> str:
+    try:
+        import soundfile
+    except ImportError:
+        raise UsageError("--format flac needs the soundfile package: pip install 'voxtral-edge[flac]'") from None
+    return soundfile.__libsndfile_version__
+
+
+def make_job(item: Item, settings: Settings, manifest: Manifest, bundle_id: str, runtime: dict) -> dict:
+    """The job for one item: plain data, picklable, and (less `id` and `line`) what its index record must
+    match for the file to count as up to date."""
+    steps = item.steps if item.steps is not None else settings.steps
+    steps = manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
+    max_context = settings.max_context or manifest["model"]["backbone"]["max_context"]
+    job_settings = {"steps": int(steps), "cfg": float(item.cfg if item.cfg is not None else settings.cfg),
+                    "max_frames": settings.max_frames, "max_context": int(max_context),
+                    "normalize": settings.normalize, "format": settings.format, "sample_rate": int(manifest["audio"]["sample_rate"])}
+    if settings.format == "flac":
+        job_settings["libsndfile"] = flac_encoder_version()
+    return {"id": item.id, "file": f"{item.id}.{settings.format}", "voice": item.voice, "lang": item.lang,
+            "seed": item.effective_seed, "text": item.text, "settings": job_settings, "bundle": bundle_id,
+            "runtime": runtime}
+
+
+class ItemRenderer:
+    """A worker's state: one open Synthesizer, and `render(job)` that returns the clip's encoded bytes."""
+
+    def __init__(self, bundle: str | Path, *, threads: int | None, max_context: int | None, verify: bool):
+        self.synth = Synthesizer.open(bundle, threads=threads, max_context=max_context, verify=verify)
+        self.rendered = 0
+
+    def render(self, job: dict) -> dict:
+        """{"id", "data", "duration", "frames", "finished", "spoken_text"}, or {"id", "error"} when the item
+        cannot be rendered for a reason of its own (a VoxtralEdgeError: nothing left to say once normalized,
+        a prompt the context cannot hold); anything else is a bug and raises. The text is normalized for the
+        item's lang (none: its voice's language) unless the settings say not to."""
+        s = job["settings"]
+        try:
+            with warnings.catch_warnings():  # a runaway piece is recorded as finished: false
+                warnings.simplefilter("ignore", RunawayWarning)
+                result = self.synth.synthesize(job["text"], job["voice"], seed=job["seed"], steps=s["steps"],
+                                               cfg_alpha=s["cfg"], max_frames=s["max_frames"],
+                                               normalize=s["normalize"], lang=job["lang"])
+        except VoxtralEdgeError as e:
+            return {"id": job["id"], "error": str(e)}
+        self.rendered += 1
+        return {"id": job["id"], "data": encode(result.audio, result.sample_rate, s["format"]),
+                "duration": round(result.duration, 6), "frames": int(len(result.codes)),
+                "finished": bool(result.finished), "spoken_text": result.spoken_text}
+
+    def info(self) -> dict:
+        """Where this worker runs and what it holds in memory."""
+        return {"node": socket.gethostname(), "pid": os.getpid(), "rss": resident_bytes()}
+
+
+def encode(audio: np.ndarray, sample_rate: int, format: str) -> bytes:
+    """16-bit mono audio as a WAV file, raw little-endian PCM, or FLAC."""
+    if format == "wav":
+        return encode_wav(audio, sample_rate)
+    if format == "pcm":
+        return to_pcm16(audio)
+    if format == "flac":
+        import io
+
+        import soundfile
+
+        buffer = io.BytesIO()
+        samples = np.frombuffer(to_pcm16(audio), dtype="<i2")
+        soundfile.write(buffer, samples, int(sample_rate), format="FLAC", subtype="PCM_16")
+        return buffer.getvalue()
+    raise UsageError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+def worker_memory_estimate(manifest: Manifest, max_context: int | None = None) -> int:
+    """Bytes one worker is expected to hold: its graphs' weights (onnxruntime copies and prepacks them:
+    about 1.25x the files), the KV cache, and the interpreter with its libraries. The embedding tables
+    are memory-mapped and shared between workers, so they are not counted."""
+    files = manifest["files"]
+    graph_bytes = sum(files[g["file"]]["size"] + (files[g["data"]]["size"] if g.get("data") else 0)
+                      for g in manifest["graphs"].values())
+    b = manifest["model"]["backbone"]
+    positions = max_context or b["max_context"]
+    kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * positions * b["head_dim"] * 4
+    return int(1.25 * graph_bytes + kv_bytes + 200e6)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux), else its peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def available_memory() -> int | None:
+    """Memory the system can give without swapping (MemAvailable on Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -1,0 +1,154 @@
+"""The local backend: N worker processes on this machine, each holding one open Synthesizer.
+
+Each worker is a spawned process with a pipe to the driver: it opens the bundle once, then renders one
+job at a time. The driver hands out jobs in catalog order and watches both the pipes and the processes,
+so a worker that dies (killed, out of memory) is replaced and its item rendered again by the new one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import BundleError, VoxtralEdgeError
+from .job import ItemRenderer, resident_bytes
+
+MAX_ATTEMPTS = 3  # an item whose worker died this many times is reported as failed (it may be the cause)
+
+
+def _worker_main(conn, bundle: str, threads: int | None, max_context: int | None) -> None:
+    """A worker process: open the bundle, say so, then turn each job received into an outcome."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    try:
+        renderer = ItemRenderer(bundle, threads=threads, max_context=max_context, verify=False)
+    except VoxtralEdgeError as e:
+        conn.send({"error": str(e)})
+        return
+    conn.send({"ready": renderer.info()})
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the driver is gone
+            return
+        if job is None:
+            return
+        try:
+            outcome = renderer.render(job)
+        except Exception as e:  # a bug shows on its item; the run goes on
+            outcome = {"id": job["id"], "error": f"internal error: {type(e).__name__}: {e}"}
+        outcome["rss"] = resident_bytes()
+        conn.send(outcome)
+
+
+def _readable(conn) -> bool:
+    """A message (or the news that the pipe is gone) waits on `conn`."""
+    try:
+        return conn.poll()
+    except OSError:
+        return True
+
+
+class _Worker:
+    def __init__(self, context, bundle, threads, max_context):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, str(bundle), threads, max_context),
+                                       daemon=True, name="voxtral-edge-render")
+        self.process.start()
+        child.close()
+        self.job: dict | None = None
+        self.info: dict = {}
+
+    def wait_ready(self) -> dict:
+        try:
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            raise VoxtralEdgeError(f"a render worker (pid {self.process.pid}) died while opening the bundle "
+                                   f"(exit code {self.process.exitcode}; out of memory?)") from None
+        if "error" in message:
+            raise BundleError(message["error"])
+        self.info = message["ready"]
+        return self.info
+
+
+class LocalPool:
+    """`workers` processes with `threads` onnxruntime threads each; counters: `restarts` (workers replaced
+    after dying), `peak_rss` (largest resident memory a worker reported, bytes)."""
+
+    kind = "local"
+
+    def __init__(self, bundle: str | Path, workers: int, threads: int | None, max_context: int | None):
+        self.bundle, self.workers, self.threads, self.max_context = bundle, workers, threads, max_context
+        self._context = multiprocessing.get_context("spawn")  # fork would copy onnxruntime's threads' state
+        self.processes: list[_Worker] = []
+        self.restarts = 0
+        self.peak_rss = 0
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._context, self.bundle, self.threads, self.max_context)
+
+    def start(self) -> None:
+        """Start the workers and wait until each has opened the bundle."""
+        self.processes = [self._spawn() for _ in range(self.workers)]
+        for worker in self.processes:
+            self.peak_rss = max(self.peak_rss, worker.wait_ready()["rss"])
+
+    def run(self, jobs: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
+        """(job, outcome) for every job, in the order they finish."""
+        pending, attempts = deque(jobs), {}
+        while pending or any(w.job for w in self.processes):
+            for worker in self.processes:
+                if worker.job is None and pending:
+                    worker.job = pending.popleft()
+                    worker.conn.send(worker.job)
+            busy = [w for w in self.processes if w.job is not None]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if worker.conn in ready or _readable(worker.conn):
+                    try:
+                        outcome = worker.conn.recv()
+                    except (EOFError, OSError):  # the pipe closed or reset: a death, handled below
+                        outcome = None
+                    if outcome is not None:
+                        job, worker.job = worker.job, None
+                        self.peak_rss = max(self.peak_rss, outcome.pop("rss", 0))
+                        yield job, outcome
+                        continue
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    job = worker.job
+                    attempts[job["id"]] = attempts.get(job["id"], 0) + 1
+                    self._replace(worker)
+                    if attempts[job["id"]] >= MAX_ATTEMPTS:
+                        yield job, {"id": job["id"], "error": f"its worker process died {MAX_ATTEMPTS} times while "
+                                                              f"rendering it (out of memory?)"}
+                    else:
+                        pending.appendleft(job)
+
+    def _replace(self, dead: _Worker) -> None:
+        dead.process.join()
+        dead.conn.close()
+        fresh = self._spawn()
+        self.processes[self.processes.index(dead)] = fresh
+        self.restarts += 1
+        fresh.wait_ready()
+
+    def close(self) -> None:
+        """Stop the workers: politely when idle, at once when one is still busy (an interrupted run)."""
+        for worker in self.processes:
+            if worker.job is None and worker.process.is_alive():
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+            else:
+                worker.process.terminate()
+        for worker in self.processes:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self.processes = []
