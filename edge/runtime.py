@@ -180,6 +180,11 @@ class Synthesizer:
                     self._io.bind_ortvalue_output(f"present_{kind}_{i}", self._kv[2 * i + j])
         return self._kv
 
+    def _kv_buffers(self) -> list[np.ndarray]:
+        """The numpy arrays behind the KV cache (allocated on first use): writing them writes the cache."""
+        self._kv_cache()
+        return self._kv_arrays
+
     def backbone(self, x: np.ndarray, past_length: int) -> tuple[np.ndarray, np.ndarray]:
         """Run x [T, dim] at positions past_length.. ; returns (hidden states [T, dim], semantic logits of
         the last position). The cache keeps everything before past_length."""
@@ -229,7 +234,7 @@ class Synthesizer:
         """Prefill the prompt; the voice part ([BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT]) does
         not depend on the text, so its keys and values are computed once per voice and copied in."""
         prefix = voice_positions(prompt, self.ids).stop + 1
-        kv = self._kv_cache() and self._kv_arrays
+        kv = self._kv_buffers()
         cached = self._prefix_cache.pop(voice, None)
         if cached is None:
             self.backbone(x[:prefix], 0)
@@ -479,7 +484,7 @@ class Synthesizer:
         if self._holder is not None:
             self._suspend(self._holder)
         if u.kv is not None:
-            for a, rows in zip(self._kv_cache() and self._kv_arrays, u.kv):
+            for a, rows in zip(self._kv_buffers(), u.kv):
                 a[:, :, :rows.shape[2]] = rows
             u.kv = None
         self._holder = u
