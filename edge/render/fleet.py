@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import BundleError, UsageError, VoxtralEdgeError
-from .job import ItemRenderer, bundle_identity, resident_bytes, runtime_identity
+from .job import ItemRenderer, bundle_identity, requeue_or_fail, resident_bytes, runtime_identity
 
 IN_FLIGHT = 2  # jobs queued per actor: the next one is there when the current one ends
-MAX_ATTEMPTS = 3  # an item whose actor died this many times is reported as failed (it may be the cause)
 
 
 def import_ray():
@@ -152,14 +151,11 @@ class RayPool:
             try:
                 outcome = ray.get(ref)
             except ray.exceptions.RayActorError:
-                attempts[job["id"]] = attempts.get(job["id"], 0) + 1
                 if generation == slot.generation:  # the first of its lost items: replace the actor once
                     self._replace(slot)
-                if attempts[job["id"]] >= MAX_ATTEMPTS:
-                    yield job, {"id": job["id"], "error": f"its Ray actor died {MAX_ATTEMPTS} times while "
-                                                          f"rendering it (out of memory?)"}
-                else:
-                    pending.appendleft(job)
+                failure = requeue_or_fail(job, attempts, pending, "Ray actor")
+                if failure:
+                    yield job, failure
                 feed(slot)
                 continue
             self.peak_rss = max(self.peak_rss, outcome.pop("rss", 0))

@@ -179,3 +179,16 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+MAX_ATTEMPTS = 3  # an item whose worker died this many times is reported as failed (it may be the cause)
+
+
+def requeue_or_fail(job: dict, attempts: dict, pending, worker: str) -> dict | None:
+    """Count one death of the `worker` (e.g. "Ray actor") that held `job`: put the job back at the head of
+    `pending`, or, once it has cost MAX_ATTEMPTS workers, return its failure outcome instead."""
+    attempts[job["id"]] = attempts.get(job["id"], 0) + 1
+    if attempts[job["id"]] < MAX_ATTEMPTS:
+        pending.appendleft(job)
+        return None
+    return {"id": job["id"], "error": f"its {worker} died {MAX_ATTEMPTS} times while rendering it (out of memory?)"}

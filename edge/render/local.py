@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import BundleError, VoxtralEdgeError
-from .job import ItemRenderer, resident_bytes
-
-MAX_ATTEMPTS = 3  # an item whose worker died this many times is reported as failed (it may be the cause)
+from .job import ItemRenderer, requeue_or_fail, resident_bytes
 
 
 def _worker_main(conn, bundle: str, threads: int | None, max_context: int | None) -> None:
@@ -119,13 +117,10 @@ class LocalPool:
                         continue
                 if worker.process.sentinel in ready or not worker.process.is_alive():
                     job = worker.job
-                    attempts[job["id"]] = attempts.get(job["id"], 0) + 1
                     self._replace(worker)
-                    if attempts[job["id"]] >= MAX_ATTEMPTS:
-                        yield job, {"id": job["id"], "error": f"its worker process died {MAX_ATTEMPTS} times while "
-                                                              f"rendering it (out of memory?)"}
-                    else:
-                        pending.appendleft(job)
+                    failure = requeue_or_fail(job, attempts, pending, "worker process")
+                    if failure:
+                        yield job, failure
 
     def _replace(self, dead: _Worker) -> None:
         dead.process.join()
