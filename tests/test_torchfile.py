@@ -1,4 +1,4 @@
-"""voxtral_edge.torchfile against torch itself (the oracle) and against hostile or damaged files."""
+"""voxtral_edge.export.torchfile against torch itself (the oracle) and against hostile or damaged files."""
 
 import collections
 import io
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from voxtral_edge import torchfile
+from voxtral_edge.export import torchfile
 from voxtral_edge.errors import VoiceFileError
-from voxtral_edge.torchfile import load_tensor, save_tensor
+from voxtral_edge.export.torchfile import load_tensor, save_tensor
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}

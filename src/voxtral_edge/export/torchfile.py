@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtral_edge.errors import VoiceFileError
+from ..errors import VoiceFileError
 
 __all__ = ["load_tensor", "save_tensor"]
 

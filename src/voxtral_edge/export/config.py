@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voxtral_edge.errors import ConfigError
+from ..errors import ConfigError
 
 # The two ids every audio codebook reserves before its codes: [EMPTY_AUDIO] and [END_AUDIO].
 EMPTY_AUDIO = 0

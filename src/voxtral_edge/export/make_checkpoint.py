@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtral_edge.errors import ConfigError, VoxtralEdgeError
-from voxtral_edge.files import replacing_folder
-from voxtral_edge.progress import Progress
+from ..errors import ConfigError, VoxtralEdgeError
+from ..files import replacing_folder
+from ..progress import Progress
 
 from .checkpoint import PARAMS_FILE, TEKKEN_FILE, VOICE_DIR, WEIGHTS_FILE, SafetensorsWriter
 from .config import END_AUDIO, ModelConfig
@@ -171,7 +171,7 @@ def make_checkpoint(out: str | Path, *, size: str = "tiny", params: dict | None 
                     force: bool = False, progress: bool = True, params_source: str = "params.json") -> Path:
     """Write a complete checkpoint folder (params.json, consolidated.safetensors in BF16, tekken.json,
     voice_embedding/*.pt) and return its path. `params` (read from `params_source`) overrides `size`."""
-    from voxtral_edge.torchfile import save_tensor
+    from .torchfile import save_tensor
 
     from .tekken_gen import write_tekken
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtral_edge import __version__
-from voxtral_edge.errors import VoxtralEdgeError
-from voxtral_edge.files import replacing_folder
-from voxtral_edge.manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
-from voxtral_edge.progress import Progress
+from .. import __version__
+from ..errors import VoxtralEdgeError
+from ..files import replacing_folder
+from ..manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
+from ..progress import Progress
 
 from .checkpoint import Checkpoint
 from .config import EMPTY_AUDIO, END_AUDIO, N_AUDIO_SPECIALS
-from voxtral_edge.quant.plans import Plan, load_plan
+from ..quant.plans import Plan, load_plan
 
 from .graphs import GraphFile, build_backbone, build_codec, build_flow_head
 
@@ -113,7 +113,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
         if not voices:
             raise VoxtralEdgeError(f"{ck.dir / 'voice_embedding'}: no voice files; a bundle needs at least one voice")
         ck.tekken.save_hf_tokenizer(tmp / "tokenizer.json")
-        from voxtral_edge.prompt import SpeechSpecialIds
+        from ..prompt import SpeechSpecialIds
 
         files = {}
         for g in graphs.values():

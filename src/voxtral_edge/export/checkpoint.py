@@ -4,7 +4,7 @@
     consolidated.safetensors     -> SafetensorsFile (header validated here, tensors read by name
                                     through the safetensors package; BF16 arrives as ml_dtypes.bfloat16)
     tekken.json                  -> voxtral_edge.tekken.Tekken
-    voice_embedding/<name>.pt    -> voxtral_edge.torchfile.load_tensor (restricted reader)
+    voice_embedding/<name>.pt    -> voxtral_edge.export.torchfile.load_tensor (restricted reader)
 
 `SafetensorsWriter` writes the same format tensor by tensor, so that a full-size checkpoint never
 has to sit in memory.
@@ -21,7 +21,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-from voxtral_edge.errors import CheckpointError
+from ..errors import CheckpointError
 
 from .config import ModelConfig
 
@@ -264,7 +264,7 @@ class Checkpoint:
     def tekken(self):
         """The tokenizer (`voxtral_edge.tekken.Tekken`), loaded on first use."""
         if self._tekken is None:
-            from voxtral_edge.tekken import Tekken
+            from ..tekken import Tekken
 
             self._tekken = Tekken.from_file(self.tekken_path)
         return self._tekken
@@ -278,7 +278,7 @@ class Checkpoint:
 
     def voice(self, name: str) -> np.ndarray:
         """The voice's embedding rows [N, dim] as float32; N must equal the tokenizer's count for it."""
-        from voxtral_edge.torchfile import load_tensor
+        from .torchfile import load_tensor
 
         path = self.dir / VOICE_DIR / f"{name}.pt"
         if not path.is_file():

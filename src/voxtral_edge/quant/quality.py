@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtral_edge.errors import VoxtralEdgeError
-from voxtral_edge.runtime import Synthesizer
+from ..errors import VoxtralEdgeError
+from ..runtime import Synthesizer
 
 SENTENCES = [
     "Turn left in two hundred metres, then keep right.",

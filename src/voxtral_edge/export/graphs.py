@@ -28,8 +28,8 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from .config import EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
-from voxtral_edge.quant.matmul import quantized_weight
-from voxtral_edge.quant.plans import GraphPlan
+from ..quant.matmul import quantized_weight
+from ..quant.plans import GraphPlan
 
 from .onnx_graph import MS_DOMAIN, GraphBuilder
 from .reference import alibi_slopes, weight_norm

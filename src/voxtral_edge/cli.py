@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from voxtral_edge import __version__
-from voxtral_edge.errors import UsageError, VoxtralEdgeError
-from voxtral_edge.text.tables import LANGUAGES
+from . import __version__
+from .errors import UsageError, VoxtralEdgeError
+from .text.tables import LANGUAGES
 
 
 def _read_text(text: str) -> str:
@@ -33,7 +33,7 @@ def _read_text(text: str) -> str:
 
 
 def cmd_make_checkpoint(args: argparse.Namespace) -> int:
-    from voxtral_edge.export.make_checkpoint import make_checkpoint
+    from .export.make_checkpoint import make_checkpoint
 
     params = None
     if args.config is not None:
@@ -52,21 +52,21 @@ def _text_as_spoken(args: argparse.Namespace, voice: str | None = None) -> str:
     text = _read_text(args.text)
     if not args.normalize:
         return text
-    from voxtral_edge.text import normalize, voice_language
+    from .text import normalize, voice_language
 
     return normalize(text, args.lang or (voice_language(voice) if voice else "en"))
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from voxtral_edge.tekken import Tekken
+    from .tekken import Tekken
 
     print(json.dumps(Tekken.from_file(args.tokenizer).encode(_text_as_spoken(args))))
     return 0
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
-    from voxtral_edge.prompt import tekken_speech_prompt
-    from voxtral_edge.tekken import Tekken
+    from .prompt import tekken_speech_prompt
+    from .tekken import Tekken
 
     tekken = Tekken.from_file(Path(args.checkpoint) / "tekken.json")
     print(json.dumps(tekken_speech_prompt(tekken, _text_as_spoken(args, args.voice), args.voice)))
@@ -74,14 +74,14 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_normalize(args: argparse.Namespace) -> int:
-    from voxtral_edge.text import normalize
+    from .text import normalize
 
     print(normalize(_read_text(args.text), args.lang))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from voxtral_edge.export.bundle import export_bundle
+    from .export.bundle import export_bundle
 
     out = export_bundle(args.checkpoint, args.out, max_context=args.max_context, precision=args.precision,
                         force=args.force)
@@ -90,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from voxtral_edge.quant.rewrite import quantize_bundle
+    from .quant.rewrite import quantize_bundle
 
     out = quantize_bundle(args.bundle, args.out, args.plan, force=args.force)
     print(f"wrote bundle {out} ({args.plan})")
@@ -130,7 +130,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 def synthesize_to(synth, text: str, voice: str, output: str, **options):
     """Synthesize a whole utterance and write it as a WAV file; returns the Result."""
-    from voxtral_edge.audio import write_wav
+    from .audio import write_wav
 
     result = synth.synthesize(text, voice, **options)
     write_wav(output, result.audio, result.sample_rate)
@@ -149,7 +149,7 @@ def _report(result, output: str) -> str:
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from voxtral_edge.quant.quality import quality_report, to_markdown, write_report
+    from .quant.quality import quality_report, to_markdown, write_report
 
     report = quality_report(args.reference, args.candidate, voice=args.voice, frames=args.frames,
                             steps=args.steps, seed=args.seed, threads=args.threads)
@@ -163,7 +163,7 @@ def _apply_profile(args: argparse.Namespace) -> None:
     """A device profile's runtime settings fill in the options not given on the command line."""
     if getattr(args, "profile", None) is None:
         return
-    from voxtral_edge.profiles import load_profile
+    from .profiles import load_profile
 
     profile = load_profile(args.profile)
     for option, value in (("threads", profile.threads), ("steps", profile.steps), ("cfg", profile.cfg),
@@ -174,7 +174,7 @@ def _apply_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from voxtral_edge.profiles import list_profiles
+    from .profiles import list_profiles
 
     for p in list_profiles():
         print(f"{p.name:20s} {p.precision:8s} {p.threads:2d} threads  {p.memory_bandwidth_gbs:6.1f} GB/s  "
@@ -183,7 +183,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from voxtral_edge import bench
+    from . import bench
 
     _apply_profile(args)
     info, rows = bench.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg or 1.2,
@@ -194,9 +194,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {bench.plot(info, rows, args.plot)}", file=sys.stderr)
     if args.estimate:
-        from voxtral_edge.estimate import estimate_frame, estimate_profiles
-        from voxtral_edge.manifest import Manifest
-        from voxtral_edge.profiles import list_profiles, load_profile
+        from .estimate import estimate_frame, estimate_profiles
+        from .manifest import Manifest
+        from .profiles import list_profiles, load_profile
 
         manifest = Manifest.load(args.bundle, verify=False).data
         here = load_profile(args.here)
@@ -221,8 +221,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    from voxtral_edge.audio import WavWriter
-    from voxtral_edge.runtime import Synthesizer
+    from .audio import WavWriter
+    from .runtime import Synthesizer
 
     _apply_profile(args)
     text = _read_text(args.text)
@@ -240,7 +240,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     player = None
     try:
         if args.play:
-            from voxtral_edge.playback import Player
+            from .playback import Player
 
             player = Player(synth.sample_rate, prebuffer_s=float("inf"))  # set from the first chunk's pace
         interrupted = _speak(synth, text, args, wav, player, noise)
@@ -271,8 +271,8 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
     import time
     import warnings
 
-    from voxtral_edge.audio import to_pcm16
-    from voxtral_edge.runtime import RunawayWarning
+    from .audio import to_pcm16
+    from .runtime import RunawayWarning
 
     chunk_frames = args.chunk_frames
     chunks = synth.stream(text, args.voice, chunk_frames=chunk_frames, seed=args.seed, steps=args.steps,
@@ -291,7 +291,7 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
                 if player:
                     now = time.perf_counter()
                     if previous is not None and player.prebuffer_s == float("inf"):  # margin for the pace seen
-                        from voxtral_edge.playback import choose_prebuffer
+                        from .playback import choose_prebuffer
 
                         frame_ms = 1e3 * (now - previous) / (len(chunk) // synth._samples_per_frame)
                         expected = args.max_frames or 10 * len(synth.tokenizer.encode(text).ids)
@@ -312,7 +312,7 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from voxtral_edge.manifest import verify_bundle
+    from .manifest import verify_bundle
 
     report = verify_bundle(args.bundle, progress=True)
     print(f"{args.bundle}: all {report['files']} files match the manifest ({report['bytes'] / 1e9:.2f} GB hashed in "
@@ -321,7 +321,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from voxtral_edge.optimized import optimize_bundle
+    from .optimized import optimize_bundle
 
     for name, r in optimize_bundle(args.bundle, threads=args.threads).items():
         print(f"{name}: {'made' if r['made'] else 'already saved'}, {r['mb']:.0f} MB in {r['path']} "
@@ -332,7 +332,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     import warnings
 
-    from voxtral_edge.render import Settings, render
+    from .render import Settings, render
 
     settings = Settings(format=args.format, steps=args.steps, cfg=1.2 if args.cfg is None else args.cfg,
                         max_frames=args.max_frames, max_context=args.max_context, normalize=not args.raw)
@@ -347,7 +347,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_voices(args: argparse.Namespace) -> int:
-    from voxtral_edge.manifest import Manifest
+    from .manifest import Manifest
 
     manifest = Manifest.load(args.bundle, verify=False)
     for name, voice in sorted(manifest["voices"].items()):
@@ -359,9 +359,9 @@ DEMO_TEXT = "Hello! This is voxtral-edge, speaking offline on your CPU."
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from voxtral_edge.export.bundle import export_bundle
-    from voxtral_edge.export.make_checkpoint import make_checkpoint
-    from voxtral_edge.runtime import Synthesizer
+    from .export.bundle import export_bundle
+    from .export.make_checkpoint import make_checkpoint
+    from .runtime import Synthesizer
 
     root = Path(args.dir)
     print(f"1/3 writing a tiny checkpoint with random weights to {root / 'checkpoint'}", file=sys.stderr)
@@ -383,11 +383,11 @@ The weights are random, so the audio is noise. To hear real speech, download the
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from voxtral_edge.serve.server import default_cache_dir, serve
+    from .serve.server import default_cache_dir, serve
 
     _apply_profile(args)
     try:
-        from voxtral_edge.serve.app import ServiceConfig
+        from .serve.app import ServiceConfig
     except ImportError as e:
         raise UsageError(f"serve needs the [serve] extra ({e.name} is missing): pip install 'voxtral-edge[serve]'") \
             from None
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  int4-fast      int4 with the backbone in blocks of 128 (faster, a little less exact)\n"
         "  int4-all-fast  int4-all with the backbone in blocks of 128\n"
         "  FILE.toml per graph: method (nbits | dynamic-int8 | fp32), bits, block_size, symmetric,\n"
-        "            accuracy_level, skip (weight-name patterns kept fp32); see quant/plans.py\n\n"
+        "            accuracy_level, skip (weight-name patterns kept fp32); see src/voxtral_edge/quant/plans.py\n\n"
         "example:\n  voxtral-edge quantize voxtral-bundle --plan int4 --out voxtral-bundle-int4")
     p.add_argument("bundle", metavar="BUNDLE", help="fp32 bundle folder")
     p.add_argument("--plan", required=True, metavar="PLAN", help="a named plan or a TOML plan file")

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from voxtral_edge.errors import VoxtralEdgeError
-from voxtral_edge.files import replacing_folder
-from voxtral_edge.manifest import Manifest, file_entry, write_manifest
-from voxtral_edge.progress import Progress
+from ..errors import VoxtralEdgeError
+from ..files import replacing_folder
+from ..manifest import Manifest, file_entry, write_manifest
+from ..progress import Progress
 
 from .matmul import MS_DOMAIN, quantized_weight
 from .plans import GRAPHS, GraphPlan, Plan, load_plan
@@ -33,8 +33,8 @@ def _external(tensor: onnx.TensorProto) -> dict[str, str]:
 
 def rewrite_graph(src: Path, dst: Path, plan: GraphPlan, bar: Progress):
     """Write `dst` (and its data file): `src` with the plan's matmuls quantized. Returns the GraphFile."""
-    from voxtral_edge.export.graphs import GraphFile
-    from voxtral_edge.export.onnx_graph import GraphBuilder
+    from ..export.graphs import GraphFile
+    from ..export.onnx_graph import GraphBuilder
 
     model = onnx.load(str(src), load_external_data=False)
     initializers = {t.name: t for t in model.graph.initializer}

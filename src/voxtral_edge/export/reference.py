@@ -316,7 +316,7 @@ class Reference:
     def synthesize(self, text: str, voice: str, noise: np.ndarray, steps: int | None = None,
                    cfg_alpha: float = 1.2, max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Text and a preset voice -> (codes [frames, n_codebooks] without specials, float32 audio)."""
-        from voxtral_edge.prompt import tekken_speech_prompt
+        from ..prompt import tekken_speech_prompt
 
         prompt = tekken_speech_prompt(self.checkpoint.tekken, text, voice)
         steps = self.config.flow_head.n_decoding_steps if steps is None else steps

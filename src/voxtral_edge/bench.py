@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from voxtral_edge import __version__
+from . import __version__
 
 BENCH_TEXT = "Turn left in two hundred metres, then keep right at the roundabout."
 
@@ -98,9 +98,9 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               saved_graphs: bool | None = None, codec_threads: int | None = None,
               codec_pipeline: bool = False) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
-    from voxtral_edge.manifest import Manifest
-    from voxtral_edge.prompt import voice_positions
-    from voxtral_edge.runtime import Synthesizer
+    from .manifest import Manifest
+    from .prompt import voice_positions
+    from .runtime import Synthesizer
 
     start = time.perf_counter()
     manifest = Manifest.load(bundle, verify=verify)

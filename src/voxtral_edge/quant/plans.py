@@ -45,7 +45,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from voxtral_edge.errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 from .matmul import QuantSpec
 
