@@ -45,7 +45,7 @@ def main() -> None:
                 stamps.append(time.perf_counter())
                 chunks.append(chunk)
             first[pipeline].append(1e3 * (stamps[0] - start))
-            later = sum(len(c) for c in chunks[1:]) // synth._samples_per_frame
+            later = sum(len(c) for c in chunks[1:]) // synth.samples_per_frame
             per_frame[pipeline].append(1e3 * (stamps[-1] - stamps[0]) / later)
             audio[pipeline] = np.concatenate(chunks)
     inline, piped = statistics.median(per_frame[False]), statistics.median(per_frame[True])

@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from voxtral_edge import defaults
 from voxtral_edge.export.checkpoint import Checkpoint
 from voxtral_edge.export.graphs import build_flow_head, build_flow_velocity
 from voxtral_edge.quant.plans import load_plan
+from voxtral_edge.sessions import create_session, session_options
 
 f32 = np.float32
 
@@ -31,7 +33,7 @@ def main() -> None:
     parser.add_argument("--plan", default="int4")
     parser.add_argument("--work", default="work/bench/flow")
     parser.add_argument("--steps", type=int, default=7)
-    parser.add_argument("--cfg", type=float, default=1.2)
+    parser.add_argument("--cfg", type=float, default=defaults.CFG_ALPHA)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -43,11 +45,7 @@ def main() -> None:
     for (name, path), build in zip(paths.items(), (build_flow_velocity, build_flow_head)):
         if not path.exists():
             build(ck.config, ck.tensor, path, plan)
-    options = ort.SessionOptions()
-    if args.threads:
-        options.intra_op_num_threads = args.threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {n: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for n, p in paths.items()}
+    sessions = {n: create_session(p, session_options(args.threads)) for n, p in paths.items()}
     rng = np.random.default_rng(0)
     n_ac, dim, levels = ck.config.audio.n_acoustic_codebook, ck.config.backbone.dim, ck.config.audio.acoustic_codebook_size
     h = rng.standard_normal(dim).astype(f32)

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from voxtral_edge.runtime import Synthesizer, session_options
+from voxtral_edge.runtime import Synthesizer
+from voxtral_edge.sessions import create_session, session_options
 
 
 def step_ms(run, position: int, repeats: int) -> tuple[float, float]:
@@ -73,7 +74,7 @@ def fp16_attention_graph(bundle: Path) -> Path:
 
 def fp16_stepper(path: Path, manifest, context: int, threads: int | None):
     b = manifest["model"]["backbone"]
-    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = create_session(path, session_options(threads))
     io = session.io_binding()
     arrays = [np.zeros((1, b["n_kv_heads"], context, b["head_dim"]), np.float16) for _ in range(2 * b["n_layers"])]
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
@@ -116,7 +117,7 @@ def main() -> None:
                 if dtype == "float32":
                     x = np.random.default_rng(0).standard_normal((1, synth.manifest["model"]["backbone"]["dim"]))
                     run = lambda p, x=x.astype(np.float32), s=synth: s.backbone(x, p)  # noqa: E731
-                    mb, keep = sum(4 * int(np.prod(v.shape())) for v in synth._kv_cache()) / 1e6, synth
+                    mb, keep = sum(a.nbytes for a in synth.kv_cache) / 1e6, synth
                 else:
                     run, mb, keep = fp16_stepper(variant, synth.manifest, context, args.threads)
                     del synth

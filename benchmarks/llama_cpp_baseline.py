@@ -49,6 +49,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from voxtral_edge.machine import cpu_model, usable_cores
+
 INSTALL_HINT = "llama_cpp_baseline needs llama-cpp-python and gguf: pip install llama-cpp-python gguf"
 
 # Q4_0 stores blocks of 32 weights as one f16 scale and 16 bytes of nibbles.
@@ -58,19 +60,36 @@ Q4_0_BLOCK_BYTES = 18
 
 @dataclass(frozen=True)
 class BackboneShape:
-    n_layers: int = 26
-    dim: int = 3072
-    n_heads: int = 32
-    n_kv_heads: int = 8
-    head_dim: int = 128
-    hidden_dim: int = 9216
-    n_vocab: int = 8320
-    norm_eps: float = 1e-5
-    rope_theta: float = 1e6
-    context_length: int = 4096
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    n_vocab: int  # the rows of the per-token head: the semantic head's (see above)
+    norm_eps: float
+    rope_theta: float
+    context_length: int
+
+    @classmethod
+    def of(cls, config, context_length: int) -> "BackboneShape":
+        """The backbone of a model config (`voxtral_edge.export.config.ModelConfig`)."""
+        b = config.backbone
+        return cls(n_layers=b.n_layers, dim=b.dim, n_heads=b.n_heads, n_kv_heads=b.n_kv_heads, head_dim=b.head_dim,
+                   hidden_dim=b.hidden_dim, n_vocab=config.audio.semantic_logits, norm_eps=b.norm_eps,
+                   rope_theta=b.rope_theta, context_length=context_length)
 
 
-VOXTRAL_BACKBONE = BackboneShape()
+def released_backbone() -> BackboneShape:
+    """The released checkpoint's backbone, from the same params the project's full-size checkpoint has."""
+    from voxtral_edge.export.bundle import DEFAULT_MAX_CONTEXT
+    from voxtral_edge.export.config import ModelConfig
+    from voxtral_edge.export.make_checkpoint import FULL_PARAMS
+
+    return BackboneShape.of(ModelConfig.from_dict(FULL_PARAMS), DEFAULT_MAX_CONTEXT)
+
+
+VOXTRAL_BACKBONE = released_backbone()
 
 
 @dataclass(frozen=True)
@@ -173,25 +192,6 @@ def json_lines(result: dict) -> str:
     return "\n".join(json.dumps({**test, **provenance}) for test in (pp, tg))
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def core_count() -> int:
-    """Cores this process may run on (respects affinity and taskset, unlike os.cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _import_backends():
     """gguf and llama_cpp, or an ImportError whose message is the install hint (callers may skip on it)."""
     try:
@@ -290,7 +290,7 @@ def measure(cache_dir="work/llama-baseline", threads=None, prompt_tokens=200, de
     # load; taken before our own GGUF write, which would count in it.
     load_before = os.getloadavg()[0]
     path, write_s = ensure_gguf(cache_dir, shape)
-    threads = threads or core_count()
+    threads = threads or usable_cores()
     n_batch = 512
 
     llm = llama_cpp.Llama(
@@ -355,7 +355,7 @@ def measure(cache_dir="work/llama-baseline", threads=None, prompt_tokens=200, de
         "decode_tokens": decode_tokens,
         "repeats": repeats,
         "threads": threads,
-        "cores": core_count(),
+        "cores": usable_cores(),
         "cpu": cpu_model(),
         "llama_cpp_version": llama_cpp.__version__,
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from voxtral_edge.manifest import Manifest
 from voxtral_edge.render import Settings, render
-from voxtral_edge.render.job import usable_cores
+from voxtral_edge.machine import usable_cores
 
 PHRASES = ["Turn left in two hundred metres.", "Keep right at the fork.", "Speed camera ahead.",
            "Recalculating the route.", "Take the second exit.", "Your destination is on the right."]

@@ -55,7 +55,7 @@ def prepare(work: Path, plans: list[str]) -> dict[str, Path]:
         bundle = work / f"bundle-{plan}"
         if not (bundle / "manifest.json").exists():
             log(f"exporting the {plan} bundle")
-            export_bundle(checkpoint, bundle, precision=plan, force=True)
+            export_bundle(checkpoint, bundle, plan=plan, force=True)
         bundles[plan] = bundle
     return bundles
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -31,17 +30,14 @@ import time
 import httpx
 import numpy as np
 
+from voxtral_edge.machine import rss_bytes
+
 PRIORITIES = ("navigation", "assistant", "message", "media", "background")
 WEIGHTS = (1, 2, 2, 3, 2)  # a head unit's mix: few navigation prompts, many media and background ones
 SENTENCES = ["Turn left in two hundred metres.", "Le prochain arrêt est la gare centrale.",
              "Die Batterie ist zu achtzig Prozent geladen.", "La temperatura esterna è di diciotto gradi.",
              "El próximo destino está a diez minutos.", "You have a new message from Anna.",
              "Traffic ahead: expect a delay of ten minutes.", "The next exit is in two kilometres."]
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
 def one_request(client: httpx.Client, url: str, body: dict, timeout: float) -> dict:
@@ -108,7 +104,7 @@ def main() -> int:
             for i, priority in enumerate(PRIORITIES):
                 one_request(client, url, {"input": SENTENCES[i], "voice": voices[i % len(voices)], "priority": priority,
                                           "max_frames": args.frames[1], "seed": 10**6 + i}, args.request_timeout)
-        rss_before = rss_mb(server.pid)
+        rss_before = rss_bytes(server.pid) / 1e6
 
         bodies = [{"input": rng.choice(SENTENCES), "voice": rng.choice(voices),
                    "priority": rng.choices(PRIORITIES, WEIGHTS)[0], "max_frames": rng.randint(*args.frames),
@@ -133,7 +129,7 @@ def main() -> int:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()) + 5)
         wall = time.perf_counter() - started
-        rss_after = rss_mb(server.pid)
+        rss_after = rss_bytes(server.pid) / 1e6
         health = httpx.get(url + "/health").json()
     finally:
         server.terminate()

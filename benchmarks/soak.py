@@ -11,22 +11,17 @@ shows as RSS growing with the count; fragmentation or cache growth as a positive
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
 
+from voxtral_edge.machine import peak_rss_bytes, rss_bytes
 from voxtral_edge.runtime import Synthesizer
 
 SENTENCES = ["Turn left in two hundred metres.", "Le prochain arrêt est la gare centrale.",
              "Die Batterie ist zu achtzig Prozent geladen.", "La temperatura esterna è di diciotto gradi.",
              "El próximo destino está a diez minutos.", "A porta traseira está aberta.",
              "De volgende afslag is over twee kilometer.", "अगले मोड़ पर दाएं मुड़ें।", "المنعطف التالي على اليمين."]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1e6
 
 
 def main() -> None:
@@ -45,11 +40,11 @@ def main() -> None:
                                    max_frames=args.frames):
             pass
         times.append(time.perf_counter() - start)
-        rss.append(rss_mb())
+        rss.append(rss_bytes() / 1e6)
     times = np.array(times) * 1e3
     tenth = max(1, len(times) // 10)
     slope = np.polyfit(np.arange(len(times)), times, 1)[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    peak = peak_rss_bytes() / 1e6
     print(f"{args.utterances} utterances of {args.frames} frames, {len(voices)} voices, {len(SENTENCES)} languages")
     print(f"RSS: {rss[0]:.1f} MB after the first, {rss[-1]:.1f} MB at the end ({rss[-1] - rss[0]:+.1f} MB), "
           f"peak {peak:.1f} MB")

@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 start = time.perf_counter()
 from voxtral_edge.runtime import Synthesizer
-from voxtral_edge.bench import resident_memory
+from voxtral_edge.machine import peak_rss_bytes, resident_memory
 bundle, max_context, threads, cached = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 imported = time.perf_counter()
 synth = Synthesizer.open(bundle, max_context=max_context, threads=int(threads) or None, saved_graphs=cached)
@@ -39,10 +39,10 @@ voice = sorted(synth.voices)[0]
 first = None
 for chunk in synth.stream("Turn left now.", voice, seed=0, max_frames=3, chunk_frames=1):
     first = first or time.perf_counter()
-for a in synth._kv_arrays:  # as a context of max_context positions leaves it
+for a in synth.kv_cache:  # as a context of max_context positions leaves it
     a.fill(0.0)
 memory = resident_memory()
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3, sum(memory.values()))
+peak = peak_rss_bytes() / 1e6
 print(json.dumps({"import_s": imported - start, "open_s": opened - imported, "first_audio_s": first - opened,
                   "peak_rss_mb": peak, **{f"rss_{k}_mb": v for k, v in memory.items()}}))
 """

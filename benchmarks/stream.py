@@ -85,10 +85,10 @@ def main() -> None:
     start, made, previous = time.perf_counter(), 0, None
     for chunk in synth.stream(LONG, voice, chunk_frames=args.chunk_frames, seed=0, steps=args.steps,
                               max_frames=frames):
-        made += len(chunk) // synth._samples_per_frame
+        made += len(chunk) // synth.samples_per_frame
         now = time.perf_counter()
         if previous is not None and player.prebuffer_s == float("inf"):  # the pace past the prefill
-            frame_ms = 1e3 * (now - previous) / (len(chunk) // synth._samples_per_frame)
+            frame_ms = 1e3 * (now - previous) / (len(chunk) // synth.samples_per_frame)
             player.prebuffer_s = choose_prebuffer(frame_ms, args.chunk_frames, frames)
         previous = now
         player.write(chunk)

@@ -152,7 +152,7 @@ def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dir
     report = _json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["frames"] == 4 and len(report["end_to_end"]["utterances"]) == 4
     code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "e"),
-                       "--precision", "int4-all")
+                       "--plan", "int4-all")
     assert code == 0 and _json.loads((tmp_path / "e" / "manifest.json").read_text())["quantization"]["plan"] == "int4-all"
     code, _, err = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", str(tmp_path / "none.toml"),
                        "--out", str(tmp_path / "x"))

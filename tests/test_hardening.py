@@ -91,7 +91,7 @@ CLI_CASES = [
     (["bench", "--bundle", "{tmp}/nowhere"], None, 2, "not a bundle directory"),
     (["export", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/b"], None, 1, "nowhere: not a directory"),
     (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/b", "--max-context", "0"], None, 2, "must be > 0"),
-    (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/b", "--precision", "int3"], None, 2,
+    (["export", "--checkpoint", "{ckpt}", "--out", "{tmp}/b", "--plan", "int3"], None, 2,
      "--plan int3: neither a named plan"),
     (["quantize", "{bundle}", "--plan", "int9", "--out", "{tmp}/q"], None, 2, "neither a named plan"),
     (["prompt", "--checkpoint", "{ckpt}", "--voice", "nobody", "Hi"], None, 2, "unknown voice 'nobody'"),

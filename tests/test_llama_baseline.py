@@ -81,7 +81,7 @@ def test_vocab_is_a_minimal_sentencepiece_vocabulary():
 
 def test_cache_name_follows_the_shape():
     name = baseline.gguf_filename()
-    assert name == baseline.gguf_filename(baseline.BackboneShape())
+    assert name == baseline.gguf_filename(baseline.released_backbone())
     assert name.endswith(".gguf")
     assert baseline.gguf_filename(dataclasses.replace(baseline.VOXTRAL_BACKBONE, n_layers=2)) != name
 

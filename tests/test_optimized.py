@@ -15,19 +15,18 @@ from voxtral_edge.cli import main
 from voxtral_edge.export.bundle import export_bundle
 from voxtral_edge.export.checkpoint import Checkpoint
 from voxtral_edge.export.reference import Reference
-from voxtral_edge.manifest import Manifest
+from voxtral_edge.manifest import GRAPHS, Manifest
 from voxtral_edge.optimized import cache_folders, saved_graph
 from voxtral_edge.runtime import Synthesizer
 
 TEXT = "Der schnelle braune Fuchs springt über den faulen Hund."
-GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 
 
 @pytest.fixture(scope="module")
 def int4_bundle(tiny_checkpoint_dirs, tmp_path_factory):
     """A quantized tiny bundle: MatMulNBits and DynamicQuantizeMatMul, whose weights onnxruntime packs."""
     return export_bundle(tiny_checkpoint_dirs[0], tmp_path_factory.mktemp("int4") / "int4", max_context=256,
-                         precision="int4", progress=False)
+                         plan="int4", progress=False)
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ def test_a_bundle_against_itself_is_perfect(tiny_bundle_dirs):
 
 
 def test_exporting_quantized_equals_quantizing_the_export(quantized, tiny_checkpoint_dirs, tmp_path):
-    exported = export_bundle(tiny_checkpoint_dirs[0], tmp_path / "ex", max_context=256, precision="int4",
+    exported = export_bundle(tiny_checkpoint_dirs[0], tmp_path / "ex", max_context=256, plan="int4",
                              progress=False)
     noise = rng.standard_normal((10, 5)).astype(np.float32)
     a = Synthesizer.open(exported).synthesize("Una prova.", "fr_female", noise=noise)

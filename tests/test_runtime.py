@@ -35,6 +35,36 @@ def test_codes_and_waveform_equal_the_reference(seed, tiny_checkpoint_dirs, tiny
     assert result.timings["frames"] == 44 and result.timings["total_ms"] > 0
 
 
+def test_the_step_api_follows_the_reference_frame_by_frame(tiny_checkpoint_dirs, tiny_bundle_dirs):
+    ref = Reference(Checkpoint(tiny_checkpoint_dirs[1]))
+    synth = Synthesizer.open(tiny_bundle_dirs[1])
+    layout = synth.audio_layout
+    noise = np.random.default_rng(3).standard_normal((20, layout["n_acoustic_codebook"])).astype(np.float32)
+    want, _ = ref.synthesize(TEXT, "casual_male", noise, steps=7, cfg_alpha=1.2)
+    # each frame predicted from the reference's history is the reference's frame
+    np.testing.assert_array_equal(synth.teacher_forced(TEXT, "casual_male", want, noise, steps=7), want)
+    changed = want.copy()
+    changed[3, 1:] = (changed[3, 1:] + 1) % layout["acoustic_codebook_size"]
+    forced = synth.teacher_forced(TEXT, "casual_male", changed, noise, steps=7)
+    np.testing.assert_array_equal(forced[:4], want[:4])  # frame f is predicted from the frames before it
+    assert (forced[4:] != want[4:]).any()  # the changed frame was fed, not ignored
+    # prefill, one backbone step and the flow head, as the reference computes them
+    prompt = synth.prompt(TEXT, "casual_male")
+    hidden, logits = synth.prefill(prompt, "casual_male")
+    cache = KVCache()
+    want_hidden = ref.backbone(ref.embed_prompt(prompt, synth.voice("casual_male")), cache)
+    np.testing.assert_allclose(hidden[-1], want_hidden[-1], rtol=1e-4, atol=1e-4 * np.abs(want_hidden).max())
+    assert int(np.argmax(logits)) == ref.semantic_code(want_hidden[-1])
+    latent = synth.flow_latent(hidden[-1], noise[0], 7, 1.2)
+    levels = layout["acoustic_codebook_size"]  # FSQ: the latent in [-1, 1] rounded to its level
+    np.testing.assert_array_equal(synth.acoustic_codes(hidden[-1], noise[0], 7, 1.2),
+                                  np.round((np.clip(latent, -1, 1) + 1) / 2 * (levels - 1)))
+    step_hidden, _ = synth.backbone_step(want[0], len(prompt))
+    frame_in = ref.audio_embedding(want[0])[None]
+    np.testing.assert_allclose(step_hidden, ref.backbone(frame_in, cache)[-1], rtol=1e-4,
+                               atol=1e-4 * np.abs(want_hidden).max())
+
+
 def test_seeded_noise_is_reproducible(tiny_bundle_dirs):
     synth = Synthesizer.open(tiny_bundle_dirs[0])
     a = synth.synthesize("Hallo", "casual_male", seed=7, max_frames=6)
@@ -64,16 +94,15 @@ def test_kv_cache_is_one_buffer_written_in_place(tiny_checkpoint_dirs, tiny_bund
     ref = Reference(Checkpoint(tiny_checkpoint_dirs[0]))
     synth = Synthesizer.open(tiny_bundle_dirs[0])
     x = synth.prompt_embeddings(synth.prompt(TEXT, "casual_male"), "casual_male")
-    kv = synth._kv_cache()
-    pointers = [v.data_ptr() for v in kv]
+    kv = synth.kv_cache
+    pointers = [a.__array_interface__["data"][0] for a in kv]
     synth.backbone(x[:-1], 0)
     synth.backbone(x[-1:], len(x) - 1)
-    outputs = synth._io.get_outputs()
-    # every present output IS the bound past buffer: no second cache exists
-    assert [o.data_ptr() for o in outputs[:len(kv)]] == pointers == [v.data_ptr() for v in synth._kv_cache()]
+    # the arrays allocated once are where the steps wrote: no second cache exists
+    assert [a.__array_interface__["data"][0] for a in synth.kv_cache] == pointers
     cache = KVCache()
     ref.backbone(x, cache)
-    keys = kv[0].numpy()[0]  # layer 0 keys [kv_heads, max_context, head_dim]
+    keys = kv[0][0]  # layer 0 keys [kv_heads, max_context, head_dim]
     np.testing.assert_allclose(keys[:, :len(x)], cache.keys[0].transpose(1, 0, 2), rtol=1e-4, atol=1e-4)
     assert not keys[:, len(x):].any()  # nothing beyond the last position was written
 
@@ -254,7 +283,7 @@ def test_the_voice_prefix_is_computed_once_and_reused(tiny_bundle_dirs, monkeypa
     assert lengths[0][1] == prefix  # the prefill started after the cached prefix
     for voice in ("casual_male", "neutral_female", "fr_female", "casual_male", "neutral_female"):
         synth.synthesize("Oi", voice, seed=0, max_frames=1)
-    assert list(synth._prefix_cache) == ["fr_female", "casual_male", "neutral_female"]
+    assert synth.cached_voices == ("fr_female", "casual_male", "neutral_female")
 
 
 def test_long_text_is_spoken_piece_by_piece(tiny_bundle_dirs):

@@ -21,10 +21,10 @@ import httpx
 import openai
 import pytest
 
-from voxtral_edge.audio import to_pcm16
+from voxtral_edge.audio import to_pcm16, wav_header
 from voxtral_edge.errors import UsageError
 from voxtral_edge.runtime import Synthesizer
-from voxtral_edge.serve.app import ServiceConfig, wav_header
+from voxtral_edge.serve.app import ServiceConfig
 from voxtral_edge.serve.cache import PhraseCache, cache_key
 from voxtral_edge.serve.server import check_binding, make_server
 
@@ -451,7 +451,7 @@ def test_the_readme_examples_run_as_written(bundle, tmp_path, monkeypatch):
     assert [kind for kind, _ in blocks] == ["sh", "python"]
     # a short context, so that the random weights' utterances (which never end) stop early
     config = ServiceConfig(bundle=bundle, model_name="Voxtral-4B-TTS-2603", cache_dir=tmp_path / "cache",
-                           max_context=72)
+                           synth_options={"max_context": 72})
     with running(config) as (url, server):
         for kind, code in blocks:
             code = code.replace("http://127.0.0.1:8000", url)

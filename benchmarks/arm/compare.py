@@ -168,28 +168,13 @@ def kernels_run(profile: Path) -> set[str]:
             if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
 
 
-def teacher_forced_codes(synth, job: dict, codes: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Each frame's codes as this machine computes them when every earlier frame is `codes` (x86's): one
-    differing code then stays one difference instead of changing every frame after it."""
-    prompt = synth.prompt(job["text"], job["voice"])
-    hidden, logits = synth._prefill(prompt, synth.prompt_embeddings(prompt, job["voice"]), job["voice"])
-    specials, out = synth.audio_layout["n_specials"], []
-    for f, frame in enumerate(codes):
-        acoustic = synth.acoustic_codes(hidden[-1], noise[f], job["steps"], job["cfg"])
-        out.append(np.concatenate([[int(np.argmax(logits)) - specials], acoustic]))
-        if f + 1 < len(codes):
-            hidden, logits = synth.backbone(synth.audio_embedding(frame)[None], len(prompt) + f)
-    return np.array(out, dtype=np.int64).reshape(-1, codes.shape[1])
-
-
 def graph_probes(synth, job: dict, noise: np.ndarray) -> dict[str, np.ndarray]:
     """Each graph's output on the same inputs everywhere: the prefill's last hidden state and semantic
     logits, frame 0's flow-head latent (before rounding; from this side's prefill h) and the codec on
     fixed codes."""
-    prompt = synth.prompt(job["text"], job["voice"])
-    hidden, logits = synth._prefill(prompt, synth.prompt_embeddings(prompt, job["voice"]), job["voice"])
+    hidden, logits = synth.prefill(synth.prompt(job["text"], job["voice"]), job["voice"])
     h = hidden[-1].astype(np.float32)
-    latent = synth._flow(h, noise[0], job["steps"], job["cfg"])[1]  # frame 0's flow head, before FSQ rounding
+    latent = synth.flow_latent(h, noise[0], job["steps"], job["cfg"])  # frame 0's flow head, before FSQ rounding
     layout = synth.audio_layout
     sizes = [layout["semantic_codebook_size"]] + [layout["acoustic_codebook_size"]] * layout["n_acoustic_codebook"]
     codes = np.stack([np.arange(4) * 7919 % size for size in sizes], axis=1)  # fixed, spread over each codebook
@@ -223,15 +208,6 @@ def speak(data: Path, variant: str) -> None:
     out = data / "results" / variant
     out.mkdir(parents=True, exist_ok=True)
     profiles = out / "profiles"
-    plain_options = ort.SessionOptions
-
-    def profiled_options(prefix: str):  # the runtime's sessions, with profiling on (it changes no result)
-        def make():
-            options = plain_options()
-            options.enable_profiling = True
-            options.profile_file_prefix = prefix
-            return options
-        return make
 
     info = {"cpu": cpu_features(), "onnxruntime": ort.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "kernels": {}}
@@ -241,15 +217,13 @@ def speak(data: Path, variant: str) -> None:
         profiles.mkdir(exist_ok=True)
         for old in profiles.glob("*.json"):
             old.unlink()
-        ort.SessionOptions = profiled_options(str(profiles / name))
-        try:
-            synth = Synthesizer.open(data / job["bundle"], threads=THREADS)
-        finally:
-            ort.SessionOptions = plain_options
+        # profiling on (it changes no result): the kernels each graph ran
+        synth = Synthesizer.open(data / job["bundle"], threads=THREADS, profiling=str(profiles / f"{name}-"))
         noise = np.load(data / job["noise"])
         result = synth.synthesize(job["text"], job["voice"], noise=noise, steps=job["steps"], cfg_alpha=job["cfg"])
         reference = result.codes if variant == "x86" else np.load(data / "results" / "x86" / f"{name}.npz")["codes"]
-        forced = teacher_forced_codes(synth, job, reference, noise)
+        forced = synth.teacher_forced(result.spoken_text, job["voice"], reference, noise, steps=job["steps"],
+                                      cfg_alpha=job["cfg"])
         probes = graph_probes(synth, job, noise)
         kernels = {}
         for graph, session in synth.sessions.items():
@@ -266,8 +240,9 @@ def speak(data: Path, variant: str) -> None:
 def exporter_stamp() -> str:
     """A digest of the code that writes bundles: bundles made by other code are made again."""
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(str(REPO / "export" / "*.py")) + glob.glob(str(REPO / "quant" / "*.py"))
-                       + [str(REPO / "edge" / "manifest.py")]):
+    package = REPO / "src" / "voxtral_edge"
+    for path in sorted(glob.glob(str(package / "export" / "*.py")) + glob.glob(str(package / "quant" / "*.py"))
+                       + [str(package / "manifest.py")]):
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
 
@@ -275,6 +250,7 @@ def exporter_stamp() -> str:
 def prepare(data: Path, frames: dict[str, int]) -> None:
     """Checkpoints and bundles (cached while the exporter's code is unchanged), noise, jobs.json, and the
     x86 run."""
+    from voxtral_edge import defaults
     from voxtral_edge.export.bundle import export_bundle
     from voxtral_edge.export.make_checkpoint import make_checkpoint
     from voxtral_edge.manifest import Manifest
@@ -298,7 +274,7 @@ def prepare(data: Path, frames: dict[str, int]) -> None:
             bundle = data / "bundles" / name
             if not (bundle / "manifest.json").exists():
                 print(f"exporting {name}", file=sys.stderr)
-                export_bundle(checkpoint, bundle, max_context=max_context, precision=plan, force=True, progress=False)
+                export_bundle(checkpoint, bundle, max_context=max_context, plan=plan, force=True, progress=False)
             manifest = Manifest.load(bundle, verify=False)
             n_acoustic = manifest["audio"]["n_acoustic_codebook"]
             noise = f"noise/{size}.npy"
@@ -306,7 +282,7 @@ def prepare(data: Path, frames: dict[str, int]) -> None:
                                                                                     dtype=np.float32))
             jobs.append({"name": name, "size": size, "plan": plan, "bundle": f"bundles/{name}", "noise": noise,
                          "text": TEXT, "voice": sorted(manifest["voices"])[0],
-                         "steps": manifest["model"]["flow_head"]["n_decoding_steps"], "cfg": 1.2})
+                         "steps": manifest["model"]["flow_head"]["n_decoding_steps"], "cfg": defaults.CFG_ALPHA})
     stamp_file.write_text(stamp)
     (data / "jobs.json").write_text(json.dumps(jobs, indent=1) + "\n")
     speak(data, "x86")

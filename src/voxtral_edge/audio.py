@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import os
-import wave
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,23 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
+STREAMED = None  # the data size of a stream whose length is not known
+
+
+def wav_header(sample_rate: int, data_bytes: int | None = STREAMED) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV holding `data_bytes` of samples. For a stream of unknown
+    length (STREAMED) the RIFF and data sizes are 0xFFFFFFFF, as in OpenAI's streamed WAV: players read to
+    the end of the stream."""
+    data = 0xFFFFFFFF if data_bytes is STREAMED else int(data_bytes)
+    riff = 0xFFFFFFFF if data_bytes is STREAMED else 36 + data
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, int(sample_rate),
+                       int(sample_rate) * 2, 2, 16, b"data", data)
+
+
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     """A mono 16-bit WAV file's bytes."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(to_pcm16(audio))
-    return buffer.getvalue()
+    pcm = to_pcm16(audio)
+    return wav_header(sample_rate, len(pcm)) + pcm
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
@@ -46,27 +53,25 @@ class WavWriter:
         if self.path.is_dir():
             raise UsageError(f"{self.path}: is a directory; give a file name such as {self.path / 'out.wav'}")
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.sample_rate = int(sample_rate)
         try:
-            self.file = open(self.tmp, "wb")  # opened first: wave.open on a bad path leaves a broken object
+            self.file = open(self.tmp, "wb")
+            self.file.write(wav_header(self.sample_rate, 0))  # sizes fixed by close()
         except OSError as e:
             raise VoxtralEdgeError(f"{self.path}: cannot write ({e.strerror or e})") from None
-        self.wave = wave.open(self.file, "wb")
-        self.wave.setnchannels(1)
-        self.wave.setsampwidth(2)
-        self.wave.setframerate(int(sample_rate))
         self.samples = 0
 
     def write(self, audio: np.ndarray) -> None:
-        self.wave.writeframes(to_pcm16(audio))
+        self.file.write(to_pcm16(audio))
         self.samples += len(audio)
 
     def close(self) -> Path:
-        self.wave.close()
+        self.file.seek(0)
+        self.file.write(wav_header(self.sample_rate, 2 * self.samples))
         self.file.close()
         os.replace(self.tmp, self.path)
         return self.path
 
     def discard(self) -> None:
-        self.wave.close()
         self.file.close()
         self.tmp.unlink(missing_ok=True)

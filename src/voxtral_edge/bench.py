@@ -25,16 +25,14 @@ Each row gives the median and the spread (min..max) over the repeats.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, defaults
+from .machine import cpu_model, peak_rss_bytes, resident_memory, usable_cores
 
 BENCH_TEXT = "Turn left in two hundred metres, then keep right at the roundabout."
 
@@ -52,16 +50,6 @@ def summarize(test: str, unit: str, values: list[float]) -> Row:
     return Row(test, unit, statistics.median(values), min(values), max(values))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Hardware", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -75,28 +63,19 @@ def provenance(synth, threads: int | None) -> dict:
     import onnxruntime
 
     m = synth.manifest
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads or "ort-default",
+    return {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads or "ort-default",
             "onnxruntime": onnxruntime.__version__, "voxtral_edge": __version__, "commit": git_commit(),
             "bundle": str(m.bundle), "precision": m["quantization"]["plan"],
             "size_gb": round(sum(f["size"] for f in m["files"].values()) / 1e9, 3),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def resident_memory() -> dict[str, float]:
-    """This process's resident memory now, in MB: {"anonymous", "file"} (Linux; {} elsewhere)."""
-    try:
-        fields = {line.split(":")[0]: int(line.split()[1]) for line in
-                  Path("/proc/self/smaps_rollup").read_text().splitlines() if line.endswith(" kB")}
-    except (OSError, ValueError, IndexError):
-        return {}
-    return {"anonymous": fields["Anonymous"] / 1e3, "file": (fields["Rss"] - fields["Anonymous"]) / 1e3}
-
-
-def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
-              frames: int = 25, repeats: int = 3, chunk_frames: int = 4, voice: str | None = None,
+def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | None = None,
+              cfg_alpha: float = defaults.CFG_ALPHA, frames: int = 25, repeats: int = 3,
+              chunk_frames: int = defaults.CHUNK_FRAMES, voice: str | None = None,
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
               saved_graphs: bool | None = None, codec_threads: int | None = None,
-              codec_pipeline: bool = False) -> tuple[dict, list[Row]]:
+              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",)) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
     from .manifest import Manifest
     from .prompt import voice_positions
@@ -106,7 +85,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     manifest = Manifest.load(bundle, verify=verify)
     verify_s = time.perf_counter() - start
     synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs,
-                        codec_threads=codec_threads, codec_pipeline=codec_pipeline)
+                        codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers)
     load_s = time.perf_counter() - start
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -114,12 +93,10 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     prompt = synth.prompt(text, voice)  # a whole prompt from position 0, as llama.cpp's pp test does
     x = synth.prompt_embeddings(prompt, voice)
     prefill = []
-    for _ in range(repeats):
+    for _ in range(repeats):  # (the voice's cached prefix is a copy: utterances still copy it in)
         t0 = time.perf_counter()
         synth.backbone(x, 0)
         prefill.append(len(prompt) / (time.perf_counter() - t0))
-    synth._prefix_cache.clear()  # that prefill overwrote the cached voice's positions in the cache buffer
-    synth.synthesize(text, voice, seed=0, steps=steps, cfg_alpha=cfg_alpha, max_frames=1)  # cache the voice again
     runs, first_audio = [], []
     for _ in range(repeats):  # streamed, as a head unit would speak it
         start = time.perf_counter()
@@ -149,9 +126,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
             summarize("frame", "ms/frame", per["frame"]),
             summarize("first audio", "ms", per["first"]),
             summarize("rtf", "x", per["rtf"])]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
+    rss = peak_rss_bytes() / 1e6
     resident = resident_memory()
-    rss = max(rss, sum(resident.values()))  # the kernel updates the high-water mark lazily
     rows.append(Row("peak RSS", "MB", rss, rss, rss))
     rows += [Row(f"RSS {kind}", "MB", mb, mb, mb) for kind, mb in resident.items()]
     info = provenance(synth, threads)

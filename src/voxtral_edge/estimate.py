@@ -26,7 +26,7 @@ rows        backbone step 1 (one position); flow head 4.4 per Euler step, the me
             frame; at full size: 1.59 G row-weights over 0.36 G weights);
             codec 15/4 per frame: its four transformer stages hold about a quarter of the weights each and
             run 1, 2, 4 and 8 positions per frame. One codec call decodes `chunk_frames` frames
-            (default profile.stream_chunk_frames), so its weights are read once per chunk.
+            (default profile.chunk_frames), so its weights are read once per chunk.
 throughput  int8_gops for int4/int8 graphs (MatMulNBits at accuracy_level 4 computes in int8), fp32_gflops
             for fp32, both scaled by min(threads, cores) / cores.
 
@@ -42,9 +42,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .errors import BundleError
+from .manifest import GRAPHS
 from .profiles import DeviceProfile
 
-GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 ROWS = {"backbone_step": 1.0, "flow_head": 4.4, "codec_decoder": 15 / 4}
 # What calibrate() takes per graph: ms per frame (backbone), per Euler step (flow head), per frame (codec).
 MEASURED = {"backbone_step": "backbone_ms", "flow_head": "flow_step_ms", "codec_decoder": "codec_ms"}
@@ -78,7 +78,7 @@ def estimate_frame(manifest: dict, profile: DeviceProfile, steps: int | None = N
                    chunk_frames: int | None = None) -> dict:
     """Milliseconds per frame of each stage, the real-time factor, and each graph's bound (see the module)."""
     steps = profile.steps if steps is None else int(steps)
-    chunk = profile.stream_chunk_frames if chunk_frames is None else int(chunk_frames)
+    chunk = profile.chunk_frames if chunk_frames is None else int(chunk_frames)
     calibration = calibration or {}
     b = manifest["model"]["backbone"]
     kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 4 * position  # the KV cache is fp32

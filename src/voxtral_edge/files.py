@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .errors import VoxtralEdgeError
+from .errors import ConfigError, VoxtralEdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def parse_toml(text: str, source: str, what: str = "TOML") -> dict:
+    """A TOML document's tables; ConfigError naming `source` when it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not a valid {what} ({e})") from None
 
 
 @contextmanager

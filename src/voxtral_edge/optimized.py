@@ -10,7 +10,8 @@ heap, and the optimizer does not run.
 The saved graph suits one machine (packed layouts and NCHWc blocks follow the CPU's instruction sets;
 onnxruntime warns that it "may contain hardware specific optimizations") and one onnxruntime version,
 so it is a cache, never part of the bundle, made on the target by `voxtral-edge optimize BUNDLE`
-(`optimize_bundle`) or `Synthesizer.open(..., saved_graphs=True)`; once made, opens use it:
+(`voxtral_edge.sessions.optimize_bundle`) or `Synthesizer.open(..., saved_graphs=True)`; once made, opens
+use it (this module keeps the files and their records; `voxtral_edge.sessions` makes the sessions):
 
     BUNDLE/optimized/<machine key>/<graph>.onnx, <graph>.onnx.data, <graph>.json
     (USER_CACHE/optimized/<bundle key>/<machine key>/ when the bundle folder cannot be written)
@@ -35,35 +36,23 @@ import hashlib
 import json
 import os
 import platform
-import shutil
-import tempfile
 import time
-import warnings
 from pathlib import Path
-from typing import Callable
 
 import onnxruntime as ort
 
-from .errors import VoxtralEdgeError
 from .cache import bundle_key, file_stat, read_json, user_cache_dir, write_json_atomic
+from .machine import cpu_flags
 from .manifest import Manifest, sha256_file
 from .onnxfile import MalformedOnnx, external_locations
 
 RECORD_FORMAT = "voxtral-edge-optimized-graph"
 MIN_EXTERNAL_BYTES = 1024  # smaller initializers stay inside the .onnx file
-PROVIDERS = ["CPUExecutionProvider"]
 
 
 def machine_fingerprint() -> dict:
     """What a saved graph depends on besides the bundle: onnxruntime's version, the CPU and its features."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):  # x86, Arm
-                flags = " ".join(sorted(line.split(":", 1)[1].split()))
-                break
-    except OSError:
-        pass
+    flags = " ".join(cpu_flags())
     return {"onnxruntime": ort.__version__, "machine": platform.machine(), "system": platform.system(),
             "cpu_flags": flags or platform.processor()}
 
@@ -117,95 +106,43 @@ def saved_graph(manifest: Manifest, name: str, folder: Path) -> Path | None:
     return folder / f"{name}.onnx"
 
 
-def _save(manifest: Manifest, name: str, options: Callable[[], ort.SessionOptions],
-          folder: Path) -> ort.InferenceSession:
-    """Create the session from the bundle's graph, having onnxruntime write the optimized graph and its
-    packed weights into `folder` (raises OSError when it cannot)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=folder))
+def saving_options(options: ort.SessionOptions, name: str, folder: Path) -> ort.SessionOptions:
+    """`options`, set so that creating the session writes the optimized graph and its packed weights into
+    `folder` (as NAME.onnx and NAME.onnx.data)."""
+    options.log_severity_level = 3  # its warning that the saved graph suits this machine only: that is the point
+    options.optimized_model_filepath = str(folder / f"{name}.onnx")
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{name}.onnx.data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                     str(MIN_EXTERNAL_BYTES))
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    return options
+
+
+def keep_saved(manifest: Manifest, name: str, written: Path, folder: Path) -> None:
+    """Move what onnxruntime wrote into `written` (a scratch folder) into `folder`, then record it: the
+    record, written last, is what makes the saved graph trusted (raises OSError)."""
+    files = sorted(p.name for p in written.iterdir())
+    if f"{name}.onnx" not in files:
+        raise OSError(f"onnxruntime wrote no optimized graph to {written}")
+    record = {file: {"sha256": sha256_file(written / file)} for file in files}
+    (folder / f"{name}.json").unlink(missing_ok=True)  # not valid while its files are replaced
+    for file in sorted(files, key=lambda f: f == f"{name}.onnx"):  # the graph last
+        os.replace(written / file, folder / file)
+        record[file]["stat"] = file_stat(folder / file)
+    write_json_atomic(folder / f"{name}.json", {
+        "format": RECORD_FORMAT, "graph": name, "machine": machine_fingerprint(),
+        "sources": _sources(manifest, name), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "files": record})
+
+
+def forget_saved(name: str, folder: Path) -> None:
+    """Drop the record of a saved graph (onnxruntime refused it): it is made again."""
     try:
-        opts = options()
-        opts.log_severity_level = 3  # its warning that the saved graph suits this machine only: that is the point
-        opts.optimized_model_filepath = str(tmp / f"{name}.onnx")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{name}.onnx.data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                      str(MIN_EXTERNAL_BYTES))
-        opts.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-        session = ort.InferenceSession(str(manifest.path(manifest["graphs"][name]["file"])), opts,
-                                       providers=PROVIDERS)
-        written = sorted(p.name for p in tmp.iterdir())
-        if f"{name}.onnx" not in written:
-            raise OSError(f"onnxruntime wrote no optimized graph to {tmp}")
-        files = {file: {"sha256": sha256_file(tmp / file)} for file in written}
-        (folder / f"{name}.json").unlink(missing_ok=True)  # not valid while its files are replaced
-        for file in sorted(written, key=lambda f: f == f"{name}.onnx"):  # the graph last
-            os.replace(tmp / file, folder / file)
-            files[file]["stat"] = file_stat(folder / file)
-        write_json_atomic(folder / f"{name}.json", {
-            "format": RECORD_FORMAT, "graph": name, "machine": machine_fingerprint(),
-            "sources": _sources(manifest, name), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "files": files})
-        return session
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (folder / f"{name}.json").unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
-def load_session(manifest: Manifest, name: str, options: Callable[[], ort.SessionOptions],
-                 saved_graphs: bool | None = None) -> ort.InferenceSession:
-    """A session for one of the bundle's graphs. `saved_graphs` None: from this machine's saved graph when
-    it was made (`voxtral-edge optimize`; made again if it no longer matches), else from the bundle's graph;
-    True: the same, making it when missing; False: always from the bundle's graph."""
-    plain = manifest.path(manifest["graphs"][name]["file"])
-    folders = cache_folders(manifest.bundle)
-    if saved_graphs is None:  # opted in on this machine: a record (valid or not) is there
-        saved_graphs = any((folder / f"{name}.json").exists() or (folder / f"{name}.onnx").exists()
-                           for folder in folders)
-    if not saved_graphs:
-        return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
-    for folder in folders:
-        path = saved_graph(manifest, name, folder)
-        if path is None:
-            continue
-        opts = options()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done when it was saved
-        try:
-            return ort.InferenceSession(str(path), opts, providers=PROVIDERS)
-        except Exception as e:  # e.g. packed weights that no longer match what this onnxruntime makes
-            warnings.warn(f"{path}: onnxruntime refused this saved graph ({str(e).splitlines()[0][:200]}); "
-                          f"making it again", stacklevel=3)
-            try:
-                (folder / f"{name}.json").unlink(missing_ok=True)
-            except OSError:
-                pass
-    problems = []
-    for folder in folders:
-        try:
-            return _save(manifest, name, options, folder)
-        except OSError as e:
-            problems.append(f"{folder}: {e.strerror or e}")
-        except Exception as e:  # onnxruntime failed while writing (a full disk), or cannot load the graph at all
-            problems.append(f"{folder}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
-            break
-    warnings.warn(f"cannot save the optimized {name} graph ({'; '.join(problems)}); every start will optimize it "
-                  f"again", stacklevel=3)
-    return ort.InferenceSession(str(plain), options(), providers=PROVIDERS)
-
-
-def optimize_bundle(bundle: str | Path, threads: int | None = None) -> dict[str, dict]:
-    """Make (or check) this machine's saved graphs of a bundle; per graph: where, MB, seconds, made or reused."""
-    from .runtime import session_options
-
-    manifest = Manifest.load(bundle)
-    report = {}
-    for name in manifest["graphs"]:
-        start = time.perf_counter()
-        existing = next((p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f))), None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a graph that cannot be saved is this command's failure
-            try:
-                load_session(manifest, name, lambda: session_options(threads), saved_graphs=True)
-            except UserWarning as w:
-                raise VoxtralEdgeError(str(w)) from None
-        path = next(p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f)))
-        report[name] = {"path": str(path), "made": existing is None, "seconds": time.perf_counter() - start,
-                        "mb": sum(q.stat().st_size for q in path.parent.glob(f"{name}.onnx*")) / 1e6}
-    return report
+def opted_in(manifest: Manifest, name: str) -> bool:
+    """Whether saved graphs were made for this bundle on this machine (a record, valid or not, is there)."""
+    return any((folder / f"{name}.json").exists() or (folder / f"{name}.onnx").exists()
+               for folder in cache_folders(manifest.bundle))

@@ -8,14 +8,14 @@ The format (each shipped file cites, in comments, where its numbers come from):
 
     name = "x86-avx512"               # equals the file's stem
     description = "..."               # one line: SoC/CPU, cores, memory
-    [runtime]
+    [runtime]                         # applied by `--profile` (say, bench, serve; export: plan, max_context)
     threads = 2                       # onnxruntime intra-op threads
-    precision = "int4"                # the plan to export with: fp32, int8, int4, int4-all
+    plan = "int4"                     # the quantization plan to export with (`export --profile`)
     steps = 7                         # Euler steps of the flow head
     cfg = 1.2                         # classifier-free guidance
-    max_context = 2048                # KV-cache positions
-    execution_providers = ["cpu"]     # in order of preference: cpu, cuda, qnn, xnnpack, coreml
-    stream_chunk_frames = 4           # frames per codec call when streaming
+    max_context = 2048                # KV-cache positions (exported, and allocated)
+    providers = ["cpu"]               # execution providers, in order of preference (voxtral_edge.sessions)
+    chunk_frames = 4                  # frames per streamed chunk (one codec call each)
     codec_threads = 2                 # optional: the codec's own intra-op threads (default: threads)
     codec_pipeline = true             # optional: decode audio on a second thread, beside the backbone
                                       # (pays where the codec has cores of its own, e.g. a little cluster)
@@ -32,23 +32,14 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError, UnknownNameError
+from .files import parse_toml
 from .manifest import PLAN_NAMES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-# Short names in profiles -> onnxruntime's provider names.
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "qnn": "QNNExecutionProvider",
-             "xnnpack": "XnnpackExecutionProvider", "coreml": "CoreMLExecutionProvider"}
-PRECISIONS = PLAN_NAMES
+from .sessions import PROVIDERS
 
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
 _BOOL = "true or false"
@@ -56,9 +47,9 @@ _PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)}"
 # table -> key -> what the value must be
 _SCHEMA = {
     "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table"},
-    "runtime": {"threads": _POSITIVE_INT, "precision": f"one of {', '.join(PRECISIONS)}", "steps": _POSITIVE_INT,
-                "cfg": _POSITIVE_NUMBER, "max_context": _POSITIVE_INT, "execution_providers": _PROVIDER_LIST,
-                "stream_chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
+    "runtime": {"threads": _POSITIVE_INT, "plan": f"one of {', '.join(PLAN_NAMES)}", "steps": _POSITIVE_INT,
+                "cfg": _POSITIVE_NUMBER, "max_context": _POSITIVE_INT, "providers": _PROVIDER_LIST,
+                "chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
     "hardware": {"cores": _POSITIVE_INT, "memory_bandwidth_gbs": _POSITIVE_NUMBER, "fp32_gflops": _POSITIVE_NUMBER,
                  "int8_gops": _POSITIVE_NUMBER},
 }
@@ -72,12 +63,12 @@ class DeviceProfile:
     name: str
     description: str
     threads: int
-    precision: str
+    plan: str
     steps: int
     cfg: float
     max_context: int
-    execution_providers: tuple[str, ...]
-    stream_chunk_frames: int
+    providers: tuple[str, ...]
+    chunk_frames: int
     cores: int
     memory_bandwidth_gbs: float
     fp32_gflops: float
@@ -85,11 +76,6 @@ class DeviceProfile:
     source: str
     codec_threads: int | None = None  # None: the same as threads
     codec_pipeline: bool = False
-
-    @property
-    def onnxruntime_providers(self) -> list[str]:
-        """The execution providers as onnxruntime names, in order of preference."""
-        return [PROVIDERS[p] for p in self.execution_providers]
 
 
 def _valid(value, accepted: str) -> bool:
@@ -107,14 +93,11 @@ def _valid(value, accepted: str) -> bool:
         return isinstance(value, dict)
     if accepted == _PROVIDER_LIST:
         return isinstance(value, list) and bool(value) and all(p in PROVIDERS for p in value)
-    return value in PRECISIONS  # precision
+    return value in PLAN_NAMES  # plan
 
 
 def _parse(text: str, source: str, stem: str) -> DeviceProfile:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML ({e})") from None
+    data = parse_toml(text, source)
     for table, schema in _SCHEMA.items():
         values = data[table] if table else data
         prefix = f"{table}." if table else ""
@@ -133,9 +116,9 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
     runtime, hardware = data["runtime"], data["hardware"]
     return DeviceProfile(
         name=data["name"], description=data["description"], threads=runtime["threads"],
-        precision=runtime["precision"], steps=runtime["steps"], cfg=float(runtime["cfg"]),
-        max_context=runtime["max_context"], execution_providers=tuple(runtime["execution_providers"]),
-        stream_chunk_frames=runtime["stream_chunk_frames"], cores=hardware["cores"],
+        plan=runtime["plan"], steps=runtime["steps"], cfg=float(runtime["cfg"]),
+        max_context=runtime["max_context"], providers=tuple(runtime["providers"]),
+        chunk_frames=runtime["chunk_frames"], cores=hardware["cores"],
         memory_bandwidth_gbs=float(hardware["memory_bandwidth_gbs"]), fp32_gflops=float(hardware["fp32_gflops"]),
         int8_gops=float(hardware["int8_gops"]), source=source, codec_threads=runtime.get("codec_threads"),
         codec_pipeline=runtime.get("codec_pipeline", False))

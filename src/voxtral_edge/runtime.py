@@ -33,14 +33,14 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .errors import BundleError, UsageError, VoxtralEdgeError
+from . import defaults
+from .errors import UsageError, VoxtralEdgeError
 from .manifest import Manifest
-from .optimized import load_session
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
+from .sessions import SessionSettings, open_sessions
 from .text import LANGUAGES, split_text, voice_language
 from .text import normalize as normalize_text
 
-DEFAULT_MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
 FRAMES_PER_TEXT_TOKEN = 5  # context kept for audio per text token when a long text is split
 # A piece that has not ended after this many frames (+ per text token) is runaway generation.
@@ -85,7 +85,8 @@ class Synthesizer:
     """Speech from a bundle. `Synthesizer.open(path)` verifies the bundle and loads its graphs."""
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
-                 saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False):
+                 saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
+                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -97,29 +98,19 @@ class Synthesizer:
         # the codec may have its own thread budget: on its own thread (codec_pipeline) it runs beside the others
         self.codec_pipeline = bool(codec_pipeline)
         self._pool: ThreadPoolExecutor | None = None
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for name, graph in m["graphs"].items():
-            path = m.path(graph["file"])
-            try:
-                budget = codec_threads if name == "codec_decoder" and codec_threads else threads
-                session = load_session(m, name, lambda b=budget: session_options(b), saved_graphs=saved_graphs)
-            except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
-                raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
-            have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
-            want = (set(graph["inputs"]), set(graph["outputs"]))
-            if have != want:
-                raise BundleError(f"{path}: inputs/outputs {sorted(have[0])} -> {sorted(have[1])} differ from the "
-                                  f"manifest's {sorted(want[0])} -> {sorted(want[1])}")
-            self.sessions[name] = session
+        self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, SessionSettings(
+            threads=threads, codec_threads=codec_threads, providers=tuple(providers), saved_graphs=saved_graphs,
+            profiling=profiling))
         self.tokenizer = Tokenizer.from_file(str(m.path(m["tokenizer"]["file"])))
         self.ids = SpeechSpecialIds.from_dict(m["special_ids"])
         self.text_embeddings = EmbeddingTable(m.path(m["embeddings"]["text"]["file"]), m["embeddings"]["text"]["dtype"])
         self.audio_embeddings = EmbeddingTable(m.path(m["embeddings"]["audio"]["file"]),
                                                m["embeddings"]["audio"]["dtype"])
         self._codebook_offsets = np.array(self.audio_layout["codebook_offsets"]) + self.audio_layout["n_specials"]
-        self._samples_per_frame = int(self.audio_layout["samples_per_frame"])
+        self.samples_per_frame = int(self.audio_layout["samples_per_frame"])
         self._voices: dict[str, np.ndarray] = {}
         self._kv: list[ort.OrtValue] | None = None
+        self._kv_arrays: list[np.ndarray] = []
         self._prefix_cache: dict[str, list[np.ndarray]] = {}
         self._holder: Utterance | None = None  # the utterance whose rows the KV cache holds
         self.last_result: Result | None = None
@@ -128,16 +119,19 @@ class Synthesizer:
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
-             codec_pipeline: bool = False) -> "Synthesizer":
+             codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
+             profiling: str | None = None) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
-        session per graph: from this machine's saved optimized graphs when `voxtral-edge optimize` made them
-        (saved_graphs None), making them (True) or never (False); see `voxtral_edge.optimized`. `threads` is
-        the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's (default: the
-        same); with `codec_pipeline`, `stream` decodes audio on a second thread while the next frames are
-        computed (same audio)."""
+        session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
+        `voxtral-edge optimize` made them (saved_graphs None), making them (True) or never (False).
+        `threads` is the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's
+        (default: the same); `providers` the execution providers by short name; `profiling` a path prefix
+        for onnxruntime's per-node profiles. With `codec_pipeline`, `stream` decodes audio on a second
+        thread while the next frames are computed (same audio)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
-                   saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline)
+                   saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
+                   providers=providers, profiling=profiling)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -164,7 +158,20 @@ class Synthesizer:
         x[voice_positions(prompt, self.ids)] = self.voice(voice)
         return x
 
-    # -- the graphs --------------------------------------------------------------------------------
+    # -- the graphs, one call at a time (what the frame loop is made of) -----------------------------
+    @property
+    def kv_cache(self) -> list[np.ndarray]:
+        """The KV cache: one preallocated float32 array [1, kv_heads, max_context, head_dim] per layer and
+        kind (layer 0's keys, its values, layer 1's keys, ...), bound in place as both past and present of
+        the backbone, so that writing an array writes the cache (allocated on first use)."""
+        self._kv_cache()
+        return self._kv_arrays
+
+    @property
+    def cached_voices(self) -> tuple[str, ...]:
+        """The voices whose prompt prefix (keys and values) is kept, least recently used first."""
+        return tuple(self._prefix_cache)
+
     def _kv_cache(self) -> list[ort.OrtValue]:
         """The KV buffers, allocated once, bound as both past and present of every layer."""
         if self._kv is None:
@@ -180,14 +187,10 @@ class Synthesizer:
                     self._io.bind_ortvalue_output(f"present_{kind}_{i}", self._kv[2 * i + j])
         return self._kv
 
-    def _kv_buffers(self) -> list[np.ndarray]:
-        """The numpy arrays behind the KV cache (allocated on first use): writing them writes the cache."""
-        self._kv_cache()
-        return self._kv_arrays
-
     def backbone(self, x: np.ndarray, past_length: int) -> tuple[np.ndarray, np.ndarray]:
         """Run x [T, dim] at positions past_length.. ; returns (hidden states [T, dim], semantic logits of
-        the last position). The cache keeps everything before past_length."""
+        the last position). The cache keeps everything before past_length and receives these positions (an
+        utterance in progress must be `suspend`ed first, or its rows are overwritten)."""
         if past_length + len(x) > self.max_context:
             raise VoxtralEdgeError(f"context full: {past_length + len(x)} positions needed, max_context is "
                                    f"{self.max_context}")
@@ -203,10 +206,27 @@ class Synthesizer:
         outputs = self._io.get_outputs()  # the KV buffers first, then the two bound last
         return outputs[-2].numpy()[0], outputs[-1].numpy()[0]
 
+    def prefill(self, prompt: list[int], voice: str) -> tuple[np.ndarray, np.ndarray]:
+        """Run a speech prompt (`prompt(text, voice)`) into the cache from position 0; returns (hidden states
+        of the positions after the voice's prefix, semantic logits of the last position). The voice's prefix
+        ([BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT]) does not depend on the text: its keys and values
+        are computed once per voice and copied in."""
+        return self._prefill(prompt, self.prompt_embeddings(prompt, voice), voice)
+
+    def backbone_step(self, codes: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """One frame's codes (without specials) into the backbone at `position`: (hidden state [dim],
+        semantic logits of the next frame)."""
+        hidden, logits = self.backbone(self.audio_embedding(codes)[None], position)
+        return hidden[-1], logits
+
     def acoustic_codes(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
         """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance,
         all steps in one call of the flow_head graph; returns codes 0..levels-1."""
         return self._flow(h, noise, steps, cfg_alpha)[0][0]
+
+    def flow_latent(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
+        """The same integration's end point, x at t = 1 [n_acoustic], before it is rounded to codes."""
+        return self._flow(h, noise, steps, cfg_alpha)[1][0]
 
     def _flow(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """(codes [1, n_acoustic], latent [1, n_acoustic]) of one frame."""
@@ -229,12 +249,32 @@ class Synthesizer:
         parts = [codec.decode(codes[i:i + DECODE_CHUNK]) for i in range(0, len(codes), DECODE_CHUNK)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=f32)
 
+    def teacher_forced(self, text: str, voice: str, codes: np.ndarray, noise: np.ndarray, *,
+                       steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA) -> np.ndarray:
+        """Each frame's codes [frames, n_codebooks] as this bundle predicts them when every earlier frame is
+        the given `codes`' (another bundle's, another machine's): one differing code then stays one
+        difference instead of changing every frame after it. `text` is spoken as given (pass a Result's
+        `spoken_text`), frame f's flow noise is `noise[f]`."""
+        steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
+        specials, codes = self.audio_layout["n_specials"], np.asarray(codes)
+        with self._lock:
+            if self._holder is not None:
+                self._suspend(self._holder)
+            prompt = self.prompt(text, voice)
+            hidden, logits = self.prefill(prompt, voice)
+            h, out = hidden[-1], []
+            for f, frame in enumerate(codes):
+                acoustic = self.acoustic_codes(h, noise[f], steps, cfg_alpha)
+                out.append(np.concatenate([[int(np.argmax(logits)) - specials], acoustic]))
+                if f + 1 < len(codes):
+                    h, logits = self.backbone_step(frame, len(prompt) + f)
+        return np.array(out, dtype=np.int64).reshape(-1, codes.shape[1])
+
     # -- the voice prefix --------------------------------------------------------------------------
     def _prefill(self, prompt: list[int], x: np.ndarray, voice: str) -> tuple[np.ndarray, np.ndarray]:
-        """Prefill the prompt; the voice part ([BOS] [BEGIN_AUDIO] [AUDIO] x N [NEXT_AUDIO_TEXT]) does
-        not depend on the text, so its keys and values are computed once per voice and copied in."""
+        """`prefill`, with the prompt's embeddings x already made."""
         prefix = voice_positions(prompt, self.ids).stop + 1
-        kv = self._kv_buffers()
+        kv = self.kv_cache
         cached = self._prefix_cache.pop(voice, None)
         if cached is None:
             self.backbone(x[:prefix], 0)
@@ -282,7 +322,8 @@ class Synthesizer:
         return spoken
 
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
-                   cfg_alpha: float = 1.2, max_frames: int | None = None, noise: np.ndarray | None = None,
+                   cfg_alpha: float = defaults.CFG_ALPHA, max_frames: int | None = None,
+                   noise: np.ndarray | None = None,
                    normalize: bool = True, lang: str | None = None) -> Result:
         """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
         language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
@@ -300,8 +341,9 @@ class Synthesizer:
                 result = self._close(u)
         return result
 
-    def stream(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
-               seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
+    def stream(self, text: str, voice: str, *, chunk_frames: int = defaults.CHUNK_FRAMES,
+               first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
+               seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
                max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
                lang: str | None = None) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
@@ -339,8 +381,9 @@ class Synthesizer:
             yield u.chunks[-1]
 
     # -- an utterance, step by step ------------------------------------------------------------------
-    def start(self, text: str, voice: str, *, chunk_frames: int = 4, first_chunk_frames: int = 1,
-              seed: int | None = None, steps: int | None = None, cfg_alpha: float = 1.2,
+    def start(self, text: str, voice: str, *, chunk_frames: int = defaults.CHUNK_FRAMES,
+              first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
+              seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
               lang: str | None = None) -> Utterance:
         """Check a request and return its utterance, not yet begun: each `step` makes one frame of it.
@@ -365,7 +408,7 @@ class Synthesizer:
         else:
             run.seed = secrets.randbits(63) if seed is None else int(seed)
             rng = np.random.default_rng(run.seed)
-        left = DEFAULT_MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
+        left = defaults.MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
         pieces = run.time("tokenize_ms", self.pieces, text, voice)
         run.finished = True
         return Utterance(voice, pieces, steps, float(cfg_alpha), chunk_frames, first_chunk_frames, left, run,
@@ -427,7 +470,7 @@ class Synthesizer:
             raise VoxtralEdgeError(f"the prompt takes {len(prompt)} positions, max_context is "
                                    f"{self.max_context}: shorten the text")
         u.text_tokens = len(prompt) - self.voices[u.voice] - 5
-        u.guard = min(room, DEFAULT_MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * u.text_tokens)
+        u.guard = min(room, defaults.MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * u.text_tokens)
         u.limit = min(u.guard, u.left)
         run.prompt_tokens += len(prompt)
         hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice)
@@ -441,9 +484,8 @@ class Synthesizer:
         if u.made == u.limit:
             return None
         if not u.fed:  # the frame made last goes into the backbone first
-            hidden, u.logits = run.time("backbone_ms", self.backbone, self.audio_embedding(run.frames[-1])[None],
-                                        u.position)
-            u.hidden, u.position, u.fed = hidden[-1], u.position + 1, True
+            u.hidden, u.logits = run.time("backbone_ms", self.backbone_step, run.frames[-1], u.position)
+            u.position, u.fed = u.position + 1, True
         semantic = int(np.argmax(u.logits))
         if semantic == layout["end_audio"]:
             u.ended = True
@@ -484,7 +526,7 @@ class Synthesizer:
         if self._holder is not None:
             self._suspend(self._holder)
         if u.kv is not None:
-            for a, rows in zip(self._kv_buffers(), u.kv):
+            for a, rows in zip(self.kv_cache, u.kv):
                 a[:, :, :rows.shape[2]] = rows
             u.kv = None
         self._holder = u
@@ -497,7 +539,7 @@ class Synthesizer:
             u.run.finished, u.done = False, True
         audio = np.concatenate(u.chunks) if u.chunks else np.zeros(0, dtype=f32)
         return u.run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
-                            frames_heard=len(audio) // self._samples_per_frame)
+                            frames_heard=len(audio) // self.samples_per_frame)
 
 
 @dataclass(eq=False)
@@ -534,20 +576,6 @@ class Utterance:
     done: bool = False
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """The options of every session: `threads` for each graph's pool, no spinning."""
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
-    # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-MAX_STEPS = 64
-MAX_CFG = 10.0
 
 
 def check_request(text, steps, cfg_alpha, max_frames, seed) -> None:
@@ -560,7 +588,7 @@ def check_request(text, steps, cfg_alpha, max_frames, seed) -> None:
         if ch not in "\t\n\r" and (unicodedata.category(ch) == "Cc" or 0xD800 <= ord(ch) <= 0xDFFF):
             raise UsageError(f"text has the control character U+{ord(ch):04X} at position {i}; printable text, "
                              f"tabs and newlines are accepted")
-    for name, value, low, high in (("steps", steps, 1, MAX_STEPS), ("max_frames", max_frames, 1, None),
+    for name, value, low, high in (("steps", steps, 1, defaults.MAX_STEPS), ("max_frames", max_frames, 1, None),
                                    ("seed", seed, 0, 2**63 - 1)):
         if value is None and name != "steps":
             continue
@@ -569,8 +597,8 @@ def check_request(text, steps, cfg_alpha, max_frames, seed) -> None:
             accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
             raise UsageError(f"{name} must be {accepted}, found {value!r}")
     if isinstance(cfg_alpha, bool) or not isinstance(cfg_alpha, (int, float)) or not math.isfinite(cfg_alpha) or \
-            not 0 <= cfg_alpha <= MAX_CFG:
-        raise UsageError(f"cfg_alpha must be a number from 0 to {MAX_CFG:g}, found {cfg_alpha!r}")
+            not 0 <= cfg_alpha <= defaults.MAX_CFG:
+        raise UsageError(f"cfg_alpha must be a number from 0 to {defaults.MAX_CFG:g}, found {cfg_alpha!r}")
 
 
 class RunawayWarning(UserWarning):

@@ -59,11 +59,11 @@ def quantization_entry(plan: Plan, graphs: dict[str, GraphFile]) -> dict:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int | None = None,
-                  precision: str | Path | Plan = "fp32", force: bool = False, progress: bool = True) -> Path:
+                  plan: str | Path | Plan = "fp32", force: bool = False, progress: bool = True) -> Path:
     """Export a checkpoint folder (released layout) to a bundle folder and return its path.
-    `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller. `precision` is a
+    `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller. `plan` is a
     plan (name or TOML file): weights are quantized one at a time as they are written."""
-    plan = precision if isinstance(precision, Plan) else load_plan(precision)
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
     ck = Checkpoint(checkpoint)
     cfg = ck.config
     out = Path(out)

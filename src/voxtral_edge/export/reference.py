@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..defaults import CFG_ALPHA
 from .checkpoint import Checkpoint
 from .config import END_AUDIO, EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
 
@@ -314,7 +315,7 @@ class Reference:
         return np.array(frames, dtype=np.int64).reshape(-1, self.config.audio.num_codebooks)
 
     def synthesize(self, text: str, voice: str, noise: np.ndarray, steps: int | None = None,
-                   cfg_alpha: float = 1.2, max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   cfg_alpha: float = CFG_ALPHA, max_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Text and a preset voice -> (codes [frames, n_codebooks] without specials, float32 audio)."""
         from ..prompt import tekken_speech_prompt
 

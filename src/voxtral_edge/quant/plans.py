@@ -41,20 +41,14 @@ Weight names are the graph's: `layers.3/wqkv`, `layers.3/feed_forward/w2`, `sema
 from __future__ import annotations
 
 import fnmatch
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, UnknownNameError
-
+from ..files import parse_toml
+from ..manifest import GRAPHS
 from .matmul import QuantSpec
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 METHODS = ("nbits", "dynamic-int8", "fp32")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # The semantic head picks the semantic code by argmax: it stays fp32 unless a plan says otherwise.
@@ -147,9 +141,10 @@ def load_plan(plan: str | Path) -> Plan:
     if not path.is_file():
         raise UnknownNameError(f"--plan {plan}: neither a named plan ({', '.join(NAMED_PLANS)}) nor a TOML file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not a valid TOML plan ({e})") from None
+    data = parse_toml(text, str(path), "TOML plan")
     unknown = set(data) - set(GRAPHS) - {"name"}
     if unknown:
         raise ConfigError(f"{path}: unknown table or key {sorted(unknown)} (expected 'name' and tables "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from ..errors import VoxtralEdgeError
 from ..runtime import Synthesizer
 
@@ -77,27 +78,17 @@ def _bundle_bytes(synth: Synthesizer) -> dict:
     return sizes
 
 
-def _teacher_forced(cand: Synthesizer, text: str, voice: str, codes: np.ndarray, noise: np.ndarray, steps: int,
-                    cfg_alpha: float) -> dict:
-    """The candidate's codes frame by frame, its history being the reference's codes."""
-    n_specials = cand.audio_layout["n_specials"]
-    prompt = cand.prompt(text, voice)
-    hidden, logits = cand.backbone(cand.prompt_embeddings(prompt, voice), 0)
-    position, semantic, exact, within = len(prompt), 0, 0, 0
-    for f, frame in enumerate(codes):
-        semantic += int(np.argmax(logits)) - n_specials == frame[0]
-        acoustic = cand.acoustic_codes(hidden[-1], noise[f], steps, cfg_alpha)
-        exact += int(np.sum(acoustic == frame[1:]))
-        within += int(np.sum(np.abs(acoustic - frame[1:]) <= 1))
-        hidden, logits = cand.backbone(cand.audio_embedding(frame)[None], position)
-        position += 1
-    n = max(len(codes), 1)
-    return {"semantic_agreement": semantic / n, "acoustic_exact": exact / (n * (codes.shape[1] - 1)),
-            "acoustic_within_1": within / (n * (codes.shape[1] - 1))}
+def _agreement(predicted: np.ndarray, codes: np.ndarray) -> dict:
+    """How far teacher-forced predictions agree with the codes they were forced on."""
+    n, acoustic = max(len(codes), 1), max(len(codes), 1) * (codes.shape[1] - 1)
+    return {"semantic_agreement": float(np.sum(predicted[:, 0] == codes[:, 0])) / n,
+            "acoustic_exact": float(np.sum(predicted[:, 1:] == codes[:, 1:])) / acoustic,
+            "acoustic_within_1": float(np.sum(np.abs(predicted[:, 1:] - codes[:, 1:]) <= 1)) / acoustic}
 
 
 def quality_report(reference: str | Path, candidate: str | Path, *, sentences: list[str] | None = None,
-                   voice: str | None = None, frames: int = 40, steps: int | None = None, cfg_alpha: float = 1.2,
+                   voice: str | None = None, frames: int = 40, steps: int | None = None,
+                   cfg_alpha: float = defaults.CFG_ALPHA,
                    seed: int = 0, threads: int | None = None) -> dict:
     """Measure `candidate` against `reference` (two bundles of the same model); returns the report dict."""
     ref = Synthesizer.open(reference, threads=threads)
@@ -116,7 +107,7 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
     flow_noise = rng.standard_normal((4, n_acoustic)).astype(np.float32)
 
     def latents(synth: Synthesizer) -> np.ndarray:  # a frame's x at t = 1, before rounding to codes
-        return np.stack([synth._flow(h_ref[-1], n, steps, cfg_alpha)[1] for n in flow_noise])
+        return np.stack([synth.flow_latent(h_ref[-1], n, steps, cfg_alpha) for n in flow_noise])
 
     utterances, first_codes = [], None
     for i, text in enumerate(sentences):
@@ -128,7 +119,8 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
         same = np.all(r.codes[:n] == c.codes[:n], axis=1)
         utterances.append({
             "text": text, "frames": [len(r.codes), len(c.codes)],
-            "teacher_forced": _teacher_forced(cand, text, voice, r.codes, noise, steps, cfg_alpha),
+            "teacher_forced": _agreement(cand.teacher_forced(r.spoken_text, voice, r.codes, noise, steps=steps,
+                                                             cfg_alpha=cfg_alpha), r.codes),
             "free_running": {"frames_identical_before_divergence": int(np.argmin(same)) if not same.all() else n,
                              "semantic_agreement": float(np.mean(r.codes[:n, 0] == c.codes[:n, 0])) if n else 1.0,
                              "waveform_snr_db": snr_db(c.audio, r.audio),

@@ -105,7 +105,7 @@ def quantize_bundle(src: str | Path, out: str | Path, plan: str | Path | Plan, *
     for name in GRAPHS:
         if plan.graph(name).quantizes and manifest["graphs"][name]["precision"] != "fp32":
             raise VoxtralEdgeError(f"{manifest.bundle}: graph '{name}' is already {manifest['graphs'][name]['precision']}"
-                                   f"; quantize an fp32 bundle (re-export with --precision fp32)")
+                                   f"; quantize an fp32 bundle (re-export with --plan fp32)")
     data = manifest.data
     total = sum(data["files"][g["data"]]["size"] for name, g in data["graphs"].items()
                 if g.get("data") and plan.graph(name).quantizes)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..defaults import MAX_STEPS
 from ..errors import UsageError
+from ..machine import available_memory, usable_cores
 from ..manifest import Manifest
 from ..progress import Progress
-from ..runtime import MAX_STEPS
 from .catalog import load_catalog
-from .job import (FORMATS, Settings, available_memory, bundle_identity, make_job, runtime_identity, usable_cores,
-                  worker_memory_estimate)
+from .job import FORMATS, Settings, bundle_identity, make_job, runtime_identity, worker_memory_estimate
 from .output import OutputDir
 
 

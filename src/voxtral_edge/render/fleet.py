@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import BundleError, UsageError, VoxtralEdgeError
-from .job import ItemRenderer, bundle_identity, requeue_or_fail, resident_bytes, runtime_identity
+from ..machine import rss_bytes
+from .job import ItemRenderer, bundle_identity, requeue_or_fail, runtime_identity
 
 IN_FLIGHT = 2  # jobs queued per actor: the next one is there when the current one ends
 
@@ -53,14 +54,14 @@ class RenderActor:
         import ray
 
         node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
-        return {"node": node, "error": self.error, "rss": resident_bytes()}
+        return {"node": node, "error": self.error, "rss": rss_bytes()}
 
     def render(self, job: dict) -> dict:
         try:
             outcome = self.renderer.render(job)
         except Exception as e:  # a bug shows on its item; the run goes on
             outcome = {"id": job["id"], "error": f"internal error: {type(e).__name__}: {e}"}
-        outcome["rss"] = resident_bytes()
+        outcome["rss"] = rss_bytes()
         return outcome
 
 

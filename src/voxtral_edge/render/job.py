@@ -11,22 +11,21 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, defaults
 from ..audio import encode_wav, to_pcm16
 from ..errors import BundleError, UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST, Manifest
+from ..machine import rss_bytes
 from ..runtime import RunawayWarning, Synthesizer
 from .catalog import Item
 
 FORMATS = ("wav", "pcm", "flac")
-DEFAULT_CFG = 1.2
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Settings:
 
     format: str = "wav"
     steps: int | None = None  # None: the model's
-    cfg: float = DEFAULT_CFG
+    cfg: float = defaults.CFG_ALPHA
     max_frames: int | None = None  # None: until the model ends the utterance (or the runaway guard)
     max_context: int | None = None  # None: the bundle's
     normalize: bool = True  # False: the texts are spoken as written (see voxtral_edge.text)
@@ -109,7 +108,7 @@ class ItemRenderer:
 
     def info(self) -> dict:
         """Where this worker runs and what it holds in memory."""
-        return {"node": socket.gethostname(), "pid": os.getpid(), "rss": resident_bytes()}
+        return {"node": socket.gethostname(), "pid": os.getpid(), "rss": rss_bytes()}
 
 
 def encode(audio: np.ndarray, sample_rate: int, format: str) -> bytes:
@@ -142,43 +141,6 @@ def worker_memory_estimate(manifest: Manifest, max_context: int | None = None) -
     positions = max_context or b["max_context"]
     kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * positions * b["head_dim"] * 4
     return int(1.25 * graph_bytes + kv_bytes + 200e6)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def available_memory() -> int | None:
-    """Memory the system can give without swapping (MemAvailable on Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 MAX_ATTEMPTS = 3  # an item whose worker died this many times is reported as failed (it may be the cause)

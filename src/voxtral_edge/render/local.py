@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import BundleError, VoxtralEdgeError
-from .job import ItemRenderer, requeue_or_fail, resident_bytes
+from ..machine import rss_bytes
+from .job import ItemRenderer, requeue_or_fail
 
 
 def _worker_main(conn, bundle: str, threads: int | None, max_context: int | None) -> None:
@@ -38,7 +39,7 @@ def _worker_main(conn, bundle: str, threads: int | None, max_context: int | None
             outcome = renderer.render(job)
         except Exception as e:  # a bug shows on its item; the run goes on
             outcome = {"id": job["id"], "error": f"internal error: {type(e).__name__}: {e}"}
-        outcome["rss"] = resident_bytes()
+        outcome["rss"] = rss_bytes()
         conn.send(outcome)
 
 

@@ -15,10 +15,9 @@ import hmac
 import json
 import logging
 import math
-import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -33,7 +32,9 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST
-from ..runtime import DEFAULT_MAX_FRAMES, MAX_CFG, MAX_STEPS, Synthesizer
+from ..audio import wav_header
+from ..defaults import CFG_ALPHA, CHUNK_FRAMES, FIRST_CHUNK_FRAMES, MAX_CFG, MAX_FRAMES, MAX_STEPS
+from ..runtime import Synthesizer
 from .cache import PhraseCache, cache_key
 from .scheduler import DEFAULT_PRIORITY, PRIORITIES, Job, QueueFull, Scheduler, ShuttingDown
 
@@ -53,18 +54,16 @@ class ServiceConfig:
     bundle: Path
     model_name: str | None = None  # the id clients send as "model" (default: the bundle's checkpoint name)
     api_key: str | None = None
-    threads: int | None = None
-    max_context: int | None = None
-    verify: bool = True
+    synth_options: dict = field(default_factory=dict)  # Synthesizer.open's: threads, max_context, providers...
     seed: int = 0  # a request without a seed gets this one: the same prompt sounds the same, and is cached
     steps: int | None = None
-    cfg: float = 1.2
+    cfg: float = CFG_ALPHA
     cache_dir: Path | None = None
     cache_bytes: int = 256 << 20
     queue_limit: int = 16
     max_body_bytes: int = 64 << 10
-    chunk_frames: int = 4
-    first_chunk_frames: int = 1
+    chunk_frames: int = CHUNK_FRAMES
+    first_chunk_frames: int = FIRST_CHUNK_FRAMES
 
 
 class ApiError(Exception):
@@ -102,7 +101,7 @@ class Service:
     def load(self) -> None:
         c = self.config
         try:
-            synth = Synthesizer.open(c.bundle, threads=c.threads, max_context=c.max_context, verify=c.verify)
+            synth = Synthesizer.open(c.bundle, **c.synth_options)
             self.bundle_sha256 = hashlib.sha256((synth.manifest.bundle / MANIFEST).read_bytes()).hexdigest()
             self.model_name = c.model_name or synth.manifest["source"]["checkpoint"]
             self.cache = PhraseCache(c.cache_dir, c.cache_bytes) if c.cache_dir is not None else None
@@ -225,13 +224,7 @@ def parse_speech(body, service: Service, priority: str | None = None) -> SpeechR
                        code="invalid_value")
     return SpeechRequest(text, voice, fmt, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
                          _integer(body, "steps", 1, MAX_STEPS, service.config.steps), cfg,
-                         priority or chosen, _integer(body, "max_frames", 1, DEFAULT_MAX_FRAMES * 64, None))
-
-
-def wav_header(sample_rate: int) -> bytes:
-    """A 16-bit mono WAV header for a stream of unknown length (RIFF and data sizes 0xFFFFFFFF, as OpenAI)."""
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 0xFFFFFFFF, b"WAVE", b"fmt ", 16, 1, 1, sample_rate,
-                       sample_rate * 2, 2, 16, b"data", 0xFFFFFFFF)
+                         priority or chosen, _integer(body, "max_frames", 1, MAX_FRAMES * 64, None))
 
 
 # -- handlers ----------------------------------------------------------------------------------------

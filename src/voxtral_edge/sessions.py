@@ -1,0 +1,197 @@
+"""Every onnxruntime session the runtime uses is made here: options, threads, execution providers and
+this machine's saved optimized graphs. The runtime asks for "the bundle's graphs with these settings"
+and never branches on a provider in its frame loop.
+
+    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling)
+    open_sessions(manifest, settings)  -> {graph: InferenceSession}, each checked against the manifest
+    create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
+    session_options(threads)           the options every session starts from
+    optimize_bundle(bundle, threads)   make (or check) this machine's saved graphs (`voxtral-edge optimize`)
+
+Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory and
+binds it in place, so only providers that compute in host memory can run its graphs; today that is the
+CPU. A profile or caller that names another is refused with the reason, before any session is made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import BundleError, UsageError, VoxtralEdgeError
+from .manifest import Manifest
+from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
+
+# Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
+PROVIDERS = {"cpu": "CPUExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How the sessions of a bundle are made.
+
+    threads        intra-op threads of each graph's pool (None: onnxruntime's default, one per core)
+    codec_threads  the codec's own (None: `threads`), for a codec that runs on cores of its own
+    providers      execution providers by short name, in order of preference (see PROVIDERS)
+    saved_graphs   this machine's saved optimized graphs: None uses them once `voxtral-edge optimize` made
+                   them, True also makes them, False never touches them
+    profiling      a path prefix: onnxruntime writes each session's per-node profile there (the file
+                   names come back from `session.end_profiling()`); None: off
+    """
+
+    threads: int | None = None
+    codec_threads: int | None = None
+    providers: tuple[str, ...] = ("cpu",)
+    saved_graphs: bool | None = None
+    profiling: str | None = None
+
+    def graph_threads(self, graph: str) -> int | None:
+        return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
+
+    def options(self, graph: str) -> ort.SessionOptions:
+        options = session_options(self.graph_threads(graph))
+        if self.profiling is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = f"{self.profiling}{graph}"
+        return options
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The options of every session: `threads` for each graph's pool, no spinning."""
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    # three sessions take turns on the same cores: a pool left spin-waiting after its run steals
+    # them from the next one (measured on 2 cores: backbone step 97 -> 71 ms, flow step 19 -> 14 ms)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def onnxruntime_providers(names: Sequence[str]) -> list[str]:
+    """onnxruntime's names for `names` (short names, see PROVIDERS); UsageError for a provider the runtime
+    cannot use or this onnxruntime does not have."""
+    if not names:
+        raise UsageError(f"no execution provider given; expected some of {', '.join(PROVIDERS)}")
+    available = ort.get_available_providers()
+    chosen = []
+    for name in names:
+        if name not in PROVIDERS:
+            raise UsageError(f"execution provider {name!r}: the runtime runs its graphs on {', '.join(PROVIDERS)} "
+                             f"(its KV cache lives in host memory and is bound in place, which other providers "
+                             f"would copy every step)")
+        if PROVIDERS[name] not in available:
+            raise UsageError(f"execution provider {name!r} ({PROVIDERS[name]}) is not in this onnxruntime "
+                             f"{ort.__version__} (it has {', '.join(available)})")
+        chosen.append(PROVIDERS[name])
+    return chosen
+
+
+def create_session(path: str | Path, options: ort.SessionOptions | None = None,
+                   providers: Sequence[str] = ("cpu",)) -> ort.InferenceSession:
+    """A session for one graph file (the one place onnxruntime sessions are created)."""
+    return ort.InferenceSession(str(path), options if options is not None else session_options(),
+                                providers=onnxruntime_providers(providers))
+
+
+def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path) -> ort.InferenceSession:
+    """Create the session from the bundle's graph, having onnxruntime write the optimized graph and its
+    packed weights into `folder` (raises OSError when it cannot)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=folder))
+    try:
+        session = create_session(manifest.path(manifest["graphs"][name]["file"]),
+                                 saving_options(settings.options(name), name, tmp), settings.providers)
+        keep_saved(manifest, name, tmp, folder)
+        return session
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
+    """A session for one of the bundle's graphs, from this machine's saved graph where `settings` allow
+    (made again when it no longer matches the machine, the bundle or its own record), else from the
+    bundle's graph."""
+    plain = manifest.path(manifest["graphs"][name]["file"])
+    use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
+    if not use_saved:
+        return create_session(plain, settings.options(name), settings.providers)
+    folders = cache_folders(manifest.bundle)
+    for folder in folders:
+        path = saved_graph(manifest, name, folder)
+        if path is None:
+            continue
+        options = settings.options(name)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done when it was saved
+        try:
+            return create_session(path, options, settings.providers)
+        except UsageError:
+            raise
+        except Exception as e:  # e.g. packed weights that no longer match what this onnxruntime makes
+            warnings.warn(f"{path}: onnxruntime refused this saved graph ({str(e).splitlines()[0][:200]}); "
+                          f"making it again", stacklevel=3)
+            forget_saved(name, folder)
+    problems = []
+    for folder in folders:
+        try:
+            return _save(manifest, name, settings, folder)
+        except OSError as e:
+            problems.append(f"{folder}: {e.strerror or e}")
+        except UsageError:
+            raise
+        except Exception as e:  # onnxruntime failed while writing (a full disk), or cannot load the graph at all
+            problems.append(f"{folder}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}")
+            break
+    warnings.warn(f"cannot save the optimized {name} graph ({'; '.join(problems)}); every start will optimize it "
+                  f"again", stacklevel=3)
+    return create_session(plain, settings.options(name), settings.providers)
+
+
+def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSettings()) -> dict[str, ort.InferenceSession]:
+    """One session per graph of the bundle, each with the inputs and outputs its manifest lists
+    (BundleError naming the file otherwise; UsageError for providers that cannot be used)."""
+    onnxruntime_providers(settings.providers)  # refused before any graph is read
+    sessions = {}
+    for name, graph in manifest["graphs"].items():
+        path = manifest.path(graph["file"])
+        try:
+            session = load_session(manifest, name, settings)
+        except VoxtralEdgeError:
+            raise
+        except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
+            raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
+        have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
+        want = (set(graph["inputs"]), set(graph["outputs"]))
+        if have != want:
+            raise BundleError(f"{path}: inputs/outputs {sorted(have[0])} -> {sorted(have[1])} differ from the "
+                              f"manifest's {sorted(want[0])} -> {sorted(want[1])}")
+        sessions[name] = session
+    return sessions
+
+
+def optimize_bundle(bundle: str | Path, threads: int | None = None) -> dict[str, dict]:
+    """Make (or check) this machine's saved graphs of a bundle; per graph: where, MB, seconds, made or reused."""
+    manifest = Manifest.load(bundle)
+    settings = SessionSettings(threads=threads, saved_graphs=True)
+    report = {}
+    for name in manifest["graphs"]:
+        start = time.perf_counter()
+        existing = next((p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f))), None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a graph that cannot be saved is this command's failure
+            try:
+                load_session(manifest, name, settings)
+            except UserWarning as w:
+                raise VoxtralEdgeError(str(w)) from None
+        path = next(p for f in cache_folders(manifest.bundle) if (p := saved_graph(manifest, name, f)))
+        report[name] = {"path": str(path), "made": existing is None, "seconds": time.perf_counter() - start,
+                        "mb": sum(q.stat().st_size for q in path.parent.glob(f"{name}.onnx*")) / 1e6}
+    return report
+
