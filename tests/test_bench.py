@@ -16,9 +16,9 @@ def test_bench_rows_markdown_and_json(tiny_bundle_dirs):
     assert by_test["load: verify"] <= by_test["load"]
     assert by_test["RSS anonymous"] + by_test["RSS file"] <= by_test["peak RSS"] * 1.001
     assert all(r.low <= r.median <= r.high and r.median > 0 for r in rows)
-    assert info["precision"] == "fp32" and info["steps"] == 2 and info["frames"] == 3 and info["cores"] >= 1
+    assert info["plan"] == "fp32" and info["steps"] == 2 and info["frames"] == 3 and info["cores"] >= 1
     lines = bench.to_markdown(info, rows).splitlines()
-    assert lines[2].startswith("| bundle | precision | size GB | steps | test | median | min | max | unit |")
+    assert lines[2].startswith("| bundle | plan | size GB | steps | test | median | min | max | unit |")
     assert len(lines) == 4 + len(rows) and all(line.count("|") == 10 for line in lines[2:])
     records = [json.loads(line) for line in bench.to_json_lines(info, rows).splitlines()]
     assert [r["test"] for r in records] == [r.test for r in rows]

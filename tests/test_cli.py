@@ -141,7 +141,7 @@ def test_export_and_demo(capsys, tmp_path, tiny_checkpoint_dir):
     assert "random, so the audio is noise" in out and "voxtral-edge export --checkpoint" in out
 
 
-def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dirs, tiny_checkpoint_dir):
+def test_quantize_quality_and_export_plan(capsys, tmp_path, tiny_bundle_dirs, tiny_checkpoint_dir):
     import json as _json
 
     code, out, _ = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", "int8", "--out", str(tmp_path / "q"))
@@ -157,6 +157,74 @@ def test_quantize_quality_and_export_precision(capsys, tmp_path, tiny_bundle_dir
     code, _, err = run(capsys, "quantize", str(tiny_bundle_dirs[0]), "--plan", str(tmp_path / "none.toml"),
                        "--out", str(tmp_path / "x"))
     assert code == 2 and "neither a named plan" in err and not (tmp_path / "x").exists()
+
+
+PROFILE = """\
+name = "board"
+description = "a test board"
+[runtime]
+threads = 1
+plan = "int8"
+steps = 3
+cfg = 0.5
+max_context = 200
+providers = ["cpu"]
+chunk_frames = 3
+[hardware]
+cores = 1
+memory_bandwidth_gbs = 10.0
+fp32_gflops = 10.0
+int8_gops = 40.0
+"""
+
+
+def test_a_profile_fills_in_what_the_command_line_left_unset(capsys, monkeypatch, tiny_bundle_dirs, tmp_path,
+                                                              tiny_checkpoint_dir):
+    from voxtral_edge.runtime import Synthesizer
+
+    profile = tmp_path / "board.toml"
+    profile.write_text(PROFILE)
+    calls = []
+    stream, opened = Synthesizer.stream, Synthesizer.__init__
+
+    def spy_stream(self, text, voice, **options):
+        calls.append(("stream", options))
+        return stream(self, text, voice, **options)
+
+    def spy_init(self, manifest, *args, **options):
+        calls.append(("open", options))
+        opened(self, manifest, *args, **options)
+
+    monkeypatch.setattr(Synthesizer, "stream", spy_stream)
+    monkeypatch.setattr(Synthesizer, "__init__", spy_init)
+    bundle = str(tiny_bundle_dirs[0])
+    assert run(capsys, "say", "Hi.", "--bundle", bundle, "--voice", "casual_male", "-o", str(tmp_path / "a.wav"),
+               "--max-frames", "4", "--profile", str(profile), "--steps", "2")[0] == 0
+    (_, opening), (_, streaming) = calls
+    assert (opening["threads"], opening["max_context"], opening["providers"]) == (1, 200, ("cpu",))
+    # the command line wins; the profile fills the rest: its guidance, its chunks
+    assert (streaming["steps"], streaming["cfg_alpha"], streaming["chunk_frames"]) == (2, 0.5, 3)
+    calls.clear()
+    assert run(capsys, "bench", "--bundle", bundle, "--frames", "2", "--repeats", "1", "--cfg", "0", "--json")[0] == 0
+    cfgs = {options["cfg_alpha"] for kind, options in calls if kind == "stream"}
+    assert cfgs == {0.0}  # --cfg 0 is guidance 0, not the default
+    code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "b"),
+                       "--profile", str(profile))
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert code == 0 and manifest["quantization"]["plan"] == "int8"
+    assert manifest["model"]["backbone"]["max_context"] == 200
+
+
+def test_an_execution_provider_that_is_missing_is_refused_by_name(monkeypatch, tiny_bundle_dirs):
+    from voxtral_edge import sessions
+    from voxtral_edge.errors import UsageError
+    from voxtral_edge.runtime import Synthesizer
+
+    with pytest.raises(UsageError, match=r"execution provider 'npu': the runtime runs its graphs on cpu"):
+        Synthesizer.open(tiny_bundle_dirs[0], providers=("npu",))
+    monkeypatch.setitem(sessions.PROVIDERS, "imaginary", "ImaginaryExecutionProvider")
+    with pytest.raises(UsageError, match=r"'imaginary' \(ImaginaryExecutionProvider\) is not in this onnxruntime"):
+        Synthesizer.open(tiny_bundle_dirs[0], providers=("imaginary", "cpu"))
 
 
 def test_ctrl_c_leaves_a_valid_wav_of_what_was_made(capsys, monkeypatch, tiny_bundle_dirs, tmp_path):

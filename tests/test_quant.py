@@ -128,7 +128,7 @@ def test_quantized_bundles_run_within_their_bound(plan, quantized, tiny_bundle_d
         assert m.data["files"]["backbone_step.onnx.data"]["size"] < 0.5 * Manifest.load(
             tiny_bundle_dirs[0]).data["files"]["backbone_step.onnx.data"]["size"]
     md, js = write_report(report, tmp_path / "report")
-    assert json.loads(js.read_text())["candidate"]["precision"]["plan"] == plan
+    assert json.loads(js.read_text())["candidate"]["quantization"]["plan"] == plan
     assert md.read_text().startswith(f"# Quality: {plan} against fp32")
 
 

@@ -65,7 +65,7 @@ def provenance(synth, threads: int | None) -> dict:
     m = synth.manifest
     return {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads or "ort-default",
             "onnxruntime": onnxruntime.__version__, "voxtral_edge": __version__, "commit": git_commit(),
-            "bundle": str(m.bundle), "precision": m["quantization"]["plan"],
+            "bundle": str(m.bundle), "plan": m["quantization"]["plan"],
             "size_gb": round(sum(f["size"] for f in m["files"].values()) / 1e9, 3),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
@@ -140,11 +140,11 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
 def to_markdown(info: dict, rows: list[Row]) -> str:
     head = (f"{info['cpu']}, {info['cores']} cores, threads {info['threads']}, onnxruntime {info['onnxruntime']}, "
             f"voxtral-edge {info['voxtral_edge']} ({info['commit']}), {info['date']}")
-    lines = [head, "", "| bundle | precision | size GB | steps | test | median | min | max | unit |",
+    lines = [head, "", "| bundle | plan | size GB | steps | test | median | min | max | unit |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     name = Path(info["bundle"]).name
     for r in rows:
-        lines.append(f"| {name} | {info['precision']} | {info['size_gb']:.2f} | {info['steps']} | {r.test} | "
+        lines.append(f"| {name} | {info['plan']} | {info['size_gb']:.2f} | {info['steps']} | {r.test} | "
                      f"{r.median:.2f} | {r.low:.2f} | {r.high:.2f} | {r.unit} |")
     return "\n".join(lines)
 
@@ -173,7 +173,7 @@ def plot(info: dict, rows: list[Row], path: str | Path) -> Path:
     ax.axvline(1000 / 12.5, color="k", linestyle="--", label="real time (80 ms)")
     ax.set_yticks([])
     ax.set_xlabel("ms per frame")
-    ax.set_title(f"{Path(info['bundle']).name} ({info['precision']}), {info['threads']} threads, {info['steps']} steps")
+    ax.set_title(f"{Path(info['bundle']).name} ({info['plan']}), {info['threads']} threads, {info['steps']} steps")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -134,8 +134,8 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
                                                                                            ref.sample_rate))
     mean = lambda key, sub: float(np.mean([u[key][sub] for u in utterances]))  # noqa: E731
     return {
-        "reference": {"bundle": str(reference), "precision": ref.manifest["quantization"]},
-        "candidate": {"bundle": str(candidate), "precision": cand.manifest["quantization"]},
+        "reference": {"bundle": str(reference), "quantization": ref.manifest["quantization"]},
+        "candidate": {"bundle": str(candidate), "quantization": cand.manifest["quantization"]},
         "settings": {"voice": voice, "frames": frames, "steps": steps, "cfg_alpha": cfg_alpha, "seed": seed},
         "graphs": {
             "backbone_step": {"hidden_states": compare(h_cand, h_ref), "semantic_logits": compare(logits_cand, logits_ref)},
@@ -155,7 +155,7 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
 
 def to_markdown(report: dict) -> str:
     g, e = report["graphs"], report["end_to_end"]
-    ref_plan, cand_plan = report["reference"]["precision"]["plan"], report["candidate"]["precision"]["plan"]
+    ref_plan, cand_plan = report["reference"]["quantization"]["plan"], report["candidate"]["quantization"]["plan"]
     lines = [f"# Quality: {cand_plan} against {ref_plan}", "",
              f"reference `{report['reference']['bundle']}`, candidate `{report['candidate']['bundle']}`; "
              f"voice {report['settings']['voice']}, {report['settings']['frames']} frames, "

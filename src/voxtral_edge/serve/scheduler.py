@@ -12,8 +12,9 @@ import math
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..audio import to_pcm16
 from ..runtime import Synthesizer, Utterance
@@ -77,6 +78,8 @@ class Scheduler:
         self._job_seconds = 2.0  # running mean of a job's duration, for Retry-After
         self._next_id = 0
         self._stopping = False
+        self._held = 0  # hold() blocks taken: no frame is made while any is
+        self._waiting = False  # the worker is waiting for work (or for the hold to end)
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._work, name="voxtral-edge-scheduler", daemon=True)
         self._thread.start()
@@ -97,7 +100,7 @@ class Scheduler:
             job.submitted_at = time.perf_counter()
             queue.append(job)
             self.counters["submitted"] += 1
-            self._wake.notify()
+            self._wake.notify_all()
         return job
 
     def cancel(self, job: Job) -> None:
@@ -105,14 +108,37 @@ class Scheduler:
         with self._wake:
             if job.state in ("queued", "running", "suspended") and not job.cancelled:
                 job.cancelled, job.cancel_step = True, self.counters["steps"]
-                self._wake.notify()
+                self._wake.notify_all()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """No frame is made inside this block (the frame in progress finishes first): requests still queue,
+        and are served in their order when it ends. For a pause of the audio (the head unit's audio focus
+        elsewhere) and for queueing work in a known order."""
+        with self._wake:
+            self._held += 1
+            while not self._waiting and self.current is not None and self.current.state == "running" \
+                    and not self._stopping:
+                self._wake.wait(0.05)  # the worker is inside a step: let it finish that frame
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._held -= 1
+                self._wake.notify_all()
+
+    @property
+    def idle(self) -> bool:
+        """The worker is waiting and no job is queued: nothing costs compute."""
+        with self._wake:
+            return self._waiting and not any(self.queues.values())
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """End every job at the next frame boundary (each stream ends with the audio made so far) and stop
         the worker."""
         with self._wake:
             self._stopping = True
-            self._wake.notify()
+            self._wake.notify_all()
         self._thread.join(timeout)
 
     def snapshot(self) -> dict:
@@ -145,10 +171,13 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self._wake:
-                job = self._next()
+                job = self._next() if not self._held else None
                 while job is None and not self._stopping:
+                    self._waiting = True
+                    self._wake.notify_all()  # a hold() waiting for the frame in progress
                     self._wake.wait()
-                    job = self._next()
+                    self._waiting = False
+                    job = self._next() if not self._held else None
                 if self._stopping:
                     break
                 previous = self.current

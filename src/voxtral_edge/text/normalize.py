@@ -1,11 +1,7 @@
 """Text as a car says it -> text as it is spoken: `normalize(text, lang)`.
 
-In order: line breaks unified; HTML tags dropped and entities decoded; emoji dropped (one rule: every
-pictograph, flag, keycap and skin tone goes, with the joiners and variation selectors between them)
-and invisible characters removed (zero-width spaces, direction marks, soft hyphens; ZWJ/ZWNJ inside
-words are kept, Devanagari and Arabic need them); URLs read as "link"; markdown flattened (headings,
-list items and table rows become sentences of their own, emphasis and code marks go); lines joined;
-then, per language: address and title abbreviations, times, dates, money, ordinals, road and exit
+In order: markup and clutter flattened to plain text (`markup.py`: line breaks, HTML, emoji, invisible
+characters, URLs read as "link", markdown, lines joined); then, per language: address and title abbreviations, times, dates, money, ordinals, road and exit
 numbers, quantities with their units, ranges, percentages, negatives and every other number, spelled
 in words; finally repeated punctuation collapsed and a final full stop added when there is none.
 
@@ -16,44 +12,12 @@ after it no ASCII digit is left, and no rule matches its own output. Tables are 
 from __future__ import annotations
 
 import functools
-import html
 import re
-import unicodedata
 
 from . import numbers
+from .markup import CLOSERS, TERMINATORS, Markup
 from .numbers import cardinal, ordinal, year
 from .tables import ENGLISH_VOICE_PREFIXES, LANGUAGES, RULES, Language, Noun
-
-TERMINATORS = ".!?…।॥؟۔"
-CLOSERS = "\"'”’“»«›‹)]}」』"
-
-# Digits of the scripts the languages write in -> ASCII (Devanagari, Arabic-Indic, Extended Arabic-Indic).
-_NATIVE_DIGITS = {**{0x0966 + i: str(i) for i in range(10)}, **{0x0660 + i: str(i) for i in range(10)},
-                  **{0x06F0 + i: str(i) for i in range(10)}}
-_NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x0b\x0c\x85]")
-_INVISIBLE = re.compile("[\u00ad\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
-                        "\ufe00-\ufe0f\u20e3\U000e0000-\U000e007f]")
-_EMOJI_CHAR = "\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF"
-_EMOJI = re.compile(f"[{_EMOJI_CHAR}](?:[\ufe0e\ufe0f\u20e3]|\u200d[{_EMOJI_CHAR}]?)*|\u200d(?=[{_EMOJI_CHAR}])")
-
-_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
-_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]*)\b[^<>]*>")
-_HTML_BLOCK = frozenset("br p div li ul ol tr table h1 h2 h3 h4 h5 h6 blockquote section article header footer "
-                        "pre hr dt dd".split())
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_URL = re.compile(r"(?<![^\W\d_])(?:(?:https?|ftp)://|www\.)[^\s<>\"'`]+", re.I)
-_URL_TAIL = re.compile(r"[.,;:!?)\]}>]+$")
-
-_MD_FENCE = re.compile(r"^\s*(?:```|~~~)")
-_MD_RULE = re.compile(r"(?:[-*_=][ \t]*){3,}|\|?(?:[ \t]*:?-{3,}:?[ \t]*\|)+[ \t]*:?-*:?")  # on a stripped line
-_MD_PREFIX = re.compile(r"^\s*(?:#{1,6}\s+|[-*+•]\s+|>\s?|[0-9]{1,3}[.)]\s+)")
-_MD_NUMBERED = re.compile(r"^\s*[0-9]{1,3}[.)]\s+\S", re.M)
-_MD_HEADING_TAIL = re.compile(r"\s+#+\s*$")
-_MD_LINK = re.compile(r"!?\[([^\[\]]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)")
-_MD_STAR = re.compile(r"(?<=\w)\*+(?=\w)|(\*+)")  # emphasis marks go; one between two words leaves a space
-_MD_UNDERSCORE = re.compile(r"(?<!\w)_+|_+(?!\w)")
-_MD_MARKS = re.compile(r"`+|~~")
-_MD_INLINE = re.compile(r"[*_`]|~~|\]\(")
 
 _LEADING_LOOKAROUNDS = re.compile(r"^(?:\(\?<?[=!](?:[^()]|\([^()]*\))*\))+")
 _DIGIT, _NON_DIGIT = re.compile("[0-9]"), re.compile("[^0-9]")
@@ -158,22 +122,14 @@ class Normalizer:
         self.name_abbreviations = [
             (re.compile(rf"{_LETTER_START}{a}{_LETTER_END}(?P<dot>\.)?"), title, suffix)
             for a, title, suffix in r.name_abbreviations]
-        self.and_word = re.compile(r" ?& ?")
+        self.plain = Markup(r.and_word, r.link, r.stop)
         self.feminine = re.compile(rf"(?:{r.feminine_nouns})") if r.feminine_nouns else None
 
     # -- the pipeline ---------------------------------------------------------------------------------
     def __call__(self, text: str) -> str:
         if not isinstance(text, str):
             raise TypeError(f"normalize: text must be a str, found {type(text).__name__}")
-        if not text.isascii():  # emoji, invisible characters and native digits are not ASCII
-            text = unicodedata.normalize("NFC", text).translate(_NATIVE_DIGITS)
-            text = _INVISIBLE.sub("", _EMOJI.sub("", text))
-        text = _NEWLINES.sub("\n", text)
-        text = self._html(text)
-        text = _flatten_links(text)  # "[text](url)" -> "text" before the URL inside would become "link"
-        if "://" in text or "www." in text.lower():
-            text = _URL.sub(self._url, text)
-        text = self._markdown(text)
+        text = self.plain(text)
         text = self._punctuation(_SPACES.sub(" ", text))  # the final stop first: rules see the text's end as it will be
         if self.abbreviations:
             text = self._abbreviate(text)
@@ -185,65 +141,6 @@ class Normalizer:
                 text = expanded
         text = self._numbers(text)
         return self._punctuation(text)
-
-    def _html(self, text: str) -> str:
-        """Tags dropped (block tags end a line), entities decoded, "&" read as "and", "<" ">" dropped."""
-        if "<" in text:
-            text = _HTML_COMMENT.sub("", text)
-            text = _HTML_TAG.sub(lambda m: "\n" if m.group(2).lower() in _HTML_BLOCK else "", text)
-        if "&" in text:
-            text = _ENTITY.sub(_entity, text)
-            text = self.and_word.sub(f" {self.rules.and_word} ", text)
-        return text.replace("<", "").replace(">", "")
-
-    def _url(self, m: re.Match) -> str:
-        tail = _URL_TAIL.search(m.group())
-        return f" {self.rules.link}{tail.group() if tail else ''} "
-
-    def _markdown(self, text: str) -> str:
-        """Markdown (and plain line breaks) -> one line: a heading, list item, table row or paragraph ends
-        with a full stop; the lines of one paragraph are joined with a space."""
-        while _MD_INLINE.search(text):  # until nothing changes: removing a mark can make another ("~`~")
-            flat = _flatten_links(text)
-            flat = _MD_STAR.sub(lambda m: "" if m.group(1) else " ", flat)
-            flat = _MD_MARKS.sub("", _MD_UNDERSCORE.sub("", flat))
-            if flat == text:
-                break
-            text = flat
-        if "\n" not in text:
-            return text
-        numbered = len(_MD_NUMBERED.findall(text)) >= 2
-        blocks, paragraph = [], []
-        for line in text.split("\n"):
-            if _MD_FENCE.match(line) or _MD_RULE.fullmatch(line.strip()) or not line.strip():
-                blocks.append(" ".join(paragraph))
-                paragraph = []
-                continue
-            item = False
-            while True:
-                m = _MD_PREFIX.match(line)
-                if not m or (m.group().strip()[:1].isdigit() and not numbered):
-                    break
-                line, item = line[m.end():], True
-            if line.rstrip().endswith("#"):  # "## Title ##"
-                line = _MD_HEADING_TAIL.sub("", line)
-            if "|" in line.strip()[:1] + line.strip()[-1:]:
-                line, item = ", ".join(c.strip() for c in line.strip().strip("|").split("|") if c.strip()), True
-            if item:
-                blocks += [" ".join(paragraph), line]
-                paragraph = []
-            else:
-                paragraph.append(line)
-        blocks.append(" ".join(paragraph))
-        return " ".join(self._ended(b) for b in (b.strip() for b in blocks) if b)
-
-    def _ended(self, block: str) -> str:
-        """A block with a full stop unless it ends with punctuation already."""
-        body = block.rstrip(CLOSERS + " ")
-        if body and (body[-1].isalnum() or unicodedata.category(body[-1])[0] in "LMN"):
-            i = len(body)
-            return block[:i] + self.rules.stop + block[i:]
-        return block
 
     def _abbreviate(self, text: str) -> str:
         """self.abbreviations.sub(self._abbreviation, text), tried only where the hint pattern finds a start."""
@@ -582,22 +479,6 @@ def _collapse_terminals(m: re.Match) -> str:
         if mark in run:
             return mark
     return "…" if "…" in run or run.count(".") >= 3 else "."
-
-
-def _flatten_links(text: str) -> str:
-    """Markdown links and images -> their text, nested ones too."""
-    while "](" in text:
-        flat = _MD_LINK.sub(r"\1", text)
-        if flat == text:
-            break
-        text = flat
-    return text
-
-
-def _entity(m: re.Match) -> str:
-    char = html.unescape(m.group())
-    # a decoded control character or unassigned code point is dropped, never introduced
-    return "".join(c for c in char if unicodedata.category(c) not in ("Cc", "Cs", "Cn", "Co"))
 
 
 def _unit_key(unit: str) -> str:

@@ -19,9 +19,8 @@ import re
 import unicodedata
 from typing import Callable
 
-_TERMINATORS = ".!?…।॥؟۔"
-# Closing quotes/brackets attached to the terminator; « ‹ “ close quotes in German („…“, »…«).
-_CLOSERS = "\"'”’“»«›‹)]}」』"
+from .markup import CLOSERS as _CLOSERS  # closing quotes/brackets attached to the terminator (« ‹ “ in German)
+from .markup import TERMINATORS as _TERMINATORS
 
 _BOUNDARY = re.compile(
     # French puts a (non-breaking) space before the closing », so allow that one closer after a space.
