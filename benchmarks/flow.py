@@ -61,7 +61,7 @@ def main() -> None:
 
     def frame(noise):
         return sessions["frame"].run(["codes"], {"noise": noise[None], "h": h[None], "timesteps": timesteps,
-                                                 "cfg_weights": np.array([alpha, 1 - alpha], f32)})[0][0]
+                                                 "cfg_weights": np.array([[alpha, 1 - alpha]], f32)})[0][0]
 
     times = {"per-step": [], "frame": []}
     same = 0

@@ -87,21 +87,22 @@ def reference_latent(ref, h, noise, steps, cfg_alpha):
 @pytest.mark.parametrize("steps", [1, 2, 7])
 @pytest.mark.parametrize("cfg_alpha", [1.2, 1.0, 0.0])
 def test_flow_frame_matches_reference(pair, steps, cfg_alpha):
-    """A whole frame in one call (every Euler step, the guidance, the rounding) gives the reference's codes."""
+    """A whole frame of 4 utterances in one call (every Euler step, the guidance, the rounding) gives each
+    the reference's codes."""
     ref, bundle = pair
     a = ref.config.audio
     rng = np.random.default_rng(steps)
     s = session(bundle, "flow_head")
-    for trial in range(4):
-        noise = rng.standard_normal(a.n_acoustic_codebook).astype(np.float32)
-        h = rng.standard_normal(ref.config.backbone.dim).astype(np.float32)
-        weights = [1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha]  # [1]: the conditional row alone
-        codes, latent = s.run(["codes", "latent"], {
-            "noise": noise[None], "h": h[None], "timesteps": np.linspace(0, 1, steps + 1, dtype=np.float32),
-            "cfg_weights": np.array(weights, np.float32)})
-        assert codes.dtype == np.int64
-        np.testing.assert_array_equal(codes[0], ref.acoustic_codes(h, noise, steps, cfg_alpha))
-        assert_close(latent[0], reference_latent(ref, h, noise, steps, cfg_alpha))
+    noise = rng.standard_normal((4, a.n_acoustic_codebook)).astype(np.float32)
+    h = rng.standard_normal((4, ref.config.backbone.dim)).astype(np.float32)
+    weights = [1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha]  # [1]: the conditional row alone
+    codes, latent = s.run(["codes", "latent"], {
+        "noise": noise, "h": h, "timesteps": np.linspace(0, 1, steps + 1, dtype=np.float32),
+        "cfg_weights": np.array([weights] * 4, np.float32)})
+    assert codes.dtype == np.int64 and codes.shape == noise.shape
+    for b in range(4):
+        np.testing.assert_array_equal(codes[b], ref.acoustic_codes(h[b], noise[b], steps, cfg_alpha))
+        assert_close(latent[b], reference_latent(ref, h[b], noise[b], steps, cfg_alpha))
 
 
 def random_codes(config, frames, seed):

@@ -35,6 +35,7 @@ FORMAT = "voxtral-edge-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
+BATCH = "B"  # the name of the batch dimension in backbone_step's and flow_head's shapes
 # The named precision plans (defined in voxtral_edge.quant.plans; named here so the runtime can check them).
 PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast")
 REQUIRED = ("format", "schema_version", "files", "graphs", "model", "audio", "special_ids", "embeddings",
@@ -199,3 +200,11 @@ class Manifest:
 
     def __getitem__(self, key: str):
         return self.data[key]
+
+    @property
+    def batched(self) -> bool:
+        """Whether backbone_step and flow_head take a batch of utterances: their inputs' first dimension is
+        the symbolic "B" (bundles exported before batching have 1 there and make one utterance per call)."""
+        graphs = self.data["graphs"]
+        return all(graphs[name]["inputs"][first]["shape"][:1] == [BATCH]
+                   for name, first in (("backbone_step", "inputs_embeds"), ("flow_head", "noise")))

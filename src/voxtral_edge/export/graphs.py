@@ -1,16 +1,25 @@
 """The three ONNX graphs, built straight from checkpoint tensors (no tracing).
 
-backbone_step   inputs_embeds [1, T, dim], past_length [1], past_key_i/past_value_i [1, kv_heads, max_context, head_dim]
-                -> hidden_states [1, T, dim] (after the final norm), semantic_logits [1, n_logits] (last position,
-                EMPTY_AUDIO and padding at -inf), present_key_i/present_value_i. T > 1 is a prefill. Attention is
-                onnxruntime's GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same
-                buffer as input and output, the KV cache is written in place, never copied.
-flow_head       noise [1, n_acoustic], h [1, dim], timesteps [steps + 1], cfg_weights [B] -> codes [1, n_acoustic]
-                (int64) and latent [1, n_acoustic]: a whole frame, every Euler step in a Loop, guidance and
-                FSQ rounding inside, what does not change between steps computed once (build_flow_head).
-                (flow_velocity, one evaluation x, t, h -> velocity, is built for tests and benchmarks only.)
+backbone_step   inputs_embeds [B, T, dim], past_length [B], past_key_i/past_value_i [B, kv_heads, max_context, head_dim]
+                -> hidden_states [B, T, dim] (after the final norm), semantic_logits [B, n_logits] (last position,
+                EMPTY_AUDIO and padding at -inf), present_key_i/present_value_i. T > 1 is a prefill (B = 1:
+                GroupQueryAttention takes a prompt after earlier positions for one row only); T = 1 steps B
+                utterances, row b at its own position past_length[b]. Attention is onnxruntime's
+                GroupQueryAttention with rotary (interleaved pairs) inside it; bound to the same buffer as input
+                and output, the KV cache is written in place, never copied: each row's new keys and values at
+                that row's own position, nothing read past it.
+flow_head       noise [B, n_acoustic], h [B, dim], timesteps [steps + 1], cfg_weights [B, R] -> codes [B, n_acoustic]
+                (int64) and latent [B, n_acoustic]: a whole frame of B utterances, every Euler step in a Loop,
+                guidance and FSQ rounding inside, what does not change between steps computed once
+                (build_flow_head). (flow_velocity, one evaluation x, t, h -> velocity, is built for tests and
+                benchmarks only.)
 codec_decoder   codes [K, n_codebooks] of K >= 1 new frames (no specials), frames_done [1] and the carried state
                 (conv tails, windowed attention caches) -> audio [K * samples_per_frame] and next_<state>.
+
+The batch dimension B is the same symbolic name in both graphs' inputs and outputs (the manifest records
+it); at B = 1 they compute what the graphs without it computed. Each utterance's result is the same at any
+B and whoever shares its call: no op mixes rows, and the quantized matmuls are kept row-independent (see
+build_flow_head and voxtral_edge.quant.matmul).
 
 Weight layout changes done here, each exact up to float rounding: linear weights stored [in, out] for
 MatMul; wq/wk/wv packed into one matrix and w1/w3 into another; weight norm and the codec's layer
@@ -29,6 +38,7 @@ from onnx import TensorProto, helper
 
 from .config import EMPTY_AUDIO, N_AUDIO_SPECIALS, ModelConfig
 from ..quant.matmul import quantized_weight
+from ..manifest import BATCH
 from ..quant.plans import GraphPlan
 
 from .onnx_graph import MS_DOMAIN, GraphBuilder
@@ -52,12 +62,15 @@ class GraphFile:
 
 class _Graph(GraphBuilder):
     """GraphBuilder plus the layers the three graphs share; `plan` decides which linear layers are
-    quantized, weight by weight, as they are written."""
+    quantized, weight by weight, as they are written. In a `batched` graph every matmul's input has the
+    utterance first ([B, rows, K]), and dynamic int8 quantizes each utterance on its own."""
 
-    def __init__(self, name: str, path: Path, tensor: Callable[[str], np.ndarray], plan: GraphPlan | None = None):
+    def __init__(self, name: str, path: Path, tensor: Callable[[str], np.ndarray], plan: GraphPlan | None = None,
+                 *, batched: bool = False):
         super().__init__(name, path)
         self.tensor = tensor
         self.plan = plan or GraphPlan()
+        self.batched = batched
         self.quantized: list[str] = []
         self.io: dict[str, dict[str, dict]] = {"inputs": {}, "outputs": {}}
 
@@ -89,12 +102,11 @@ class _Graph(GraphBuilder):
         full_name = "/".join(self._scope + [name])
         spec = self.plan.spec_for(full_name)
         if spec is None:
-            op_type, domain, inputs, attrs = "MatMul", "", [self.weight(name, weight_kn)], {}
-        else:
-            self.quantized.append(full_name)
-            (op_type, inputs, attrs), domain = quantized_weight(self, weight_kn, spec, name), MS_DOMAIN
-        return lambda x, outputs=None: self.op(op_type, [x, *inputs], domain=domain, name=name, outputs=outputs,
-                                               **attrs)
+            w = self.weight(name, weight_kn)
+            return lambda x, outputs=None: self.op("MatMul", [x, w], name=name, outputs=outputs)
+        self.quantized.append(full_name)
+        q = quantized_weight(self, weight_kn, spec, name, per_utterance=self.batched)
+        return lambda x, outputs=None: q.emit(self, x, name, outputs)
 
     def feed_forward(self, x: str, prefix: str, scale: np.ndarray | None = None) -> str:
         """SwiGLU with w1 and w3 in one MatMul; an optional output scale folded into w2."""
@@ -168,18 +180,20 @@ def semantic_mask(config: ModelConfig) -> np.ndarray:
 
 def build_backbone(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path, max_context: int,
                    plan: GraphPlan | None = None) -> GraphFile:
+    """backbone_step: B utterances, each at its own position (see the module's docstring)."""
     b = config.backbone
-    g = _Graph("backbone_step", path, tensor, plan)
+    g = _Graph("backbone_step", path, tensor, plan, batched=True)
     try:
-        x = g.add_input("inputs_embeds", FLOAT, [1, "T", b.dim])
-        past_length = g.add_input("past_length", INT64, [1])
-        kv_shape = [1, b.n_kv_heads, "max_context", b.head_dim]
+        x = g.add_input("inputs_embeds", FLOAT, [BATCH, "T", b.dim])
+        past_length = g.add_input("past_length", INT64, [BATCH])
+        kv_shape = [BATCH, b.n_kv_heads, "max_context", b.head_dim]
         with g.scope("lengths"):  # GroupQueryAttention takes lengths, not positions
             t = g.op("Gather", [g.op("Shape", [x]), g.const(1, np.int64)], axis=0, name="T")
             total = g.op("Add", [past_length, t], name="total")
             seqlens_k = g.op("Cast", [g.op("Sub", [total, g.const([1], np.int64)])], to=TensorProto.INT32,
                              name="seqlens_k")
-            total_length = g.op("Cast", [g.op("Squeeze", [total, g.const([0], np.int64)])], to=TensorProto.INT32,
+            # per row: seqlens_k; the longest only tells a first prompt from a step and bounds the rotary table
+            total_length = g.op("Cast", [g.op("ReduceMax", [total], keepdims=0)], to=TensorProto.INT32,
                                 name="total_sequence_length")
         cos, sin = rope_tables(b.head_dim, b.rope_theta, max_context)
         cos, sin = g.weight("rope_cos", cos), g.weight("rope_sin", sin)
@@ -201,12 +215,12 @@ def build_backbone(config: ModelConfig, tensor: Callable[[str], np.ndarray], pat
                 h = g.rms_norm(x, f"{p}.ffn_norm.weight", b.norm_eps)
                 x = g.op("Add", [x, g.feed_forward(h, p)], name="residual")
         hidden = g.rms_norm(x, "norm.weight", b.norm_eps,
-                            outputs=[g.add_output("hidden_states", FLOAT, [1, "T", b.dim])])
+                            outputs=[g.add_output("hidden_states", FLOAT, [BATCH, "T", b.dim])])
         with g.scope("semantic_head"):
             last = g.op("Gather", [hidden, g.op("Sub", [t, g.const(1, np.int64)])], axis=1, name="last")
             logits = g.linear(last, tensor("acoustic_transformer.semantic_codebook_output.weight"), "logits")
             g.op("Add", [logits, g.weight("mask", semantic_mask(config))],
-                 outputs=[g.add_output("semantic_logits", FLOAT, [1, config.audio.semantic_logits])])
+                 outputs=[g.add_output("semantic_logits", FLOAT, [BATCH, config.audio.semantic_logits])])
         return g.finish()
     except BaseException:
         g.abort()
@@ -263,11 +277,13 @@ def build_flow_velocity(config: ModelConfig, tensor: Callable[[str], np.ndarray]
 
 def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path,
                     plan: GraphPlan | None = None) -> GraphFile:
-    """flow_head: one frame's acoustic codes in one call, as Reference.acoustic_codes computes them.
+    """flow_head: one frame's acoustic codes for each of B utterances in one call, each as
+    Reference.acoustic_codes computes it.
 
-    noise [1, n_acoustic] (x at t = 0), h [1, dim], timesteps [steps + 1] (the Euler schedule) and
-    cfg_weights [B]: [alpha, 1 - alpha] guides with an unconditional row, [1] runs the conditional row
-    alone -> codes [1, n_acoustic] (int64, 0..levels-1) and latent [1, n_acoustic] (x at t = 1, unclipped).
+    noise [B, n_acoustic] (x at t = 0), h [B, dim], timesteps [steps + 1] (the Euler schedule, one for the
+    call) and cfg_weights [B, R]: row b [alpha_b, 1 - alpha_b] guides utterance b with an unconditional row
+    (R = 2), [1] runs its conditional row alone (R = 1) -> codes [B, n_acoustic] (int64, 0..levels-1) and
+    latent [B, n_acoustic] (x at t = 1, unclipped).
 
     A Loop runs the Euler steps (any number, one set of kernels and packed weights); what does not change
     between steps is computed before it, once per frame: every step's time token (time_projection on all
@@ -275,42 +291,71 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
     values. The unconditional row's token is llm_projection(0) = 0 (no biases), a constant, and so are its
     first-layer q, k, v (RMS norm of 0 is 0). Inside a step, the noisy-latent and time tokens are the same
     in both rows until their first attention: their first-layer q, k, v are computed once, for both.
+
+    What an utterance gets does not depend on the others in its call: every matmul reads [B, rows, K], the
+    rows of an utterance (its R rows' tokens) together; dynamic int8 quantizes each utterance apart
+    (`per_utterance_int8`); and the three matmuls that have one row per utterance (llm_projection, the h
+    token's first-layer q/k/v, input_projection) compute it twice: onnxruntime's int8-compute MatMulNBits
+    for blocks of 64 or more takes rows in pairs on AVX-512 and sums a lone last row in another order, so
+    with an even number of rows per utterance (R = 2) no pair holds two utterances. (With R = 1 an
+    utterance has 3 token rows: batched and alone then differ by rounding on those kernels.)
     """
     f, a = config.flow_head, config.audio
     p = "acoustic_transformer"
     n_ac, dim = a.n_acoustic_codebook, f.dim
     q_width, kv_width = f.n_heads * f.head_dim, f.n_kv_heads * f.head_dim
-    g = _Graph("flow_head", path, tensor, plan)
+    g = _Graph("flow_head", path, tensor, plan, batched=True)
     try:
-        noise = g.add_input("noise", FLOAT, [1, n_ac])
-        h = g.add_input("h", FLOAT, [1, config.backbone.dim])
+        noise = g.add_input("noise", FLOAT, [BATCH, n_ac])
+        h = g.add_input("h", FLOAT, [BATCH, config.backbone.dim])
         timesteps = g.add_input("timesteps", FLOAT, ["steps_plus_1"])
-        cfg_weights = g.add_input("cfg_weights", FLOAT, ["B"])
+        cfg_weights = g.add_input("cfg_weights", FLOAT, [BATCH, "R"])
         i64 = lambda *v: g.const(list(v), np.int64)  # noqa: E731
         first = f"{p}.layers.0"
         with g.scope("frame"):  # once per frame
-            rows = g.op("Shape", [cfg_weights], name="rows")  # [B]
+            shape = g.op("Shape", [cfg_weights], name="shape")
+            batch = g.op("Slice", [shape, i64(0), i64(1), i64(0)], name="batch")  # [B]
+            rows = g.op("Slice", [shape, i64(1), i64(2), i64(0)], name="rows")  # [R]
+
+            def twice(linear, t):  # [B, K] -> [B, N], computed on two equal rows (see the docstring)
+                pair = g.op("Concat", [g.op("Unsqueeze", [t, i64(1)])] * 2, axis=1)  # [B, 2, K]
+                return g.op("Gather", [linear(pair), g.const(0, np.int64)], axis=1)
+
+            def with_uncond(t, width, name):  # [B, width] -> [B, R, 1, width]: the unconditional row's zeros second
+                zeros = g.op("Expand", [g.const(np.zeros((1, 1, width), np.float32), name=f"uncond_{name}"),
+                                        g.op("Concat", [batch, i64(1, width)], axis=0)])
+                both = g.op("Concat", [g.op("Unsqueeze", [t, i64(1)]), zeros], axis=1)  # [B, 2, width]
+                return g.op("Unsqueeze", [g.op("Slice", [both, i64(0), rows, i64(1)]), i64(2)], name=name)
+
             steps = g.op("Sub", [g.op("Shape", [timesteps]), i64(1)], name="steps")
             starts = g.op("Slice", [timesteps, i64(0), steps, i64(0)], name="step_starts")  # t_k, k < steps
             angles = g.op("Mul", [g.op("Unsqueeze", [starts, i64(1)]),
                                   g.weight("time_frequencies", time_frequencies(dim))])
-            time_tokens = g.linear(g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=1),
-                                   tensor(f"{p}.time_projection.weight"), "time_projection")  # [steps, dim]
-            cond = g.linear(h, tensor(f"{p}.llm_projection.weight"), "llm_projection")  # [1, dim]
-            h_tokens = g.op("Slice", [g.op("Concat", [cond, g.const(np.zeros((1, dim), np.float32), name="uncond")],
-                                            axis=0), i64(0), rows, i64(0)], name="h_tokens")  # [B, dim]
+            time_in = g.op("Unsqueeze", [g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=1), i64(0)])
+            time_tokens = g.op("Squeeze", [g.linear(time_in, tensor(f"{p}.time_projection.weight"), "time_projection"),
+                                           i64(0)])  # [steps, dim], the same for every utterance: one group
+            cond = twice(g.linear_weight(tensor(f"{p}.llm_projection.weight"), "llm_projection"), h)  # [B, dim]
+            h_tokens = with_uncond(cond, dim, "h_tokens")  # [B, R, 1, dim]
         with g.scope(first):
             norm0 = g.weight("norm_weight", tensor(f"{first}.attention_norm.weight"))
             with g.scope("attention"):
                 w0 = {w: g.linear_weight(tensor(f"{first}.attention.{w}.weight"), w) for w in ("wq", "wk", "wv")}
         with g.scope("frame"):
-            h_normed = g.op("RMSNormalization", [g.op("Slice", [h_tokens, i64(0), i64(1), i64(0)]), norm0], axis=-1,
-                            epsilon=float(f.norm_eps), name="h_norm")
-            zero = {"wq": q_width, "wk": kv_width, "wv": kv_width}
-            # [B, 1, width]: the conditional row's q, k, v, then the unconditional row's zeros
-            h_qkv = {w: g.op("Unsqueeze", [g.op("Slice", [g.op("Concat", [w0[w](h_normed), g.const(
-                np.zeros((1, zero[w]), np.float32), name=f"uncond_{w}")], axis=0), i64(0), rows, i64(0)]), i64(1)],
-                             name=f"h_{w}") for w in w0}
+            h_normed = g.op("RMSNormalization", [cond, norm0], axis=-1, epsilon=float(f.norm_eps), name="h_norm")
+            width = {"wq": q_width, "wk": kv_width, "wv": kv_width}
+            h_qkv = {w: with_uncond(twice(w0[w], h_normed), width[w], f"h_{w}") for w in w0}  # [B, R, 1, width]
+
+        def per_row(t, n, width):  # [B, n, width] -> [B, R, n, width]: the same in each of an utterance's rows
+            return g.op("Expand", [g.op("Unsqueeze", [t, i64(1)]), g.op("Concat", [batch, rows, i64(n, width)], axis=0)])
+
+        def sequences(t, n, width):  # [B, R*n, width] or [B, R, n, width] -> [B*R, n, width], for attention
+            return g.op("Reshape", [t, i64(-1, n, width)])
+
+        def utterances(t, width):  # [B*R, n, width] or [B, R, n, width] -> [B, R*n, width], for matmuls
+            return g.op("Reshape", [t, g.op("Concat", [batch, i64(-1, width)], axis=0)])
+
+        def token0(t):  # [B, R*3, dim] -> [B, R, dim]: each row's first token
+            return utterances(g.op("Slice", [sequences(t, 3, dim), i64(0), i64(1), i64(1)]), dim)
 
         # one Euler step: x_k -> x_{k+1}
         with g.subgraph() as body_nodes:
@@ -320,63 +365,68 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
                 k1 = g.op("Unsqueeze", [k, i64(0)], name="k")
                 dt = g.op("Sub", [g.op("Gather", [timesteps, g.op("Add", [k1, i64(1)])], axis=0),
                                   g.op("Gather", [timesteps, k1], axis=0)], name="dt")  # [1]
-                acoustic = g.linear(x, tensor(f"{p}.input_projection.weight"), "input_projection")
-                shared = g.op("Concat", [acoustic, g.op("Gather", [time_tokens, k1], axis=0)], axis=0,
-                              name="x_t_tokens")  # [2, dim], the same in every row
-                per_row = lambda t, n, width: g.op("Expand", [g.op("Unsqueeze", [t, i64(0)]), g.op(  # noqa: E731
-                    "Concat", [rows, i64(n, width)], axis=0)])  # [n, width] -> [B, n, width]
+                acoustic = twice(g.linear_weight(tensor(f"{p}.input_projection.weight"), "input_projection"), x)
+                t_token = g.op("Expand", [g.op("Unsqueeze", [g.op("Gather", [time_tokens, k1], axis=0), i64(0)]),
+                                          g.op("Concat", [batch, i64(1, dim)], axis=0)])  # [B, 1, dim]
+                shared = g.op("Concat", [g.op("Unsqueeze", [acoustic, i64(1)]), t_token], axis=1,
+                              name="x_t_tokens")  # [B, 2, dim], the same in each of an utterance's rows
             last = f.n_layers == 1
             with g.scope(first):
                 normed = g.op("RMSNormalization", [shared, norm0], axis=-1, epsilon=float(f.norm_eps), name="norm")
                 with g.scope("attention"):
-                    q_s, k_s, v_s = (w0[w](normed) for w in ("wq", "wk", "wv"))
+                    q_s, k_s, v_s = (w0[w](normed) for w in ("wq", "wk", "wv"))  # [B, 2, width]
                     if last:  # only token 0 is read out
-                        q = per_row(g.op("Slice", [q_s, i64(0), i64(1), i64(0)]), 1, q_width)
+                        q = per_row(g.op("Slice", [q_s, i64(0), i64(1), i64(1)]), 1, q_width)
                     else:
-                        q = g.op("Concat", [per_row(q_s, 2, q_width), h_qkv["wq"]], axis=1)
-                    kk = g.op("Concat", [per_row(k_s, 2, kv_width), h_qkv["wk"]], axis=1)
-                    v = g.op("Concat", [per_row(v_s, 2, kv_width), h_qkv["wv"]], axis=1)
-                    attn = g.attend(q, kk, v, f.n_heads, f.n_kv_heads, f.head_dim)
-                    attn = g.linear(attn, tensor(f"{first}.attention.wo.weight"), "wo")
-                seq = g.op("Concat", [per_row(shared, 2, dim), g.op("Unsqueeze", [h_tokens, i64(1)])], axis=1,
-                           name="sequence")  # [B, 3, dim]: x, t, h
+                        q = g.op("Concat", [per_row(q_s, 2, q_width), h_qkv["wq"]], axis=2)
+                    kk = g.op("Concat", [per_row(k_s, 2, kv_width), h_qkv["wk"]], axis=2)
+                    v = g.op("Concat", [per_row(v_s, 2, kv_width), h_qkv["wv"]], axis=2)
+                    attn = g.attend(sequences(q, 1 if last else 3, q_width), sequences(kk, 3, kv_width),
+                                    sequences(v, 3, kv_width), f.n_heads, f.n_kv_heads, f.head_dim)
+                    attn = g.linear(utterances(attn, q_width), tensor(f"{first}.attention.wo.weight"), "wo")
+                seq = g.op("Concat", [per_row(shared, 2, dim), h_tokens], axis=2, name="sequence")  # [B, R, 3, dim]
                 if last:
-                    seq = g.op("Slice", [seq, i64(0), i64(1), i64(1)])
-                seq = g.op("Add", [seq, attn], name="residual")
+                    seq = g.op("Slice", [seq, i64(0), i64(1), i64(2)])
+                seq = g.op("Add", [utterances(seq, dim), attn], name="residual")  # [B, R*3 (or R), dim]
                 seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{first}.ffn_norm.weight", f.norm_eps), first)],
                            name="residual")
             for j in range(1, f.n_layers):
                 lp = f"{p}.layers.{j}"
                 with g.scope(lp):
                     normed = g.rms_norm(seq, f"{lp}.attention_norm.weight", f.norm_eps)
-                    queries = None
+                    queries, n_q = normed, 3
                     if j == f.n_layers - 1:  # only token 0 is read out: its query, output and FFN are all that's left
-                        seq = g.op("Slice", [seq, i64(0), i64(1), i64(1)])
-                        queries = g.op("Slice", [normed, i64(0), i64(1), i64(1)], name="token0")
-                    attn = g.attention(normed, lp, f.n_heads, f.n_kv_heads, f.head_dim, queries=queries)
+                        seq, queries, n_q = token0(seq), token0(normed), 1
+                    with g.scope("attention"):
+                        q = g.linear(queries, tensor(f"{lp}.attention.wq.weight"), "wq")
+                        kk = g.linear(normed, tensor(f"{lp}.attention.wk.weight"), "wk")
+                        v = g.linear(normed, tensor(f"{lp}.attention.wv.weight"), "wv")
+                        attn = g.attend(sequences(q, n_q, q_width), sequences(kk, 3, kv_width), sequences(v, 3, kv_width),
+                                        f.n_heads, f.n_kv_heads, f.head_dim)
+                        attn = g.linear(utterances(attn, q_width), tensor(f"{lp}.attention.wo.weight"), "wo")
                     seq = g.op("Add", [seq, attn], name="residual")
                     seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{lp}.ffn_norm.weight", f.norm_eps), lp)],
                                name="residual")
-            with g.scope("step"):
-                out = g.op("Gather", [g.rms_norm(seq, f"{p}.norm.weight", f.norm_eps), g.const(0, np.int64)], axis=1)
-                velocity = g.linear(out, tensor(f"{p}.acoustic_codebook_output.weight"), "acoustic_codebook_output")
-                guided = g.op("ReduceSum", [g.op("Mul", [velocity, g.op("Unsqueeze", [cfg_weights, i64(1)])]), i64(0)],
-                              keepdims=1, name="guided")  # alpha v_cond + (1 - alpha) v_uncond, [1, n_ac]
+            with g.scope("step"):  # seq [B, R, dim]: each row's token 0
+                velocity = g.linear(g.rms_norm(seq, f"{p}.norm.weight", f.norm_eps),
+                                    tensor(f"{p}.acoustic_codebook_output.weight"), "acoustic_codebook_output")
+                guided = g.op("ReduceSum", [g.op("Mul", [velocity, g.op("Unsqueeze", [cfg_weights, i64(2)])]), i64(1)],
+                              keepdims=0, name="guided")  # alpha v_cond + (1 - alpha) v_uncond, [B, n_ac]
                 g.op("Add", [x, g.op("Mul", [guided, dt])], outputs=["x_next"])
                 g.op("Identity", ["cond_in"], outputs=["cond_out"])
         body = helper.make_graph(
             body_nodes, "euler_step",
             [helper.make_tensor_value_info(k, INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-             helper.make_tensor_value_info(x, FLOAT, [1, n_ac])],
+             helper.make_tensor_value_info(x, FLOAT, [BATCH, n_ac])],
             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-             helper.make_tensor_value_info("x_next", FLOAT, [1, n_ac])])
+             helper.make_tensor_value_info("x_next", FLOAT, [BATCH, n_ac])])
         latent = g.op("Loop", [g.op("Squeeze", [steps, i64(0)], name="trip_count"), "", noise], body=body,
-                      outputs=[g.add_output("latent", FLOAT, [1, n_ac])])
+                      outputs=[g.add_output("latent", FLOAT, [BATCH, n_ac])])
         with g.scope("fsq"):  # (clip(x, -1, 1) + 1) / 2 * (levels - 1), rounded half to even like numpy
             scaled = g.op("Mul", [g.op("Div", [g.op("Add", [g.op("Clip", [latent, g.const(-1.0), g.const(1.0)]),
                                                             g.const(1.0)]), g.const(2.0)]),
                                   g.const(float(a.acoustic_codebook_size - 1))])
-            g.op("Cast", [g.op("Round", [scaled])], to=INT64, outputs=[g.add_output("codes", INT64, [1, n_ac])])
+            g.op("Cast", [g.op("Round", [scaled])], to=INT64, outputs=[g.add_output("codes", INT64, [BATCH, n_ac])])
         return g.finish()
     except BaseException:
         g.abort()

@@ -11,7 +11,9 @@ dynamic-int8   DynamicQuantizeMatMul (com.microsoft): int8 weights with one symm
                int16 with saturation, and full-range weights overflow it (flow-head cosine 0.87).
 
 Both the exporter (tensor by tensor, while building a graph) and `voxtral-edge quantize` (rewriting a
-built graph) go through `quantized_weight`.
+built graph) go through `quantized_weight`. In the graphs with a batch dimension (backbone_step, flow_head)
+dynamic int8 quantizes each utterance's activations on their own (`per_utterance_int8`): one scale per
+tensor would let the other utterances of a batch change an utterance's numbers.
 """
 
 from __future__ import annotations
@@ -102,24 +104,87 @@ def quantize_int8_columns(weight_kn: np.ndarray) -> Int8Weight:
     return Int8Weight(values, scales.astype(np.float32))
 
 
-def quantized_weight(graph, weight_kn: np.ndarray, spec: QuantSpec, name: str) -> tuple[str, list[str], dict]:
-    """Write x @ weight_kn's quantized weight into `graph` (a GraphBuilder); returns (op_type, the node's
-    inputs after x, its attributes): one weight can then serve several nodes."""
+@dataclass(frozen=True)
+class QuantizedMatMul:
+    """A quantized weight written into a graph once; `emit` adds one x @ weight that reads it (one weight can
+    serve several nodes).
+
+    per_utterance: dynamic int8 with one activation scale and zero point per index of x's first dimension (an
+    utterance of a batch) instead of one per tensor, so that what an utterance gets does not depend on the
+    others in its batch (`per_utterance_int8`)."""
+
+    op_type: str
+    inputs: tuple[str, ...]
+    attrs: dict
+    per_utterance: bool = False
+
+    def emit(self, graph, x: str, name: str, outputs: list[str] | None = None) -> str:
+        if self.per_utterance:
+            return per_utterance_int8(graph, x, *self.inputs, name=name, outputs=outputs)
+        return graph.op(self.op_type, [x, *self.inputs], domain=MS_DOMAIN, name=name, outputs=outputs, **self.attrs)
+
+
+def quantized_weight(graph, weight_kn: np.ndarray, spec: QuantSpec, name: str, *,
+                     per_utterance: bool = False) -> QuantizedMatMul:
+    """Write x @ weight_kn's quantized weight into `graph` (a GraphBuilder). `per_utterance` (graphs with a
+    batch dimension first) applies to dynamic int8 only: MatMulNBits already quantizes each row apart."""
     k, n = weight_kn.shape
     if spec.method == "dynamic-int8":
         q = quantize_int8_columns(weight_kn)
-        return "DynamicQuantizeMatMul", [graph.weight(f"{name}_int8", q.values), graph.weight(f"{name}_scale", q.scales),
-                                         graph.weight(f"{name}_zero_point", np.zeros(n, dtype=np.int8))], {}
+        values, scales = graph.weight(f"{name}_int8", q.values), graph.weight(f"{name}_scale", q.scales)
+        if per_utterance:  # the zero point is applied through the columns' sums (see per_utterance_int8)
+            sums = graph.weight(f"{name}_column_sums", q.values.sum(axis=0, dtype=np.int32))
+            return QuantizedMatMul("MatMulInteger", (values, scales, sums), {}, per_utterance=True)
+        return QuantizedMatMul("DynamicQuantizeMatMul", (values, scales, graph.weight(
+            f"{name}_zero_point", np.zeros(n, dtype=np.int8))), {})
     q = quantize_nbits(weight_kn, spec)
     inputs = [graph.weight(f"{name}_q{spec.bits}", q.packed), graph.weight(f"{name}_scales", q.scales)]
     if q.zero_points is not None:
         inputs.append(graph.weight(f"{name}_zero_points", q.zero_points))
     attrs = {"accuracy_level": spec.accuracy_level} if spec.accuracy_level else {}
-    return "MatMulNBits", inputs, dict(K=k, N=n, bits=spec.bits, block_size=spec.block_size, **attrs)
+    return QuantizedMatMul("MatMulNBits", tuple(inputs), dict(K=k, N=n, bits=spec.bits, block_size=spec.block_size,
+                                                                **attrs))
+
+
+def per_utterance_int8(graph, x: str, values: str, scales: str, column_sums: str, *, name: str,
+                       outputs: list[str] | None = None) -> str:
+    """x [G, ..., K] @ an int8 weight, as DynamicQuantizeMatMul computes it for each x[g] on its own: bit for
+    bit the same numbers (onnxruntime 1.32's GetQuantizationParameter, MLAS's QuantizeLinear and QGEMM):
+    per utterance g, min and max of x[g] widened to include 0, scale (max - min) / 255 (1 when max == min),
+    zero point round-half-even(clip(0 - min / scale, 0, 255)), uint8 values by QuantizeLinear; the product
+    in int32 (MatMulInteger, exact) less zero point x the weight's column sums (exact); then
+    float(acc) * (scale * column scale). Only ops with per-axis or elementwise semantics, so the rows of
+    one utterance never meet another's."""
+    from onnx import TensorProto
+
+    i64 = lambda *v: graph.const(list(v), np.int64)  # noqa: E731
+    with graph.scope(name):
+        utterances = graph.op("Shape", [x], start=0, end=1, name="utterances")  # [G]
+        xg = graph.op("Reshape", [x, graph.op("Concat", [utterances, i64(-1)], axis=0)], name="by_utterance")
+        lo = graph.op("Min", [graph.op("ReduceMin", [xg, i64(1)], keepdims=1), graph.const(0.0)], name="min")
+        hi = graph.op("Max", [graph.op("ReduceMax", [xg, i64(1)], keepdims=1), graph.const(0.0)], name="max")
+        scale = graph.op("Where", [graph.op("Equal", [hi, lo]), graph.const(1.0),
+                                   graph.op("Div", [graph.op("Sub", [hi, lo]), graph.const(255.0)])], name="x_scale")
+        zero = graph.op("Cast", [graph.op("Round", [graph.op("Clip", [
+            graph.op("Sub", [graph.const(0.0), graph.op("Div", [lo, scale])]), graph.const(0.0),
+            graph.const(255.0)])])], to=TensorProto.UINT8, name="x_zero_point")  # [G, 1]
+        flat = lambda t: graph.op("Reshape", [t, i64(-1)])  # noqa: E731
+        quantized = graph.op("QuantizeLinear", [xg, flat(scale), flat(zero)], axis=0, name="x_uint8")
+        k = graph.op("Shape", [x], start=-1, name="k")
+        rows = graph.op("Reshape", [quantized, graph.op("Concat", [i64(-1), k], axis=0)], name="rows")
+        acc = graph.op("MatMulInteger", [rows, values], name="acc")  # int32 [G * r, N]
+        per_utterance = graph.op("Div", [graph.op("Shape", [xg], start=1, end=2), k], name="rows_per_utterance")
+        per_row = lambda t: graph.op("Reshape", [graph.op("Expand", [t, graph.op(  # noqa: E731
+            "Concat", [utterances, per_utterance], axis=0)]), i64(-1, 1)])  # [G, 1] -> [G * r, 1]
+        acc = graph.op("Sub", [acc, graph.op("Mul", [per_row(graph.op("Cast", [zero], to=TensorProto.INT32)),
+                                                     column_sums])], name="acc_centred")
+        y = graph.op("Mul", [graph.op("Cast", [acc], to=TensorProto.FLOAT),
+                             graph.op("Mul", [per_row(scale), scales], name="multiplier")])
+        shape = graph.op("Concat", [graph.op("Shape", [x], end=-1), graph.op("Shape", [column_sums])], axis=0)
+        return graph.op("Reshape", [y, shape], outputs=outputs)
 
 
 def emit_quantized_matmul(graph, x: str, weight_kn: np.ndarray, spec: QuantSpec, name: str,
-                          outputs: list[str] | None = None) -> str:
+                          outputs: list[str] | None = None, *, per_utterance: bool = False) -> str:
     """Add x @ weight_kn as a quantized node to `graph` (a GraphBuilder); returns the output name."""
-    op_type, inputs, attrs = quantized_weight(graph, weight_kn, spec, name)
-    return graph.op(op_type, [x, *inputs], domain=MS_DOMAIN, name=name, outputs=outputs, **attrs)
+    return quantized_weight(graph, weight_kn, spec, name, per_utterance=per_utterance).emit(graph, x, name, outputs)

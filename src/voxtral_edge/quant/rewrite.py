@@ -2,7 +2,9 @@
 
 Each MatMul whose constant weight the plan selects is replaced through the same emitter the exporter
 uses (`quantized_weight`), reading the fp32 weight straight from the bundle's external data file,
-so the whole fp32 graph is never in memory. Everything else is copied unchanged.
+so the whole fp32 graph is never in memory. Everything else is copied unchanged. In a graph with a batch
+dimension (its inputs' first dimension named "B") dynamic int8 quantizes each utterance apart, as the
+exporter does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..files import replacing_folder
 from ..manifest import Manifest, file_entry, write_manifest
 from ..progress import Progress
 
-from .matmul import MS_DOMAIN, quantized_weight
+from .matmul import quantized_weight
 from .plans import GRAPHS, GraphPlan, Plan, load_plan
 
 ONNX_TO_NUMPY = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.INT64: np.int64,
@@ -52,6 +54,8 @@ def rewrite_graph(src: Path, dst: Path, plan: GraphPlan, bar: Progress):
         bar.advance(length, t.name)
         return np.frombuffer(raw, dtype=ONNX_TO_NUMPY[t.data_type]).reshape(tuple(t.dims))
 
+    batched = any(i.type.tensor_type.shape.dim[:1] and i.type.tensor_type.shape.dim[0].dim_param == "B"
+                  for i in model.graph.input)
     g = GraphBuilder(model.graph.name, dst)
     g._names.update(initializers)
     g.inputs, g.outputs = list(model.graph.input), list(model.graph.output)
@@ -65,11 +69,10 @@ def rewrite_graph(src: Path, dst: Path, plan: GraphPlan, bar: Progress):
             spec = plan.spec_for(weight) if weight in initializers else None
             if spec is not None:
                 if weight not in shared:
-                    shared[weight] = quantized_weight(g, array(initializers[weight]), spec, weight)
+                    shared[weight] = quantized_weight(g, array(initializers[weight]), spec, weight,
+                                                      per_utterance=batched)
                     quantized.append(weight)
-                op_type, inputs, attrs = shared[weight]
-                g.op(op_type, [node.input[0], *inputs], domain=MS_DOMAIN, name=weight, outputs=list(node.output),
-                     **attrs)
+                shared[weight].emit(g, node.input[0], weight, list(node.output))
                 continue
             for attribute in node.attribute:
                 if attribute.type == onnx.AttributeProto.GRAPH:
