@@ -110,17 +110,17 @@ def test_kv_cache_is_one_buffer_written_in_place(tiny_checkpoint_dirs, tiny_bund
 def test_end_audio_ends_the_utterance(tiny_bundle_dirs, monkeypatch):
     synth = Synthesizer.open(tiny_bundle_dirs[0])
     calls = []
-    backbone = Synthesizer.backbone
+    backbone_rows = Synthesizer.backbone_rows  # every backbone call of the frame loop goes through it
 
-    def ending_backbone(self, x, past_length):
-        hidden, logits = backbone(self, x, past_length)
-        calls.append(len(x))
+    def ending_backbone(self, x, positions, first_row=0):
+        hidden, logits = backbone_rows(self, x, positions, first_row)
+        calls.append(x.shape[1])
         if calls.count(1) == 3:  # after the prefill (one or two calls: voice prefix, text) and three steps
             logits = np.full_like(logits, -np.inf)
-            logits[self.audio_layout["end_audio"]] = 0
+            logits[:, self.audio_layout["end_audio"]] = 0
         return hidden, logits
 
-    monkeypatch.setattr(Synthesizer, "backbone", ending_backbone)
+    monkeypatch.setattr(Synthesizer, "backbone_rows", ending_backbone)
     result = synth.synthesize("Fin.", "casual_male", seed=0, max_frames=20)
     assert result.finished and len(result.codes) == 3
     assert result.audio.shape == (3 * 1920,)
@@ -274,8 +274,9 @@ def test_the_voice_prefix_is_computed_once_and_reused(tiny_bundle_dirs, monkeypa
     noise = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
     first = synth.synthesize(TEXT, "fr_female", noise=noise)  # computes and keeps the prefix
     lengths = []
-    backbone = Synthesizer.backbone
-    monkeypatch.setattr(Synthesizer, "backbone", lambda self, x, p: (lengths.append((len(x), p)), backbone(self, x, p))[1])
+    backbone_rows = Synthesizer.backbone_rows
+    monkeypatch.setattr(Synthesizer, "backbone_rows", lambda self, x, p, row=0: (
+        lengths.append((x.shape[1], p[0])), backbone_rows(self, x, p, row))[1])
     second = synth.synthesize(TEXT, "fr_female", noise=noise)
     np.testing.assert_array_equal(second.codes, first.codes)
     np.testing.assert_allclose(second.audio, first.audio, atol=1e-5)

@@ -9,15 +9,20 @@
                 next input = sum of one audio-embedding row per codebook -> one backbone step
     codes -> codec decoder -> 24 kHz float32 audio
 
-A Synthesizer holds one KV cache, so it serves one request at a time; calls from several threads are
-serialized by a lock. An utterance can also be made step by step (`start`, then `step` per frame): its
-state is an `Utterance` object, and several may take turns frame by frame, each one's KV rows set aside
-while another's are in the cache, so that a scheduler can pause one utterance for another and resume it.
+A Synthesizer holds one KV cache of `batch` rows (`Synthesizer.open(..., batch=B)`, 1 by default), one
+utterance per row; calls from several threads are serialized by a lock. An utterance can also be made step
+by step (`start`, then `step` per frame): its state is an `Utterance` object. Several may take turns frame
+by frame (each holds a row while it is stepped; when rows run out, the one stepped least recently has its
+rows set aside and copied back at its next step), so that a scheduler can pause one utterance for another
+and resume it; and up to `batch` of them make their next frames together (`step_many`): one backbone call
+for all of them (each row at its own position) and one flow-head call, each utterance's codes the same
+as alone. `run_many` keeps the rows full from a queue of utterances (continuous batching).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 import secrets
 import unicodedata
 import threading
@@ -27,14 +32,14 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import defaults
-from .errors import UsageError, VoxtralEdgeError
+from .errors import BundleError, UsageError, VoxtralEdgeError
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .sessions import SessionSettings, open_sessions
@@ -86,8 +91,15 @@ class Synthesizer:
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
-                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None):
+                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, batch: int = 1):
         self.manifest = m = manifest
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise UsageError(f"batch must be an integer >= 1, found {batch!r}")
+        if batch > 1 and not m.batched:
+            raise BundleError(f"{m.bundle}: its graphs take one utterance per call (exported before batching: "
+                              f"backbone_step's inputs_embeds is {m['graphs']['backbone_step']['inputs']['inputs_embeds']['shape']}); "
+                              f"re-export it for batch {batch}, or use batch 1")
+        self.batch = batch
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
         backbone = m["model"]["backbone"]
@@ -109,10 +121,12 @@ class Synthesizer:
         self._codebook_offsets = np.array(self.audio_layout["codebook_offsets"]) + self.audio_layout["n_specials"]
         self.samples_per_frame = int(self.audio_layout["samples_per_frame"])
         self._voices: dict[str, np.ndarray] = {}
-        self._kv: list[ort.OrtValue] | None = None
         self._kv_arrays: list[np.ndarray] = []
+        self._kv_pages: list[mmap.mmap] = []
+        self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, list[ort.OrtValue]]] = {}
         self._prefix_cache: dict[str, list[np.ndarray]] = {}
-        self._holder: Utterance | None = None  # the utterance whose rows the KV cache holds
+        self._rows: list[Utterance | None] = [None] * batch  # the utterance holding each row of the KV cache
+        self._steps = 0  # batched steps made: each utterance records its last, the least recent is set aside first
         self.last_result: Result | None = None
         self._lock = threading.Lock()
 
@@ -120,7 +134,7 @@ class Synthesizer:
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
-             profiling: str | None = None) -> "Synthesizer":
+             profiling: str | None = None, batch: int = 1) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
@@ -128,10 +142,12 @@ class Synthesizer:
         `threads` is the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's
         (default: the same); `providers` the execution providers by short name; `profiling` a path prefix
         for onnxruntime's per-node profiles. With `codec_pipeline`, `stream` decodes audio on a second
-        thread while the next frames are computed (same audio)."""
+        thread while the next frames are computed (same audio). `batch` is the number of utterances that can
+        make their frames together (`step_many`, `run_many`): the KV cache has that many rows, fixed for the
+        session (a bundle exported before batching takes 1)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
-                   providers=providers, profiling=profiling)
+                   providers=providers, profiling=profiling, batch=batch)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -161,10 +177,18 @@ class Synthesizer:
     # -- the graphs, one call at a time (what the frame loop is made of) -----------------------------
     @property
     def kv_cache(self) -> list[np.ndarray]:
-        """The KV cache: one preallocated float32 array [1, kv_heads, max_context, head_dim] per layer and
-        kind (layer 0's keys, its values, layer 1's keys, ...), bound in place as both past and present of
-        the backbone, so that writing an array writes the cache (allocated on first use)."""
-        self._kv_cache()
+        """The KV cache: one preallocated float32 array [batch, kv_heads, max_context, head_dim] per layer and
+        kind (layer 0's keys, its values, layer 1's keys, ...), row r an utterance's, bound in place as both
+        past and present of the backbone, so that writing an array writes the cache (allocated on first use).
+        Its pages are anonymous memory without huge pages: only the positions written become resident."""
+        if not self._kv_arrays:
+            b = self.manifest["model"]["backbone"]
+            shape = (self.batch, b["n_kv_heads"], self.max_context, b["head_dim"])
+            size = int(np.prod(shape)) * np.dtype(f32).itemsize
+            # (numpy would ask for transparent huge pages: the first write to a head's row would then make a
+            # whole 2 MB resident, every row of the cache at once)
+            self._kv_pages = [mmap.mmap(-1, size) for _ in range(2 * b["n_layers"])]
+            self._kv_arrays = [np.frombuffer(pages, dtype=f32).reshape(shape) for pages in self._kv_pages]
         return self._kv_arrays
 
     @property
@@ -172,39 +196,51 @@ class Synthesizer:
         """The voices whose prompt prefix (keys and values) is kept, least recently used first."""
         return tuple(self._prefix_cache)
 
-    def _kv_cache(self) -> list[ort.OrtValue]:
-        """The KV buffers, allocated once, bound as both past and present of every layer."""
-        if self._kv is None:
-            b = self.manifest["model"]["backbone"]
-            shape = (1, b["n_kv_heads"], self.max_context, b["head_dim"])
-            # each OrtValue wraps its numpy array's memory: writing the array writes the cache
-            self._kv_arrays = [np.zeros(shape, f32) for _ in range(2 * b["n_layers"])]
-            self._kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv_arrays]
-            self._io = self.sessions["backbone_step"].io_binding()
-            for i in range(b["n_layers"]):
+    def _binding(self, first: int, stop: int) -> ort.IOBinding:
+        """The backbone's binding with rows [first, stop) of every KV array as both past and present (made once
+        per range: each OrtValue wraps a contiguous view of the arrays, no copy)."""
+        if (first, stop) not in self._bindings:
+            io = self.sessions["backbone_step"].io_binding()
+            values = [ort.OrtValue.ortvalue_from_numpy(a[first:stop]) for a in self.kv_cache]
+            for i in range(len(values) // 2):
                 for j, kind in enumerate(("key", "value")):
-                    self._io.bind_ortvalue_input(f"past_{kind}_{i}", self._kv[2 * i + j])
-                    self._io.bind_ortvalue_output(f"present_{kind}_{i}", self._kv[2 * i + j])
-        return self._kv
+                    io.bind_ortvalue_input(f"past_{kind}_{i}", values[2 * i + j])
+                    io.bind_ortvalue_output(f"present_{kind}_{i}", values[2 * i + j])
+            self._bindings[first, stop] = io, values
+        return self._bindings[first, stop][0]
 
     def backbone(self, x: np.ndarray, past_length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run x [T, dim] at positions past_length.. ; returns (hidden states [T, dim], semantic logits of
-        the last position). The cache keeps everything before past_length and receives these positions (an
-        utterance in progress must be `suspend`ed first, or its rows are overwritten)."""
-        if past_length + len(x) > self.max_context:
-            raise VoxtralEdgeError(f"context full: {past_length + len(x)} positions needed, max_context is "
+        """Run x [T, dim] at positions past_length.. in row 0 of the cache; returns (hidden states [T, dim],
+        semantic logits of the last position). The row keeps everything before past_length and receives
+        these positions (an utterance in progress there must be `suspend`ed first, or its rows are
+        overwritten)."""
+        hidden, logits = self.backbone_rows(np.asarray(x)[None], [past_length])
+        return hidden[0], logits[0]
+
+    def backbone_rows(self, x: np.ndarray, positions, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Run rows first_row.. of the cache in one call: x [n, T, dim], row first_row + i at positions[i]..
+        (T > 1, a prompt, for one row only: onnxruntime's attention takes a prompt after earlier positions
+        for a batch of 1). Returns (hidden states [n, T, dim], semantic logits [n, n_logits] of each row's last
+        position); each row's keys and values are written at its own positions, nothing else is touched."""
+        x = np.ascontiguousarray(x, dtype=f32)
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        n, t = x.shape[:2]
+        if len(positions) != n or not 0 <= first_row <= self.batch - n or (t > 1 and n > 1):
+            raise UsageError(f"backbone_rows: x {list(x.shape)} and {len(positions)} positions from row {first_row}: "
+                             f"expected one position per row, rows within 0..{self.batch - 1}, and T > 1 for one "
+                             f"row only")
+        if positions.min() < 0 or positions.max() + t > self.max_context:
+            raise VoxtralEdgeError(f"context full: {int(positions.max()) + t} positions needed, max_context is "
                                    f"{self.max_context}")
-        self._kv_cache()
-        x = np.ascontiguousarray(x[None], dtype=f32)
-        position = np.array([past_length], dtype=np.int64)
-        self._io.bind_cpu_input("inputs_embeds", x)
-        self._io.bind_cpu_input("past_length", position)
-        # rebound every run: their shape follows T (an output bound once keeps its first shape)
-        self._io.bind_output("hidden_states")
-        self._io.bind_output("semantic_logits")
-        self.sessions["backbone_step"].run_with_iobinding(self._io)
-        outputs = self._io.get_outputs()  # the KV buffers first, then the two bound last
-        return outputs[-2].numpy()[0], outputs[-1].numpy()[0]
+        io = self._binding(first_row, first_row + n)
+        io.bind_cpu_input("inputs_embeds", x)
+        io.bind_cpu_input("past_length", positions)
+        # rebound every run: their shape follows T and n (an output bound once keeps its first shape)
+        io.bind_output("hidden_states")
+        io.bind_output("semantic_logits")
+        self.sessions["backbone_step"].run_with_iobinding(io)
+        outputs = io.get_outputs()  # the KV buffers first, then the two bound last
+        return outputs[-2].numpy(), outputs[-1].numpy()
 
     def prefill(self, prompt: list[int], voice: str) -> tuple[np.ndarray, np.ndarray]:
         """Run a speech prompt (`prompt(text, voice)`) into the cache from position 0; returns (hidden states
@@ -222,19 +258,32 @@ class Synthesizer:
     def acoustic_codes(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
         """Euler integration of the flow head from noise (t = 0) to t = 1 with classifier-free guidance,
         all steps in one call of the flow_head graph; returns codes 0..levels-1."""
-        return self._flow(h, noise, steps, cfg_alpha)[0][0]
+        return self.flow_batch(np.asarray(h)[None], np.asarray(noise)[None], steps, [cfg_alpha])[0][0]
 
     def flow_latent(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> np.ndarray:
         """The same integration's end point, x at t = 1 [n_acoustic], before it is rounded to codes."""
-        return self._flow(h, noise, steps, cfg_alpha)[1][0]
+        return self.flow_batch(np.asarray(h)[None], np.asarray(noise)[None], steps, [cfg_alpha])[1][0]
 
-    def _flow(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """(codes [1, n_acoustic], latent [1, n_acoustic]) of one frame."""
+    def flow_batch(self, h: np.ndarray, noise: np.ndarray, steps: int,
+                   cfg_alphas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """One frame of n utterances in one flow_head call: h [n, dim], noise [n, n_acoustic], their guidance
+        strengths (all 1, or none 1: a strength of 1 runs without the unconditional row, and mixing the two
+        would change those utterances' numbers) -> (codes [n, n_acoustic], latent [n, n_acoustic]), each row
+        what it would be alone."""
+        alphas = [float(a) for a in cfg_alphas]
+        unguided = [a == 1 for a in alphas]
+        if any(unguided) and not all(unguided):
+            raise UsageError(f"flow_batch: guidance strengths {alphas} mix 1 with others; call once for each kind")
         # with alpha 1 the unconditional row has weight 0: the graph runs the conditional row alone
-        weights = np.array([1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha], dtype=f32)
+        weights = np.array([[1.0] if unguided[0] else [a, 1 - a] for a in alphas], dtype=f32)
+        h, noise = np.asarray(h, dtype=f32).reshape(len(alphas), -1), np.asarray(noise, dtype=f32).reshape(len(alphas), -1)
+        timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
+        if not self.manifest.batched:  # a bundle from before batching: cfg_weights [R], one utterance per call
+            return tuple(np.concatenate(parts) for parts in zip(*(self.sessions["flow_head"].run(["codes", "latent"], {
+                "noise": noise[i:i + 1], "h": h[i:i + 1], "timesteps": timesteps, "cfg_weights": weights[i]})
+                for i in range(len(alphas)))))
         codes, latent = self.sessions["flow_head"].run(["codes", "latent"], {
-            "noise": np.asarray(noise, dtype=f32).reshape(1, -1), "h": np.asarray(h, dtype=f32).reshape(1, -1),
-            "timesteps": np.linspace(0, 1, steps + 1, dtype=f32), "cfg_weights": weights})
+            "noise": noise, "h": h, "timesteps": timesteps, "cfg_weights": weights})
         return codes, latent
 
     def audio_embedding(self, codes: np.ndarray) -> np.ndarray:
@@ -258,8 +307,8 @@ class Synthesizer:
         steps = self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
         specials, codes = self.audio_layout["n_specials"], np.asarray(codes)
         with self._lock:
-            if self._holder is not None:
-                self._suspend(self._holder)
+            if self._rows[0] is not None:  # prefill and backbone_step use row 0
+                self._suspend(self._rows[0])
             prompt = self.prompt(text, voice)
             hidden, logits = self.prefill(prompt, voice)
             h, out = hidden[-1], []
@@ -271,21 +320,22 @@ class Synthesizer:
         return np.array(out, dtype=np.int64).reshape(-1, codes.shape[1])
 
     # -- the voice prefix --------------------------------------------------------------------------
-    def _prefill(self, prompt: list[int], x: np.ndarray, voice: str) -> tuple[np.ndarray, np.ndarray]:
-        """`prefill`, with the prompt's embeddings x already made."""
+    def _prefill(self, prompt: list[int], x: np.ndarray, voice: str, row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """`prefill` into a row of the cache, with the prompt's embeddings x already made."""
         prefix = voice_positions(prompt, self.ids).stop + 1
         kv = self.kv_cache
         cached = self._prefix_cache.pop(voice, None)
         if cached is None:
-            self.backbone(x[:prefix], 0)
-            cached = [a[:, :, :prefix].copy() for a in kv]
+            self.backbone_rows(x[None, :prefix], [0], row)
+            cached = [a[row, :, :prefix].copy() for a in kv]
         else:
             for a, c in zip(kv, cached):
-                a[:, :, :prefix] = c
+                a[row, :, :prefix] = c
         self._prefix_cache[voice] = cached  # most recent last
         while len(self._prefix_cache) > PREFIX_CACHE_VOICES:
             self._prefix_cache.pop(next(iter(self._prefix_cache)))
-        return self.backbone(x[prefix:], prefix)
+        hidden, logits = self.backbone_rows(x[None, prefix:], [prefix], row)
+        return hidden[0], logits[0]
 
     # -- one utterance ---------------------------------------------------------------------------
     def pieces(self, text: str, voice: str) -> list[str]:
@@ -417,32 +467,105 @@ class Synthesizer:
     def step(self, u: Utterance) -> np.ndarray:
         """Make u's next frame (the first frame of a piece prefills it first) and return the audio it
         completes: a chunk as `stream` yields them, or an empty array while a chunk fills up; the step
-        that ends u sets `u.done`. Utterances may take turns step by step: the cache changes hands at
-        the step (see `suspend`), and each one's audio is what it would have been alone."""
+        that ends u sets `u.done`. Utterances may take turns step by step: each holds a row of the cache
+        while it is stepped (see `suspend`), and each one's audio is what it would have been alone."""
         with self._lock:
             return self._step(u)
 
+    def step_many(self, utterances: Sequence[Utterance]) -> list[np.ndarray]:
+        """Make the next frame of each of up to `batch` distinct utterances together and return their chunks
+        (as `step` does, in their order): one backbone call steps every row, one flow-head call per kind of
+        Euler schedule and guidance makes their acoustic codes. Each utterance's codes and audio are what
+        it would have made alone (`step`), whoever it shares the step with (see `voxtral_edge.export.graphs`
+        for what holds this on which kernels). An utterance whose own request fails here (a prompt the
+        context cannot hold) ends with `u.error` set and an empty chunk; the others go on."""
+        with self._lock:
+            return self._step_many(list(utterances))
+
+    def run_many(self, utterances: Iterable[Utterance]) -> Iterator[tuple[Utterance, np.ndarray | None]]:
+        """Continuous batching: step up to `batch` of `utterances` together, frame by frame, and whenever one
+        is done take the next (in order) into its row. Yields (u, chunk) for each chunk as it is made and
+        (u, None) once u is done: `close(u)` then gives its Result (and `u.error` says if its request
+        failed). With `codec_pipeline`, chunks after an utterance's first are decoded on the codec's thread
+        and yielded when ready, in order. Stopping early (closing the generator) closes nothing: close the
+        utterances you took."""
+        queue, live, pool = iter(utterances), [], self._codec_pool()
+        with self._lock:
+            while True:
+                while len(live) < self.batch and (u := next(queue, None)) is not None:
+                    live.append(u)
+                if not live:
+                    return
+                chunks = self._step_many(live, pool)
+                for u, chunk in zip(list(live), chunks):
+                    if len(chunk):
+                        yield u, chunk
+                    for decoded in self._decoded(u, wait=u.done):
+                        yield u, decoded
+                    if u.done:
+                        live.remove(u)
+                        self._release(u)
+                        yield u, None
+
     def suspend(self, u: Utterance) -> None:
-        """Set u aside: the KV rows it has written are copied out of the cache into `u.kv`, so that
-        another utterance may use the cache; u's next `step` copies them back. (Done by `step` itself
-        when another utterance's turn comes; this frees the cache for direct backbone calls.)"""
+        """Set u aside: the KV rows it has written are copied out of the cache into `u.kv` and its row is
+        freed, so that another utterance may use it; u's next `step` copies them back (into any free row).
+        (Done by the step itself when rows run out: the utterance stepped least recently is set aside; this
+        frees row 0 for direct backbone calls.)"""
         with self._lock:
             self._suspend(u)
 
     def close(self, u: Utterance) -> Result:
-        """End u, spoken or not: its KV rows are freed and a Result holds what it made (the audio is
-        the chunks `step` returned)."""
+        """End u, spoken or not: its row is freed and a Result holds what it made (the audio is the chunks
+        `step` returned)."""
         with self._lock:
             return self._close(u)
 
     def _step(self, u: Utterance, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
-        """As `step`; with a `pool`, chunks after u's first are decoded there (u.decoding) and not returned."""
-        if u.done:
-            return np.zeros(0, dtype=f32)
-        self._resume(u)
-        if u.hidden is None:
-            self._begin_piece(u)
-        frame = self._next_frame(u)
+        """As `step` (a failure of u's own request raised); with a `pool`, see `_step_many`."""
+        chunk = self._step_many([u], pool)[0]
+        if u.error is not None:
+            raise u.error
+        return chunk
+
+    def _step_many(self, utterances: list[Utterance], pool: ThreadPoolExecutor | None = None) -> list[np.ndarray]:
+        """As `step_many`; with a `pool`, chunks after an utterance's first are decoded there (u.decoding) and
+        not returned."""
+        if len(utterances) > self.batch or len(set(map(id, utterances))) < len(utterances):
+            raise UsageError(f"step_many: {len(utterances)} utterances for a batch of {self.batch} rows (each at "
+                             f"most once)")
+        live = [u for u in utterances if not u.done]
+        self._seat(live)
+        for u in list(live):
+            if u.hidden is None:
+                try:
+                    self._begin_piece(u)
+                except VoxtralEdgeError as e:  # this request's own failure: the others go on
+                    u.error, u.done = e, True
+                    self._release(u)
+                    live.remove(u)
+        frames = self._next_frames(live)
+        return [self._emit(u, frames[u], pool) if u in frames else np.zeros(0, f32) for u in utterances]
+
+    def _seat(self, utterances: list[Utterance]) -> None:
+        """Give each utterance a row of the cache (its own when it holds one), copying back the rows of one
+        set aside; when rows run out, the holders stepped least recently (not among these) are set aside."""
+        self._steps += 1
+        for u in utterances:
+            u.last_step = self._steps
+        for u in [u for u in utterances if u.row is None]:
+            if None not in self._rows:
+                holders = [h for h in self._rows if h.last_step < self._steps]
+                self._suspend(min(holders, key=lambda h: h.last_step))
+            u.row = self._rows.index(None)
+            self._rows[u.row] = u
+            if u.kv is not None:
+                for a, rows in zip(self.kv_cache, u.kv):
+                    a[u.row, :, :rows.shape[1]] = rows
+                u.kv = None
+
+    def _emit(self, u: Utterance, frame: np.ndarray | None, pool: ThreadPoolExecutor | None) -> np.ndarray:
+        """After u's frame (None: its piece has ended): the chunk it completes, and the piece's end."""
         if frame is not None:
             u.pending.append(frame)
             if len(u.pending) < (u.chunk_frames if u.chunks else u.first_chunk_frames):
@@ -460,7 +583,7 @@ class Synthesizer:
         return chunk
 
     def _begin_piece(self, u: Utterance) -> None:
-        """Prefill u's next piece: its prompt, guard and codec state."""
+        """Prefill u's next piece in its row: its prompt, guard and codec state."""
         run = u.run
         u.piece += 1
         prompt = run.time("tokenize_ms", self.prompt, u.pieces[u.piece], u.voice)
@@ -473,30 +596,66 @@ class Synthesizer:
         u.guard = min(room, defaults.MAX_FRAMES, RUNAWAY_FRAMES + RUNAWAY_FRAMES_PER_TOKEN * u.text_tokens)
         u.limit = min(u.guard, u.left)
         run.prompt_tokens += len(prompt)
-        hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice)
+        hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice, u.row)
         u.hidden, u.logits, u.position = hidden[-1], logits, len(prompt)
         u.made, u.fed, u.ended, u.codec = 0, True, False, CodecStream(self)
 
-    def _next_frame(self, u: Utterance) -> np.ndarray | None:
-        """u's next frame of codes (without specials), or None when its piece has ended (END_AUDIO, or
-        its limit reached)."""
-        layout, run = self.audio_layout, u.run
-        if u.made == u.limit:
-            return None
-        if not u.fed:  # the frame made last goes into the backbone first
-            u.hidden, u.logits = run.time("backbone_ms", self.backbone_step, run.frames[-1], u.position)
+    def _next_frames(self, utterances: list[Utterance]) -> dict[Utterance, np.ndarray | None]:
+        """Each utterance's next frame of codes (without specials), or None when its piece has ended
+        (END_AUDIO, or its limit reached): the frames made last go through the backbone together first,
+        then the flow head makes the acoustic codes of those that go on, together."""
+        layout = self.audio_layout
+        frames: dict[Utterance, np.ndarray | None] = {u: None for u in utterances if u.made == u.limit}
+        going = [u for u in utterances if u not in frames]
+        self._feed([u for u in going if not u.fed])
+        made = []
+        for u in going:
+            semantic = int(np.argmax(u.logits))
+            if semantic == layout["end_audio"]:
+                u.ended, frames[u] = True, None
+                continue
+            noise = u.noise[len(u.run.frames)] if u.noise is not None else \
+                u.rng.standard_normal(layout["n_acoustic_codebook"], dtype=f32)
+            made.append((u, semantic, noise))
+        kinds: dict[tuple[int, bool], list] = {}  # one flow-head call per Euler schedule and guidance kind
+        for item in made:
+            kinds.setdefault((item[0].steps, item[0].cfg_alpha == 1), []).append(item)
+        for group in kinds.values():
+            start = time.perf_counter()
+            codes, _ = self.flow_batch(np.stack([u.hidden for u, _, _ in group]), np.stack([n for _, _, n in group]),
+                                       group[0][0].steps, [u.cfg_alpha for u, _, _ in group])
+            elapsed = 1e3 * (time.perf_counter() - start)
+            for (u, semantic, _), acoustic in zip(group, codes):
+                u.run.timings["flow_ms"] += elapsed  # each waited for the whole call
+                frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
+                u.run.frames.append(frame)
+                u.made, u.left, u.fed = u.made + 1, u.left - 1, False
+                frames[u] = frame
+        return frames
+
+    def _feed(self, utterances: list[Utterance]) -> None:
+        """The frame each of these made last into the backbone, in one call over the rows from the lowest of
+        theirs to the highest; a row between them that is not stepped runs as a filler at its holder's next
+        position (written there and overwritten by the holder's own next step before anything reads it; a
+        free row at position 0)."""
+        if not utterances:
+            return
+        first, stop = min(u.row for u in utterances), max(u.row for u in utterances) + 1
+        x = np.zeros((stop - first, 1, self.manifest["model"]["backbone"]["dim"]), dtype=f32)
+        positions = np.zeros(stop - first, dtype=np.int64)
+        for r in range(first, stop):
+            holder = self._rows[r]
+            if holder is not None and holder.position < self.max_context:
+                positions[r - first] = holder.position
+        for u in utterances:
+            x[u.row - first, 0] = self.audio_embedding(u.run.frames[-1])
+        start = time.perf_counter()
+        hidden, logits = self.backbone_rows(x, positions, first)
+        elapsed = 1e3 * (time.perf_counter() - start)
+        for u in utterances:
+            u.run.timings["backbone_ms"] += elapsed
+            u.hidden, u.logits = hidden[u.row - first, -1], logits[u.row - first]
             u.position, u.fed = u.position + 1, True
-        semantic = int(np.argmax(u.logits))
-        if semantic == layout["end_audio"]:
-            u.ended = True
-            return None
-        frame_noise = u.noise[len(run.frames)] if u.noise is not None else \
-            u.rng.standard_normal(layout["n_acoustic_codebook"], dtype=f32)
-        acoustic = run.time("flow_ms", self.acoustic_codes, u.hidden, frame_noise, u.steps, u.cfg_alpha)
-        frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
-        run.frames.append(frame)
-        u.made, u.left, u.fed = u.made + 1, u.left - 1, False
-        return frame
 
     def _end_piece(self, u: Utterance) -> None:
         run, last = u.run, u.piece == len(u.pieces) - 1
@@ -504,36 +663,35 @@ class Synthesizer:
         if not u.ended and u.made == u.guard:  # stopped by the guard, not by the caller's max_frames
             warnings.warn(RunawayWarning(
                 f"piece {u.piece + 1} of {len(u.pieces)} did not end after {u.guard} frames ({u.guard * 0.08:.1f} s, "
-                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=4)
+                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=5)
         if u.left <= 0:
             run.finished = run.finished and last
         u.hidden = u.logits = u.codec = None
         u.position = 0
         if last or u.left <= 0:
             u.done = True
-            if self._holder is u:
-                self._holder = None
+            self._release(u)
+
+    def _release(self, u: Utterance) -> None:
+        """Free u's row: the next holder writes it from position 0; its pages go back to the system."""
+        if u.row is None:
+            return
+        self._rows[u.row] = None
+        row_bytes = self.kv_cache[0][0].nbytes
+        start = -(-u.row * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE  # the whole pages inside the row
+        length = ((u.row + 1) * row_bytes // mmap.PAGESIZE) * mmap.PAGESIZE - start
+        if length > 0 and hasattr(mmap, "MADV_DONTNEED"):
+            for pages in self._kv_pages:
+                pages.madvise(mmap.MADV_DONTNEED, start, length)
+        u.row = None
 
     def _suspend(self, u: Utterance) -> None:
-        if self._holder is u:
-            u.kv = [a[:, :, :u.position].copy() for a in self._kv_arrays]
-            self._holder = None
-
-    def _resume(self, u: Utterance) -> None:
-        """Make the cache hold u's rows, setting aside those of the utterance that held it."""
-        if self._holder is u:
-            return
-        if self._holder is not None:
-            self._suspend(self._holder)
-        if u.kv is not None:
-            for a, rows in zip(self.kv_cache, u.kv):
-                a[:, :, :rows.shape[2]] = rows
-            u.kv = None
-        self._holder = u
+        if u.row is not None:
+            u.kv = [a[u.row, :, :u.position].copy() for a in self.kv_cache] if u.position else None
+            self._release(u)
 
     def _close(self, u: Utterance) -> Result:
-        if self._holder is u:
-            self._holder = None
+        self._release(u)
         u.kv = None
         if not u.done:
             u.run.finished, u.done = False, True
@@ -546,7 +704,8 @@ class Synthesizer:
 class Utterance:
     """One utterance in progress, as data: what is left to say, where the backbone stands, the codec's
     carried state and the noise generator. `Synthesizer.start` makes one and `step` advances it by one
-    frame; while another utterance has the KV cache, `kv` holds the rows this one has written."""
+    frame; it holds row `row` of the KV cache while it is stepped, and while set aside `kv` holds what it
+    wrote there."""
 
     voice: str
     pieces: list[str]  # the prompts it is spoken in (see Synthesizer.pieces)
@@ -573,6 +732,9 @@ class Utterance:
     chunks: list[np.ndarray] = field(default_factory=list)  # the audio returned so far
     decoding: deque[Future] = field(default_factory=deque)  # chunks on the codec thread, in order
     kv: list[np.ndarray] | None = None  # its KV rows [:position] per layer while set aside
+    row: int | None = None  # the row of the KV cache it holds
+    last_step: int = 0  # the synthesizer's step count when it was last stepped
+    error: VoxtralEdgeError | None = None  # why its request failed (it is then done)
     done: bool = False
 
 
