@@ -11,7 +11,9 @@ def test_bench_rows_markdown_and_json(tiny_bundle_dirs):
     info, rows = bench.run_bench(tiny_bundle_dirs[0], frames=3, repeats=2, steps=2, verify=False)
     assert [r.test.split(" pp")[0] for r in rows] == ["load", "load: verify", "prefill", "backbone",
                                                       "flow head (2 steps)", "flow head step", "codec", "frame",
-                                                      "first audio", "rtf", "peak RSS", "RSS anonymous", "RSS file"]
+                                                      "first audio", "rtf", "frames/s (aggregate)",
+                                                      "frame, one row of 1", "rtf (aggregate)", "peak RSS",
+                                                      "RSS anonymous", "RSS file"]
     by_test = {r.test: r.median for r in rows}
     assert by_test["load: verify"] <= by_test["load"]
     assert by_test["RSS anonymous"] + by_test["RSS file"] <= by_test["peak RSS"] * 1.001

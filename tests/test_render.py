@@ -171,19 +171,21 @@ def test_a_killed_run_is_recovered_from_its_journal(rendered_catalog, tiny_bundl
     assert leftovers(out) == []
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_its_item_rendered(rendered_catalog, tiny_bundle_dirs, tmp_path):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_worker_killed_mid_run_is_replaced_and_its_item_rendered(rendered_catalog, tiny_bundle_dirs, tmp_path,
+                                                                   batch):
     catalog, one = rendered_catalog
     killed = []
 
     def kill_a_worker(state):
-        busy = [w for w in state.pool.processes if w.job is not None]  # workers with an item now
+        busy = [w for w in state.pool.processes if w.jobs]  # workers with items now
         if state.done >= 4 and busy and not killed:
             os.kill(busy[0].process.pid, signal.SIGKILL)
-            killed.append(busy[0].job["id"])
+            killed.extend(busy[0].jobs)
 
     summary = render(catalog, tiny_bundle_dirs[0], tmp_path / "out", settings=SETTINGS, workers=2, progress=False,
-                     observer=kill_a_worker)
-    assert killed and summary.restarts == 1
+                     observer=kill_a_worker, batch=batch)
+    assert 1 <= len(killed) <= batch and summary.restarts == 1  # each item it held rendered again
     assert (summary.rendered, summary.failed) == (30, 0)  # nothing lost, nothing twice
     assert (tmp_path / "out" / "index.jsonl").read_bytes() == (one / "index.jsonl").read_bytes()
 

@@ -37,6 +37,15 @@ def test_ray_renders_the_same_bytes_as_local_workers(cluster, rendered_catalog, 
     assert ray.is_initialized()  # a cluster the caller started is left running
 
 
+def test_ray_actors_render_batches_to_the_same_bytes(cluster, rendered_catalog, tiny_bundle_dirs, tmp_path):
+    """Each call gives an actor 4 items, rendered together (continuous batching inside the call)."""
+    catalog, one = rendered_catalog
+    summary = render(catalog, tiny_bundle_dirs[0], tmp_path / "ray4", settings=SETTINGS, ray=True, workers=1,
+                     batch=4, progress=False)
+    assert (summary.workers, summary.rendered, summary.failed) == (1, 30, 0)
+    assert (tmp_path / "ray4" / "index.jsonl").read_bytes() == (one / "index.jsonl").read_bytes()
+
+
 def test_a_killed_actor_loses_and_duplicates_nothing(cluster, rendered_catalog, tiny_bundle_dirs, tmp_path):
     catalog, one = rendered_catalog
     killed = []

@@ -14,6 +14,12 @@ divide by the frames made). Rows:
     first audio   ms       streamed: from the call to the first chunk of audio (voice prefix cached, 1 frame)
     frame         ms/frame wall time per frame past the prefill (with --codec-pipeline the codec runs beside)
     rtf           x        total time / audio duration (< 1 is faster than real time)
+    frames/s (aggregate)   frames/s  B utterances of the sentence (seeds 0..B-1, `--batch B`, 1 by default)
+                           made together with continuous batching (`Synthesizer.run_many`): all their
+                           frames / the wall time, prefills included
+    frame, one row of B    ms/frame  the same run: how long each utterance waited for each of its frames
+                           past its prefill (its per-frame latency; 80 ms is real time)
+    rtf (aggregate)        x        the same run: wall time / the audio of all B utterances
     peak RSS      MB       the process's peak resident memory
     RSS anonymous MB       at the end: private heap (onnxruntime's packed weights, KV cache, buffers)
     RSS file      MB       at the end: file pages mapped and resident (weights read in place, embeddings);
@@ -75,7 +81,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               chunk_frames: int = defaults.CHUNK_FRAMES, voice: str | None = None,
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
               saved_graphs: bool | None = None, codec_threads: int | None = None,
-              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",)) -> tuple[dict, list[Row]]:
+              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
+              batch: int = 1) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows)."""
     from .manifest import Manifest
     from .prompt import voice_positions
@@ -85,7 +92,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     manifest = Manifest.load(bundle, verify=verify)
     verify_s = time.perf_counter() - start
     synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs,
-                        codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers)
+                        codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers,
+                        batch=batch)
     load_s = time.perf_counter() - start
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -117,6 +125,20 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
         per["codec"].append(codec)
         per["frame"].append((t["total_ms"] - t["prefill_ms"] - t["tokenize_ms"]) / n)
         per["rtf"].append(t["total_ms"] / 1e3 / max(r.duration, 1e-9))
+    for _ in range(repeats):  # B utterances together, the rows kept full
+        utterances = [synth.start(text, voice, chunk_frames=chunk_frames, seed=b, steps=steps, cfg_alpha=cfg_alpha,
+                                  max_frames=frames) for b in range(batch)]
+        start = time.perf_counter()
+        for _u, _chunk in synth.run_many(utterances):
+            pass
+        wall = 1e3 * (time.perf_counter() - start)
+        results = [synth.close(u) for u in utterances]
+        made = sum(len(r.codes) for r in results)
+        per.setdefault("aggregate", []).append(made / (wall / 1e3))
+        per.setdefault("rtf_aggregate", []).append(wall / 1e3 / max(sum(r.duration for r in results), 1e-9))
+        per.setdefault("row", []).append(statistics.mean(
+            (r.timings["total_ms"] - r.timings["prefill_ms"] - r.timings["tokenize_ms"]) / max(len(r.codes), 1)
+            for r in results))
     rows = [Row("load", "s", load_s, load_s, load_s), Row("load: verify", "s", verify_s, verify_s, verify_s),
             summarize(f"prefill pp{len(prompt)}", "tok/s", per["prefill"]),
             summarize("backbone", "ms/frame", per["backbone"]),
@@ -125,7 +147,10 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
             summarize("codec", "ms/frame", per["codec"]),
             summarize("frame", "ms/frame", per["frame"]),
             summarize("first audio", "ms", per["first"]),
-            summarize("rtf", "x", per["rtf"])]
+            summarize("rtf", "x", per["rtf"]),
+            summarize("frames/s (aggregate)", "frames/s", per["aggregate"]),
+            summarize(f"frame, one row of {batch}", "ms/frame", per["row"]),
+            summarize("rtf (aggregate)", "x", per["rtf_aggregate"])]
     rss = peak_rss_bytes() / 1e6
     resident = resident_memory()
     rows.append(Row("peak RSS", "MB", rss, rss, rss))
@@ -133,7 +158,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     info = provenance(synth, threads)
     info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice, chunk_frames=chunk_frames,
                 first_audio_tokens=len(prompt) - voice_positions(prompt, synth.ids).stop - 1,
-                codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline)
+                codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline, batch=batch)
     return info, rows
 
 
@@ -164,7 +189,7 @@ def plot(info: dict, rows: list[Row], path: str | Path) -> Path:
         from .errors import VoxtralEdgeError
 
         raise VoxtralEdgeError("--plot needs matplotlib: pip install matplotlib") from None
-    parts = {r.test.split(" (")[0]: r.median for r in rows if r.unit == "ms/frame" and r.test != "frame"}
+    parts = {r.test.split(" (")[0]: r.median for r in rows if r.unit == "ms/frame" and not r.test.startswith("frame")}
     fig, ax = plt.subplots(figsize=(8, 2.2))
     left = 0.0
     for label, value in parts.items():

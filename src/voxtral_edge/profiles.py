@@ -19,6 +19,7 @@ The format (each shipped file cites, in comments, where its numbers come from):
     codec_threads = 2                 # optional: the codec's own intra-op threads (default: threads)
     codec_pipeline = true             # optional: decode audio on a second thread, beside the backbone
                                       # (pays where the codec has cores of its own, e.g. a little cluster)
+    batch = 4                         # optional: utterances stepped together (default 1; `--batch`)
     [hardware]                        # estimates for voxtral_edge.estimate, not measurements
     cores = 2                         # the cores the compute figures cover (those the threads run on)
     memory_bandwidth_gbs = 40.0       # sustained, GB/s
@@ -49,11 +50,12 @@ _SCHEMA = {
     "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table"},
     "runtime": {"threads": _POSITIVE_INT, "plan": f"one of {', '.join(PLAN_NAMES)}", "steps": _POSITIVE_INT,
                 "cfg": _POSITIVE_NUMBER, "max_context": _POSITIVE_INT, "providers": _PROVIDER_LIST,
-                "chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
+                "chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL,
+                "batch": _POSITIVE_INT},
     "hardware": {"cores": _POSITIVE_INT, "memory_bandwidth_gbs": _POSITIVE_NUMBER, "fp32_gflops": _POSITIVE_NUMBER,
                  "int8_gops": _POSITIVE_NUMBER},
 }
-_OPTIONAL = {"runtime.codec_threads", "runtime.codec_pipeline"}
+_OPTIONAL = {"runtime.codec_threads", "runtime.codec_pipeline", "runtime.batch"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class DeviceProfile:
     source: str
     codec_threads: int | None = None  # None: the same as threads
     codec_pipeline: bool = False
+    batch: int = 1  # utterances stepped together (Synthesizer.open's batch)
 
 
 def _valid(value, accepted: str) -> bool:
@@ -121,7 +124,7 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
         chunk_frames=runtime["chunk_frames"], cores=hardware["cores"],
         memory_bandwidth_gbs=float(hardware["memory_bandwidth_gbs"]), fp32_gflops=float(hardware["fp32_gflops"]),
         int8_gops=float(hardware["int8_gops"]), source=source, codec_threads=runtime.get("codec_threads"),
-        codec_pipeline=runtime.get("codec_pipeline", False))
+        codec_pipeline=runtime.get("codec_pipeline", False), batch=runtime.get("batch", 1))
 
 
 def _shipped() -> dict:

@@ -128,7 +128,7 @@ class Synthesizer:
         self._rows: list[Utterance | None] = [None] * batch  # the utterance holding each row of the KV cache
         self._steps = 0  # batched steps made: each utterance records its last, the least recent is set aside first
         self.last_result: Result | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a run_many consumer may close what it took
 
     @classmethod
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
@@ -356,6 +356,12 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
+    def sentences(self, text: str, voice: str) -> list[str]:
+        """The sentences of `text` (the text front-end's splitter), a sentence too long for the context split
+        further, as `pieces` does but never packed together: each becomes an utterance of its own."""
+        budget = max(1, (self.max_context - self.voices[voice] - 5) // FRAMES_PER_TEXT_TOKEN)
+        return split_text(text, budget, lambda piece: len(self.tokenizer.encode(piece, add_special_tokens=False).ids))
+
     def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
         """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
         language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
@@ -417,6 +423,68 @@ class Synthesizer:
                     future.cancel() or future.exception()
                 u.decoding.clear()
                 self.last_result = self._close(u)
+
+    def stream_sentences(self, text: str, voice: str, *, chunk_frames: int = defaults.CHUNK_FRAMES,
+                         first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES, seed: int | None = None,
+                         steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
+                         max_frames: int | None = None, normalize: bool = True,
+                         lang: str | None = None) -> Iterator[np.ndarray]:
+        """Speak a text of several sentences `batch` at a time, yielding its audio in reading order: each
+        sentence (`sentences`, of the normalized text) is an utterance of its own, sentence i with seed
+        seed + i (mod 2^63; a random seed when None, kept in the result), made beside the others through
+        `run_many`. The first sentence's chunks come as they are made (the first after
+        `first_chunk_frames`), each later sentence's once every sentence before it is out, the part made
+        meanwhile at once; no silence is added between sentences. Each sentence's audio is what it would
+        be alone (`synthesize(sentence, seed=seed + i, normalize=False)`). `max_frames` bounds the whole
+        text's frames (the audio stops there); `last_result` holds the whole text's codes, audio and
+        timings (each stage summed over the sentences: per frame, what one sentence waited)."""
+        check_request(text, self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps,
+                      cfg_alpha, max_frames, seed)
+        self.voice(voice)
+        start = time.perf_counter()
+        spoken = self.spoken_text(text, voice, normalize=normalize, lang=lang)
+        seed = secrets.randbits(63) if seed is None else int(seed)
+        utterances = [self.start(sentence, voice, chunk_frames=chunk_frames,
+                                 first_chunk_frames=first_chunk_frames if i == 0 else chunk_frames,
+                                 seed=(seed + i) % 2**63, steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames,
+                                 normalize=False) for i, sentence in enumerate(self.sentences(spoken, voice))]
+        waiting = {id(u): deque() for u in utterances}  # chunks made ahead of their turn
+        done, turn, heard = set(), 0, []
+        room = None if max_frames is None else max_frames * self.samples_per_frame  # samples still allowed
+        made = self.run_many(utterances)
+        try:
+            for u, chunk in made:
+                if chunk is None:
+                    done.add(id(u))
+                else:
+                    waiting[id(u)].append(chunk)
+                while turn < len(utterances) and room != 0:
+                    current = waiting[id(utterances[turn])]
+                    while current and room != 0:
+                        chunk = current.popleft()[:room]
+                        room = None if room is None else room - len(chunk)
+                        heard.append(chunk)
+                        yield chunk
+                    if id(utterances[turn]) not in done:
+                        break
+                    turn += 1
+                if room == 0:
+                    break
+        finally:
+            made.close()
+            results = [self.close(u) for u in utterances]
+            errors = [u.error for u in utterances if u.error is not None]
+            audio = np.concatenate(heard) if heard else np.zeros(0, dtype=f32)
+            frames = len(audio) // self.samples_per_frame
+            codes = np.concatenate([r.codes for r in results])[:frames]
+            timings = {key: sum(r.timings[key] for r in results) for key in results[0].timings
+                       if key.endswith("_ms") and key != "total_ms"}
+            self.last_result = Result(audio, codes, self.sample_rate, seed, sum(r.prompt_tokens for r in results),
+                                      all(r.finished for r in results) and frames == sum(len(r.codes) for r in results),
+                                      dict(timings, total_ms=1e3 * (time.perf_counter() - start), frames=float(frames),
+                                           sentences=float(len(results))), spoken)
+        if errors:
+            raise errors[0]
 
     def _codec_pool(self) -> ThreadPoolExecutor | None:
         """The codec's own thread when `codec_pipeline` is on (made once, kept)."""
@@ -486,9 +554,10 @@ class Synthesizer:
         """Continuous batching: step up to `batch` of `utterances` together, frame by frame, and whenever one
         is done take the next (in order) into its row. Yields (u, chunk) for each chunk as it is made and
         (u, None) once u is done: `close(u)` then gives its Result (and `u.error` says if its request
-        failed). With `codec_pipeline`, chunks after an utterance's first are decoded on the codec's thread
-        and yielded when ready, in order. Stopping early (closing the generator) closes nothing: close the
-        utterances you took."""
+        failed). `utterances` is read only when a row is free; it may yield None for "none waiting now"
+        (the rows in use go on; with none in use, run_many returns). With `codec_pipeline`, chunks after an
+        utterance's first are decoded on the codec's thread and yielded when ready, in order. Stopping early
+        (closing the generator) closes nothing: close the utterances you took."""
         queue, live, pool = iter(utterances), [], self._codec_pool()
         with self._lock:
             while True:

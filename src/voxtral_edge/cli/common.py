@@ -63,6 +63,10 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
                    help=f"frames (80 ms each) per streamed audio chunk (default: {defaults.CHUNK_FRAMES})")
     p.add_argument("--max-context", type=positive(int), metavar="N",
                    help="KV cache positions to allocate (default: the bundle's); fewer take less memory")
+    p.add_argument("--batch", type=positive(int, 1, 64), metavar="B",
+                   help="utterances that make their frames together, 1..64 (default: the profile's, else 1): one "
+                        "backbone and flow-head pass serves B of them, each as it would sound alone; the KV cache "
+                        "has B rows (only the positions used take memory)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of files changed since they were last verified (sizes are still "
                         "checked; see `voxtral-edge verify`)")
@@ -80,7 +84,7 @@ def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
 
         profile = load_profile(args.profile)
     fill = {"threads": None, "steps": None, "cfg": defaults.CFG_ALPHA, "max_context": None, "codec_threads": None,
-            "chunk_frames": defaults.CHUNK_FRAMES, "providers": ("cpu",)}
+            "chunk_frames": defaults.CHUNK_FRAMES, "providers": ("cpu",), "batch": 1}
     for option, default in fill.items():
         if getattr(args, option, None) is None:  # 0 is a value given (bench --cfg 0), not a missing one
             setattr(args, option, getattr(profile, option) if profile is not None else default)
@@ -93,7 +97,8 @@ def bundle_settings(args: argparse.Namespace) -> dict:
     """Synthesizer.open's keyword arguments from the bundle options (after apply_profile)."""
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
-            "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers)}
+            "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
+            "batch": args.batch}
 
 
 def add_normalize_options(p: argparse.ArgumentParser, default: str) -> None:
@@ -128,10 +133,12 @@ def save_npy(path: str, array: np.ndarray) -> None:
 
 
 def report(result, output: str) -> str:
-    """One line on what an utterance made and where its time went."""
+    """One line on what an utterance (or a text spoken sentence by sentence) made and where its time went."""
     t, frames = result.timings, max(len(result.codes), 1)
     where = "stdout" if output == "-" else output
     ended = "ended by the model" if result.finished else "stopped at max frames"
+    if t.get("sentences", 1) > 1:  # the stages are summed over the sentences: per frame, what one of them waited
+        ended += f", {t['sentences']:.0f} sentences side by side"
     seed = f", seed {result.seed}" if result.seed is not None else ""
     return (f"wrote {where}: {result.duration:.2f} s of audio ({len(result.codes)} frames, {ended}{seed}) in "
             f"{t['total_ms'] / 1e3:.2f} s, real-time factor {t['total_ms'] / 1e3 / max(result.duration, 1e-9):.2f}; "

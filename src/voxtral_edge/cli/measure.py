@@ -34,7 +34,7 @@ def bench(args: argparse.Namespace) -> int:
                                    max_context=args.max_context, verify=not args.no_verify,
                                    saved_graphs=False if args.no_saved_graphs else None,
                                    codec_threads=args.codec_threads, codec_pipeline=args.codec_pipeline,
-                                   providers=tuple(args.providers))
+                                   providers=tuple(args.providers), batch=args.batch)
     print(measure.to_json_lines(info, rows) if args.json else measure.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -71,10 +71,13 @@ def add_bench(sub) -> None:
         "Open a bundle and synthesize a fixed sentence several times; print one row per measure with its "
         "median and spread: load time, prefill tok/s, backbone / flow head / codec ms per frame, flow head ms "
         "per Euler step, time to first audio, real-time factor, peak RSS; with the machine, thread count, "
-        "onnxruntime version, bundle plan and git commit. With --estimate, calibrate the roofline model "
-        "on this run and predict a frame's time on another device profile.",
+        "onnxruntime version, bundle plan and git commit; then --batch B utterances made together (B = 1 by "
+        "default): their aggregate frames/s, each one's per-frame latency and their real-time factor. With "
+        "--estimate, calibrate the roofline model on this run and predict a frame's time on another device "
+        "profile.",
         "examples:\n  voxtral-edge bench --bundle voxtral-int4\n"
         "  voxtral-edge bench --bundle voxtral-int4 --json --plot frame.png\n"
+        "  voxtral-edge bench --bundle voxtral-int4 --batch 4 --json   (frames/s (aggregate) for 4 together)\n"
         "  voxtral-edge bench --bundle voxtral-int4 --estimate raspberry-pi-5   (or --estimate all)")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
     p.add_argument("--frames", type=positive(int), default=25, help="frames per run (default: 25, 2 s)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import defaults
-from ..errors import VoxtralEdgeError
+from ..errors import UsageError, VoxtralEdgeError
 from ..text.tables import LANGUAGES
 from .common import add_bundle_options, add_command, apply_profile, bundle_settings, positive, read_text, report, \
     save_npy
@@ -24,6 +24,9 @@ def say(args: argparse.Namespace) -> int:
 
     apply_profile(args)
     text = read_text(args.text)
+    if args.noise and args.batch > 1:
+        raise UsageError(f"--noise with --batch {args.batch}: the noise rows are taken in order through the whole "
+                         f"text, which --batch speaks several sentences at a time; use --seed (or --batch 1)")
     noise = None
     if args.noise:
         try:
@@ -67,9 +70,14 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
     from ..audio import to_pcm16
     from ..runtime import RunawayWarning
 
-    chunks = synth.stream(text, args.voice, chunk_frames=args.chunk_frames, seed=args.seed, steps=args.steps,
-                          cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise, normalize=not args.raw,
-                          lang=args.lang)
+    if synth.batch > 1:  # the sentences side by side, written in order
+        chunks = synth.stream_sentences(text, args.voice, chunk_frames=args.chunk_frames, seed=args.seed,
+                                        steps=args.steps, cfg_alpha=args.cfg, max_frames=args.max_frames,
+                                        normalize=not args.raw, lang=args.lang)
+    else:
+        chunks = synth.stream(text, args.voice, chunk_frames=args.chunk_frames, seed=args.seed, steps=args.steps,
+                              cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise, normalize=not args.raw,
+                              lang=args.lang)
     previous = None  # when the last chunk arrived: the pace is measured past the first (which holds the prefill)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunawayWarning)
@@ -108,9 +116,13 @@ def add_say(sub) -> None:
         sub, "say", say, "speak a text to a WAV file (or raw PCM on stdout)",
         "Synthesize TEXT with a preset voice from a bundle. TEXT '-' reads standard input. The text is "
         "normalized first for --lang, else the voice's language (see `voxtral-edge normalize`; --raw speaks it "
-        "as written). A summary with per-stage timings goes to standard error.",
+        "as written). With --batch N > 1 a text of several sentences is spoken N sentences at a time, each "
+        "sentence an utterance of its own (sentence i with seed --seed + i), the audio written in reading order: "
+        "the first sentence as it is made, the others when their turn comes (made meanwhile). A summary with "
+        "per-stage timings goes to standard error.",
         "examples:\n  voxtral-edge say 'Turn left in 200 metres.' --bundle voxtral-bundle --voice casual_male -o turn.wav\n"
-        "  echo 'Bonjour' | voxtral-edge say - --bundle voxtral-bundle --voice fr_female -o - | aplay -f S16_LE -r 24000")
+        "  echo 'Bonjour' | voxtral-edge say - --bundle voxtral-bundle --voice fr_female -o - | aplay -f S16_LE -r 24000\n"
+        "  voxtral-edge say - --batch 4 --bundle voxtral-bundle --voice casual_male -o article.wav < article.txt")
     p.add_argument("text", metavar="TEXT")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder made by `voxtral-edge export`")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice (see `voxtral-edge voices`)")
@@ -122,8 +134,8 @@ def add_say(sub) -> None:
     p.add_argument("--seed", type=positive(int, 0, 2**63 - 1),
                    help="random seed of the flow-matching noise, 0..2^63-1 (default: random, reported)")
     p.add_argument("--max-frames", type=positive(int), metavar="N",
-                   help=f"stop after N frames of 80 ms (default: {defaults.MAX_FRAMES} per piece of text, or the "
-                        f"rows of --noise)")
+                   help=f"stop after N frames of 80 ms (default: {defaults.MAX_FRAMES} per piece of text or sentence, "
+                        f"or the rows of --noise)")
     p.add_argument("--noise", metavar="FILE.npy", help="float32 [frames, 36]: row f is frame f's initial noise")
     p.add_argument("--dump-codes", metavar="FILE.npy", help="also write the codes, int32 [frames, 37]")
     p.add_argument("--raw", action="store_true",

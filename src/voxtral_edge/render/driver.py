@@ -73,14 +73,17 @@ class RunState:
 
 def render(catalog: str | Path, bundle: str | Path, out: str | Path, *, settings: Settings = Settings(),
            workers: int | None = None, threads: int | None = None, ray: bool = False, ray_address: str | None = None,
-           verify: bool = True, progress: bool = True, observer: Callable[[RunState], None] | None = None
-           ) -> RenderSummary:
+           verify: bool = True, progress: bool = True, observer: Callable[[RunState], None] | None = None,
+           batch: int = 1) -> RenderSummary:
     """Render every item of `catalog` that `out` does not already hold as it should; write `out/index.jsonl`
     (catalog order) and, for items that failed, `out/errors.jsonl`. Local worker processes, or Ray actors
     with `ray=True` (on the cluster at `ray_address`, or the one this process runs, or a new local one).
-    `workers` defaults to what the cores (local) or the cluster (Ray) and the memory hold."""
+    `workers` defaults to what the cores (local) or the cluster (Ray) and the memory hold; each renders up to
+    `batch` items together (the same bytes as one at a time)."""
     if settings.format not in FORMATS:
         raise UsageError(f"--format {settings.format!r}: expected one of {', '.join(FORMATS)}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"--batch must be an integer >= 1, found {batch!r}")
     if settings.steps is not None and not 1 <= settings.steps <= MAX_STEPS:
         raise UsageError(f"--steps must be from 1 to {MAX_STEPS}, found {settings.steps}")
     manifest = Manifest.load(bundle, verify=verify)
@@ -91,7 +94,10 @@ def render(catalog: str | Path, bundle: str | Path, out: str | Path, *, settings
     bundle_id, runtime = bundle_identity(bundle), runtime_identity()
     jobs = [make_job(item, settings, manifest, bundle_id, runtime) for item in items]
     lines = {item.id: item.line for item in items}
-    memory = worker_memory_estimate(manifest, settings.max_context)
+    if batch > 1 and not manifest.batched:
+        raise UsageError(f"--batch {batch}: {bundle} was exported before batching (its graphs take one utterance "
+                         f"per call); re-export it, or use --batch 1")
+    memory = worker_memory_estimate(manifest, settings.max_context, batch)
 
     output = OutputDir(out)
     records, errors, rendered, audio_s, wall_s, startup_s, pool = {}, [], 0, 0.0, 0.0, 0.0, None
@@ -106,7 +112,8 @@ def render(catalog: str | Path, bundle: str | Path, out: str | Path, *, settings
         if todo:
             # grouped by voice: a worker then mostly gets items of the voice whose prefix it has cached
             todo.sort(key=lambda job: job["voice"])
-            pool = _pool(ray, ray_address, bundle, workers, threads, len(todo), memory, settings, bundle_id, runtime)
+            pool = _pool(ray, ray_address, bundle, workers, threads, len(todo), memory, settings, bundle_id, runtime,
+                         batch)
             start = time.perf_counter()
             pool.start()
             startup_s = wall_s = time.perf_counter() - start
@@ -137,23 +144,23 @@ def render(catalog: str | Path, bundle: str | Path, out: str | Path, *, settings
                          startup_s, pool.restarts if pool else 0, pool.peak_rss if pool else 0)
 
 
-def _pool(ray, ray_address, bundle, workers, threads, todo, memory, settings, bundle_id, runtime):
+def _pool(ray, ray_address, bundle, workers, threads, todo, memory, settings, bundle_id, runtime, batch):
     """The backend's pool of workers, sized."""
     if ray:
         from .fleet import RayPool
 
         return RayPool(bundle, workers, threads or 1, settings.max_context, bundle_id=bundle_id, runtime=runtime,
-                       memory=memory, address=ray_address)
+                       memory=memory, address=ray_address, batch=batch)
     from .local import LocalPool
 
     cores, free = usable_cores(), available_memory()
     if workers is None:
         fit = int(0.9 * free // memory) if free else cores
         workers = max(1, min(cores, fit))
-    workers = min(workers, todo)
+    workers = min(workers, -(-todo // batch))  # no worker without a job
     if free and workers * memory > free:
         warnings.warn(MemoryWarning(
             f"{workers} worker(s) of this bundle need about {workers * memory / 1e9:.1f} GB "
             f"({memory / 1e9:.2f} GB each) and {free / 1e9:.1f} GB is available: the system may swap or kill "
             f"workers; give fewer with --workers"), stacklevel=3)
-    return LocalPool(bundle, workers, threads or max(1, cores // workers), settings.max_context)
+    return LocalPool(bundle, workers, threads or max(1, cores // workers), settings.max_context, batch)

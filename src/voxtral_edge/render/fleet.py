@@ -6,6 +6,10 @@ when it starts, that its node's bundle has the driver's manifest (sha256) and th
 that manifest, and that its onnxruntime is the driver's; a mismatch stops the run with an error naming the
 node. An actor that dies (node lost, `ray.kill`, out of memory) is replaced by a new one and its items are
 sent again; an item that fails for its own reason comes back as an error, like on the local backend.
+
+With a batch of B (`render --batch`), each call gives an actor B jobs, which it renders together with
+continuous batching (a row freed by a short item takes the next of those B), and the next call is already
+queued: rows stand idle only while the longest item of a call finishes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..errors import BundleError, UsageError, VoxtralEdgeError
 from ..machine import rss_bytes
 from .job import ItemRenderer, bundle_identity, requeue_or_fail, runtime_identity
 
-IN_FLIGHT = 2  # jobs queued per actor: the next one is there when the current one ends
+IN_FLIGHT = 2  # calls queued per actor: the next one is there when the current one ends
 
 
 def import_ray():
@@ -34,7 +38,8 @@ class RenderActor:
     """What runs inside each Ray actor. Errors found at start are kept and reported by `start()`, so that the
     driver can name the node (an exception in __init__ would reach it as an opaque dead actor)."""
 
-    def __init__(self, bundle: str, bundle_id: str, runtime: dict, threads: int, max_context: int | None):
+    def __init__(self, bundle: str, bundle_id: str, runtime: dict, threads: int, max_context: int | None,
+                 batch: int = 1):
         self.renderer, self.error = None, None
         try:
             found = bundle_identity(bundle)
@@ -46,7 +51,7 @@ class RenderActor:
             if here != runtime:
                 raise VoxtralEdgeError(f"runtime {here} differs from the driver's {runtime}: the clips would not "
                                        f"be the same bytes; install the same versions on every node")
-            self.renderer = ItemRenderer(bundle, threads=threads, max_context=max_context, verify=True)
+            self.renderer = ItemRenderer(bundle, threads=threads, max_context=max_context, verify=True, batch=batch)
         except VoxtralEdgeError as e:
             self.error = str(e)
 
@@ -56,13 +61,13 @@ class RenderActor:
         node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
         return {"node": node, "error": self.error, "rss": rss_bytes()}
 
-    def render(self, job: dict) -> dict:
-        try:
-            outcome = self.renderer.render(job)
-        except Exception as e:  # a bug shows on its item; the run goes on
-            outcome = {"id": job["id"], "error": f"internal error: {type(e).__name__}: {e}"}
-        outcome["rss"] = rss_bytes()
-        return outcome
+    def render(self, jobs: list[dict]) -> list[dict]:
+        """The outcomes of `jobs`, rendered together (up to the batch at a time), in the order they finished
+        (a bug fails the items it hit, with an internal error, and the rest go on)."""
+        outcomes = list(self.renderer.render_many(jobs))
+        for outcome in outcomes:
+            outcome["rss"] = rss_bytes()
+        return outcomes
 
 
 class _Slot:
@@ -78,9 +83,10 @@ class RayPool:
     kind = "ray"
 
     def __init__(self, bundle: str | Path, workers: int | None, threads: int, max_context: int | None, *,
-                 bundle_id: str, runtime: dict, memory: int, address: str | None = None):
+                 bundle_id: str, runtime: dict, memory: int, address: str | None = None, batch: int = 1):
         self.ray = import_ray()
         self.bundle, self.threads, self.max_context = str(Path(bundle).resolve()), threads, max_context
+        self.batch = batch
         self.bundle_id, self.runtime, self.memory = bundle_id, runtime, memory
         self._started_ray = False
         self.slots: list[_Slot] = []
@@ -118,7 +124,8 @@ class RayPool:
     def _new_actor(self):
         actor_class = self.ray.remote(RenderActor).options(num_cpus=self.threads, memory=self.memory,
                                                            max_restarts=0, max_task_retries=0)
-        return actor_class.remote(self.bundle, self.bundle_id, self.runtime, self.threads, self.max_context)
+        return actor_class.remote(self.bundle, self.bundle_id, self.runtime, self.threads, self.max_context,
+                                  self.batch)
 
     def _check_started(self, slots: list[_Slot]) -> None:
         for slot, info in zip(slots, self.ray.get([s.actor.start.remote() for s in slots])):
@@ -135,32 +142,35 @@ class RayPool:
         """(job, outcome) for every job, in the order they finish; items of a dead actor are sent again."""
         ray = self.ray
         pending, attempts = deque(jobs), {}
-        in_flight: dict = {}  # ObjectRef -> (slot, generation, job)
+        in_flight: dict = {}  # ObjectRef -> (slot, generation, jobs)
 
         def feed(slot: _Slot) -> None:
             queued = sum(1 for s, g, _ in in_flight.values() if s is slot)
             while queued < IN_FLIGHT and pending:
-                job = pending.popleft()
-                in_flight[slot.actor.render.remote(job)] = (slot, slot.generation, job)
+                batch = [pending.popleft() for _ in range(min(self.batch, len(pending)))]
+                in_flight[slot.actor.render.remote(batch)] = (slot, slot.generation, batch)
                 queued += 1
 
         for slot in self.slots:
             feed(slot)
         while in_flight:
             [ref], _ = ray.wait(list(in_flight), num_returns=1)
-            slot, generation, job = in_flight.pop(ref)
+            slot, generation, batch = in_flight.pop(ref)
             try:
-                outcome = ray.get(ref)
+                outcomes = ray.get(ref)
             except ray.exceptions.RayActorError:
-                if generation == slot.generation:  # the first of its lost items: replace the actor once
+                if generation == slot.generation:  # the first of its lost calls: replace the actor once
                     self._replace(slot)
-                failure = requeue_or_fail(job, attempts, pending, "Ray actor")
-                if failure:
-                    yield job, failure
+                for job in reversed(batch):  # back at the head of the queue, in their order
+                    failure = requeue_or_fail(job, attempts, pending, "Ray actor")
+                    if failure:
+                        yield job, failure
                 feed(slot)
                 continue
-            self.peak_rss = max(self.peak_rss, outcome.pop("rss", 0))
-            yield job, outcome
+            by_id = {job["id"]: job for job in batch}
+            for outcome in outcomes:
+                self.peak_rss = max(self.peak_rss, outcome.pop("rss", 0))
+                yield by_id[outcome["id"]], outcome
             feed(slot)
 
     def _replace(self, slot: _Slot) -> None:

@@ -14,6 +14,7 @@ import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from ..audio import encode_wav, to_pcm16
 from ..errors import BundleError, UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST, Manifest
 from ..machine import rss_bytes
-from ..runtime import RunawayWarning, Synthesizer
+from ..runtime import DECODE_CHUNK, RunawayWarning, Synthesizer, Utterance
 from .catalog import Item
 
 FORMATS = ("wav", "pcm", "flac")
@@ -81,34 +82,87 @@ def make_job(item: Item, settings: Settings, manifest: Manifest, bundle_id: str,
 
 
 class ItemRenderer:
-    """A worker's state: one open Synthesizer, and `render(job)` that returns the clip's encoded bytes."""
+    """A worker's state: one open Synthesizer of `batch` rows, and `render_many(jobs)` that renders up to
+    `batch` jobs together (continuous batching) and returns each one's outcome (its clip's encoded bytes)."""
 
-    def __init__(self, bundle: str | Path, *, threads: int | None, max_context: int | None, verify: bool):
-        self.synth = Synthesizer.open(bundle, threads=threads, max_context=max_context, verify=verify)
+    def __init__(self, bundle: str | Path, *, threads: int | None, max_context: int | None, verify: bool,
+                 batch: int = 1):
+        self.synth = Synthesizer.open(bundle, threads=threads, max_context=max_context, verify=verify, batch=batch)
         self.rendered = 0
+        self.live = 0  # jobs being rendered now
 
     def render(self, job: dict) -> dict:
-        """{"id", "data", "duration", "frames", "finished", "spoken_text"}, or {"id", "error"} when the item
-        cannot be rendered for a reason of its own (a VoxtralEdgeError: nothing left to say once normalized,
-        a prompt the context cannot hold); anything else is a bug and raises. The text is normalized for the
-        item's lang (none: its voice's language) unless the settings say not to."""
-        s = job["settings"]
-        try:
-            with warnings.catch_warnings():  # a runaway piece is recorded as finished: false
-                warnings.simplefilter("ignore", RunawayWarning)
-                result = self.synth.synthesize(job["text"], job["voice"], seed=job["seed"], steps=s["steps"],
-                                               cfg_alpha=s["cfg"], max_frames=s["max_frames"],
-                                               normalize=s["normalize"], lang=job["lang"])
-        except VoxtralEdgeError as e:
-            return {"id": job["id"], "error": str(e)}
+        """One job's outcome, rendered alone."""
+        return next(self.render_many([job]))
+
+    def render_many(self, jobs: Iterable[dict | None]) -> Iterator[dict]:
+        """The outcomes of `jobs`, in the order they finish, up to `batch` of them rendered together: a job
+        is taken when a row is free (`jobs` may yield None: none waiting now, the rows in use go on). An
+        outcome is {"id", "data", "duration", "frames", "finished", "spoken_text"}, or {"id", "error"} when
+        the item cannot be rendered for a reason of its own (a VoxtralEdgeError: nothing left to say once
+        normalized, a prompt the context cannot hold). A bug fails the items in progress with an internal
+        error and the rest go on. The text is normalized for the item's lang (none: its voice's language)
+        unless the settings say not to; every clip is the same bytes whatever the batch."""
+        jobs, taken, refused, exhausted = iter(jobs), {}, [], False
+
+        def utterances() -> Iterator[Utterance | None]:
+            nonlocal exhausted
+            for job in jobs:
+                if job is None:
+                    yield None
+                    continue
+                s = job["settings"]
+                try:  # a whole clip per codec call after the first, as synthesize decodes
+                    u = self.synth.start(job["text"], job["voice"], chunk_frames=DECODE_CHUNK,
+                                         first_chunk_frames=DECODE_CHUNK, seed=job["seed"], steps=s["steps"],
+                                         cfg_alpha=s["cfg"], max_frames=s["max_frames"], normalize=s["normalize"],
+                                         lang=job["lang"])
+                except VoxtralEdgeError as e:
+                    refused.append({"id": job["id"], "error": str(e)})
+                    yield None  # (its outcome goes out before another job is waited for)
+                    continue
+                taken[id(u)] = job, u
+                self.live += 1
+                yield u
+            exhausted = True
+
+        while True:
+            try:
+                with warnings.catch_warnings():  # a runaway piece is recorded as finished: false
+                    warnings.simplefilter("ignore", RunawayWarning)
+                    for u, chunk in self.synth.run_many(utterances()):
+                        yield from _drain(refused)
+                        if chunk is None:
+                            yield self._outcome(*taken.pop(id(u)))
+                yield from _drain(refused)
+                if exhausted:
+                    return
+            except Exception as e:  # a bug shows on the items it hit; the run goes on
+                for job, u in list(taken.values()):
+                    self.synth.close(u)
+                    self.live -= 1
+                    yield {"id": job["id"], "error": f"internal error: {type(e).__name__}: {e}"}
+                taken.clear()
+                yield from _drain(refused)
+
+    def _outcome(self, job: dict, u: Utterance) -> dict:
+        result = self.synth.close(u)
+        self.live -= 1
+        if u.error is not None:
+            return {"id": job["id"], "error": str(u.error)}
         self.rendered += 1
-        return {"id": job["id"], "data": encode(result.audio, result.sample_rate, s["format"]),
+        return {"id": job["id"], "data": encode(result.audio, result.sample_rate, job["settings"]["format"]),
                 "duration": round(result.duration, 6), "frames": int(len(result.codes)),
                 "finished": bool(result.finished), "spoken_text": result.spoken_text}
 
     def info(self) -> dict:
         """Where this worker runs and what it holds in memory."""
         return {"node": socket.gethostname(), "pid": os.getpid(), "rss": rss_bytes()}
+
+
+def _drain(outcomes: list[dict]) -> Iterator[dict]:
+    while outcomes:
+        yield outcomes.pop(0)
 
 
 def encode(audio: np.ndarray, sample_rate: int, format: str) -> bytes:
@@ -130,17 +184,18 @@ def encode(audio: np.ndarray, sample_rate: int, format: str) -> bytes:
 
 
 # -- memory ----------------------------------------------------------------------------------------------
-def worker_memory_estimate(manifest: Manifest, max_context: int | None = None) -> int:
+def worker_memory_estimate(manifest: Manifest, max_context: int | None = None, batch: int = 1) -> int:
     """Bytes one worker is expected to hold: its graphs' weights (onnxruntime copies and prepacks them:
-    about 1.25x the files), the KV cache, and the interpreter with its libraries. The embedding tables
-    are memory-mapped and shared between workers, so they are not counted."""
+    about 1.25x the files), the KV cache (`batch` rows, each as if its context were full: only the
+    positions written are resident), and the interpreter with its libraries. The embedding tables are
+    memory-mapped and shared between workers, so they are not counted."""
     files = manifest["files"]
     graph_bytes = sum(files[g["file"]]["size"] + (files[g["data"]]["size"] if g.get("data") else 0)
                       for g in manifest["graphs"].values())
     b = manifest["model"]["backbone"]
     positions = max_context or b["max_context"]
     kv_bytes = 2 * b["n_layers"] * b["n_kv_heads"] * positions * b["head_dim"] * 4
-    return int(1.25 * graph_bytes + kv_bytes + 200e6)
+    return int(1.25 * graph_bytes + batch * kv_bytes + 200e6)
 
 
 MAX_ATTEMPTS = 3  # an item whose worker died this many times is reported as failed (it may be the cause)

@@ -2,8 +2,14 @@
 
 The worker thread repeatedly takes the first job of the highest class that has one and makes one frame
 of it (`Synthesizer.step`). A job of a higher class that arrives meanwhile is therefore served from the
-next frame on; the job it interrupted keeps its `Utterance` (the runtime sets its KV rows aside) and
-continues, with the same samples it would have had, when it is again the first of the highest class.
+next frame on; the job it interrupted keeps its `Utterance` (its row of the KV cache, or its rows set aside
+when the rows run out) and continues, with the same samples it would have had, when it is again the first
+of the highest class.
+
+With a Synthesizer of several rows (`serve --batch B`), the jobs after the first of that class share its
+step, up to B in all (`Synthesizer.step_many`: one backbone and flow-head pass for all, each job's audio
+what it would be alone). Only jobs of one class share a step: a job of a higher class still takes the next
+frame for its class alone, so its first audio waits for no lower-class work.
 """
 
 from __future__ import annotations
@@ -73,7 +79,8 @@ class Scheduler:
         self.queues: dict[str, deque[Job]] = {p: deque() for p in PRIORITIES}
         self.counters = dict.fromkeys(("submitted", "refused", "completed", "cancelled", "failed", "preemptions",
                                        "steps", "cache_writes"), 0)
-        self.current: Job | None = None  # the job stepped last
+        self.current: Job | None = None  # the job stepped last (the first of its step)
+        self.stepping: list[Job] = []  # the jobs stepped last, together
         self.finished: deque[Job] = deque(maxlen=history)  # the last jobs ended, newest last
         self._job_seconds = 2.0  # running mean of a job's duration, for Retry-After
         self._next_id = 0
@@ -180,24 +187,44 @@ class Scheduler:
                     job = self._next() if not self._held else None
                 if self._stopping:
                     break
-                previous = self.current
-                if previous is not None and previous is not job and previous.state == "running":
-                    previous.state, previous.suspensions = "suspended", previous.suspensions + 1
-                    self.counters["preemptions"] += 1
-                self.current, job.state = job, "running"
-            self._step(job)
+                jobs = self._batch(job)
+                for previous in self.stepping:
+                    if previous not in jobs and previous.state == "running":
+                        previous.state, previous.suspensions = "suspended", previous.suspensions + 1
+                        self.counters["preemptions"] += 1
+                self.current, self.stepping = job, jobs
+                for j in jobs:
+                    j.state = "running"
+            self._step(jobs)
         self._end_all()
 
-    def _step(self, job: Job) -> None:
-        u = job.utterance
+    def _batch(self, job: Job) -> list[Job]:
+        """`job` and the jobs after it in its class's queue (not cancelled), up to the synthesizer's batch: they
+        make their next frames together (under the lock)."""
+        return [job] + [j for j in self.queues[job.priority] if j is not job and not j.cancelled][:self.synth.batch - 1]
+
+    def _step(self, jobs: list[Job]) -> None:
+        """One frame of each of `jobs`, together; then each one's audio, end or failure is delivered."""
         try:
-            chunk = self.synth.step(u)
+            chunks = self.synth.step_many([job.utterance for job in jobs])
         except Exception as e:  # noqa: BLE001 - a request's failure must not end the service
-            self._finish(job, "failed")
-            job.deliver(("error", e))
-            job.deliver = _ignore
+            for job in jobs:
+                self._fail(job, e)
             return
         self.counters["steps"] += 1
+        for job, chunk in zip(jobs, chunks):
+            if job.utterance.error is not None:  # its own request failed (the others went on)
+                self._fail(job, job.utterance.error)
+            else:
+                self._deliver(job, chunk)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        self._finish(job, "failed")
+        job.deliver(("error", error))
+        job.deliver = _ignore
+
+    def _deliver(self, job: Job, chunk) -> None:
+        u = job.utterance
         if len(chunk):
             pcm = to_pcm16(chunk)
             job.pcm.append(pcm)
