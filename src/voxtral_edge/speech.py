@@ -1,0 +1,92 @@
+"""A request spoken through the audio chain: what say, render, serve's marks, wyoming and speech-dispatcher
+share. The runtime makes the model's audio and notes its events; the chain turns the audio into the output
+(speed, rate, loudness, format); the marks are the events mapped onto the output's samples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .chain import Chain, Output
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a mark or a sentence start is heard: output sample and seconds."""
+
+    name: str | None
+    kind: str  # "mark" or "sentence"
+    sample: int
+    time_s: float
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "sample": self.sample, "time_s": round(self.time_s, 6)}
+
+
+def chain_for(synth, utterance, output: Output, *, stream: bool = True) -> Chain:
+    """The chain of one utterance: with a time-scale stage when its plan changes rate, and, for a stream
+    with a loudness target, the gain its voice needs (measured once, see chain.loudness.voice_loudness)."""
+    from .chain.loudness import voice_loudness
+
+    rates = any(getattr(p, "kind", None) == "rate" for p in utterance.pieces)
+    gain = None
+    if output.loudness is not None and stream:
+        gain = output.loudness - voice_loudness(synth, utterance.voice)
+    return Chain(output, synth.sample_rate, stream=stream, gain_db=gain, rates=rates)
+
+
+class Speech:
+    """Iterate for the encoded bytes as they are made (`stream` False: whole-file containers, one piece at
+    the end); `timings` lists each mark and sentence start reached so far; `result` is the runtime's Result
+    once done. `options` are those of `Synthesizer.start`."""
+
+    def __init__(self, synth, text: str, voice: str, output: Output = Output(), *, stream: bool = True, **options):
+        self.synth, self.output = synth, output
+        self.utterance = synth.start(text, voice, **options)
+        self.chain = chain_for(synth, self.utterance, output, stream=stream)
+        self.timings: list[Timing] = []
+        self.result = None
+        self._seen = 0
+
+    def _events(self, upto: float) -> None:
+        """Apply the runtime's events at model samples <= upto: rate changes to the chain, the rest timed."""
+        events = self.utterance.events
+        while self._seen < len(events) and events[self._seen].sample <= upto:
+            e = events[self._seen]
+            self._seen += 1
+            if e.kind == "rate":
+                self.chain.set_rate(e.rate)
+            else:
+                at = self.chain.position(e.sample)
+                self.timings.append(Timing(e.name, e.kind, at, at / self.output.sample_rate))
+
+    def __iter__(self) -> Iterator[bytes]:
+        fed = 0
+        for chunk in self.synth.chunks(self.utterance):
+            self._events(fed)
+            fed += len(chunk)
+            data = self.chain.feed(chunk)
+            if data:
+                yield data
+        self._events(float("inf"))
+        self.result = self.synth.last_result
+        tail = self.chain.finish()
+        if tail:
+            yield tail
+
+    def audio(self) -> Iterator[np.ndarray]:
+        """The float output instead of encoded bytes (for a player)."""
+        fed = 0
+        for chunk in self.synth.chunks(self.utterance):
+            self._events(fed)
+            fed += len(chunk)
+            out = self.chain.audio(chunk)
+            if len(out):
+                yield out
+        self._events(float("inf"))
+        self.result = self.synth.last_result
+        tail = self.chain.audio_finish()
+        if len(tail):
+            yield tail
