@@ -37,6 +37,37 @@ def chain_for(synth, utterance, output: Output, *, stream: bool = True) -> Chain
     return Chain(output, synth.sample_rate, stream=stream, gain_db=gain, rates=rates)
 
 
+class Timeline:
+    """An utterance's events applied to its chain as the audio goes through: rate changes set the chain's
+    speed, marks and sentence starts become `timings` at output samples."""
+
+    def __init__(self, utterance, chain: Chain):
+        self.utterance, self.chain = utterance, chain
+        self.timings: list[Timing] = []
+        self.fed = 0  # model samples through the chain
+        self._seen = 0
+
+    def before(self, chunk_samples: int) -> None:
+        """Call before feeding the next chunk (of this many model samples) to the chain."""
+        self._apply(self.fed)
+        self.fed += chunk_samples
+
+    def end(self) -> None:
+        """Call once the utterance is done, before the chain's finish."""
+        self._apply(float("inf"))
+
+    def _apply(self, upto: float) -> None:
+        events = self.utterance.events
+        while self._seen < len(events) and events[self._seen].sample <= upto:
+            e = events[self._seen]
+            self._seen += 1
+            if e.kind == "rate":
+                self.chain.set_rate(e.rate)
+            else:
+                at = self.chain.position(e.sample)
+                self.timings.append(Timing(e.name, e.kind, at, at / self.chain.output.sample_rate))
+
+
 class Speech:
     """Iterate for the encoded bytes as they are made (`stream` False: whole-file containers, one piece at
     the end); `timings` lists each mark and sentence start reached so far; `result` is the runtime's Result
@@ -46,31 +77,20 @@ class Speech:
         self.synth, self.output = synth, output
         self.utterance = synth.start(text, voice, **options)
         self.chain = chain_for(synth, self.utterance, output, stream=stream)
-        self.timings: list[Timing] = []
+        self.timeline = Timeline(self.utterance, self.chain)
         self.result = None
-        self._seen = 0
 
-    def _events(self, upto: float) -> None:
-        """Apply the runtime's events at model samples <= upto: rate changes to the chain, the rest timed."""
-        events = self.utterance.events
-        while self._seen < len(events) and events[self._seen].sample <= upto:
-            e = events[self._seen]
-            self._seen += 1
-            if e.kind == "rate":
-                self.chain.set_rate(e.rate)
-            else:
-                at = self.chain.position(e.sample)
-                self.timings.append(Timing(e.name, e.kind, at, at / self.output.sample_rate))
+    @property
+    def timings(self) -> list[Timing]:
+        return self.timeline.timings
 
     def __iter__(self) -> Iterator[bytes]:
-        fed = 0
         for chunk in self.synth.chunks(self.utterance):
-            self._events(fed)
-            fed += len(chunk)
+            self.timeline.before(len(chunk))
             data = self.chain.feed(chunk)
             if data:
                 yield data
-        self._events(float("inf"))
+        self.timeline.end()
         self.result = self.synth.last_result
         tail = self.chain.finish()
         if tail:
@@ -78,14 +98,12 @@ class Speech:
 
     def audio(self) -> Iterator[np.ndarray]:
         """The float output instead of encoded bytes (for a player)."""
-        fed = 0
         for chunk in self.synth.chunks(self.utterance):
-            self._events(fed)
-            fed += len(chunk)
+            self.timeline.before(len(chunk))
             out = self.chain.audio(chunk)
             if len(out):
                 yield out
-        self._events(float("inf"))
+        self.timeline.end()
         self.result = self.synth.last_result
         tail = self.chain.audio_finish()
         if len(tail):
