@@ -108,3 +108,18 @@ class Speech:
         tail = self.chain.audio_finish()
         if len(tail):
             yield tail
+
+
+def encode_whole(result, output: Output) -> tuple[bytes, list[Timing]]:
+    """A finished utterance (a runtime Result) as one whole file of `output`, and its timings: the audio goes
+    through the chain in the pieces its events cut it into, so that rate changes apply where they fall."""
+    chain = Chain(output, result.sample_rate, stream=False, rates=any(e.kind == "rate" for e in result.events))
+    timeline = Timeline(result, chain)
+    cuts = sorted({e.sample for e in result.events if 0 < e.sample < len(result.audio)})
+    data = []
+    for part in np.split(result.audio, cuts):
+        timeline.before(len(part))
+        data.append(chain.feed(part))
+    timeline.end()
+    data.append(chain.finish())
+    return b"".join(data), timeline.timings
