@@ -600,8 +600,10 @@ class Synthesizer:
         run.finished = run.finished and u.ended
         if not u.ended and u.made == u.guard:  # stopped by the guard, not by the caller's max_frames
             warnings.warn(RunawayWarning(
-                f"piece {u.piece + 1} of {len(u.pieces)} did not end after {u.guard} frames ({u.guard * 0.08:.1f} s, "
-                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=4)
+                f"piece {sum(isinstance(p, str) for p in u.pieces[:u.piece + 1])} of "
+                f"{sum(isinstance(p, str) for p in u.pieces)} did not end after {u.guard} frames "
+                f"({u.guard * 0.08:.1f} s, no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"),
+                stacklevel=4)
         if u.left <= 0:
             run.finished = run.finished and last
         u.hidden = u.logits = u.codec = None

@@ -134,4 +134,5 @@ class Encoder:
         if self.stream:
             return wav_header(self.rate, float32=self.sample_format == "f32") if self._header else b""
         data = b"".join(self._pcm)
-        return (wav_header(self.rate, len(data), float32=self.sample_format == "f32") if self.fmt == "wav" else b"") + data
+        header = wav_header(self.rate, len(data), float32=self.sample_format == "f32") if self.fmt == "wav" else b""
+        return header + data

@@ -41,8 +41,8 @@ def add_serve(sub) -> None:
         "Serve a bundle over HTTP: POST /v1/audio/speech (OpenAI's speech API; wav, pcm, flac, opus or mp3, "
         "streamed as it is made; the body's sample_rate, speed and loudness as say's options; SSML input, see the "
         "README), GET /v1/audio/marks/ID (where the marks and sentences of a request are heard: the address is in "
-        "its response's X-Marks header), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, GET /health (503 while the bundle "
-        "loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
+        "its response's X-Marks header), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, "
+        "GET /health (503 while the bundle loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
         "background): a higher one preempts a lower one at the next 80 ms frame, which then resumes where it "
         "stopped. Finished audio is kept in a phrase cache on disk. SIGTERM ends every stream at the next frame "
         "with valid audio. Binds to 127.0.0.1; any other address needs --api-key. Needs the [serve] extra.",

@@ -61,8 +61,8 @@ class Lexicon:
             for key, value in table.items():
                 if key == "regex" and isinstance(value, dict):
                     for pattern, respelling in value.items():
-                        rules.setdefault(lang, []).append((_regex(pattern, source, lang), _text(respelling, source,
-                                                                                              f"{lang}.regex", pattern)))
+                        respelling = _text(respelling, source, f"{lang}.regex", pattern)
+                        rules.setdefault(lang, []).append((_regex(pattern, source, lang), respelling))
                     continue
                 word = _text(key, source, lang, key)
                 if not word.strip():
