@@ -4,6 +4,8 @@ runtime (breaks are exact silence, marks sit where the chunks before them end), 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import warnings
 
@@ -109,7 +111,8 @@ def test_timings_apply_the_rate_and_speed(synth, rate, speed):
     model = {e.name: e.sample for e in speech.utterance.events if e.kind == "mark"}
     m = next(t for t in speech.timings if t.kind == "mark")
     assert m.sample == round(model["m"] / speed * rate / 24000) and m.time_s == pytest.approx(m.sample / rate)
-    gap = pcm[m.sample + rate // 40:m.sample + int(0.4 / speed * rate) - rate // 40]  # the break, inside its edges
+    edge = rate // 20  # WSOLA's frame and search (50 ms) may carry sound that far into the silence
+    gap = pcm[m.sample + edge:m.sample + int(0.4 / speed * rate) - edge]  # the break, inside its edges
     assert len(gap) and np.abs(gap).max() <= 2  # silence at the mark's place in the output
     if speed == 1 and rate == 24000:
         assert m.sample == model["m"]
@@ -133,3 +136,40 @@ def test_a_bad_lexicon_names_the_file_and_entry(tmp_path):
     path.write_text("[en.regex]\n'(' = 'b'\n", encoding="utf-8")
     with pytest.raises(UsageError, match=r"\[en.regex\] '\(': not a regular expression"):
         Lexicon.load(path)
+
+
+def test_say_writes_the_rate_format_and_marks_asked(capsys, tiny_bundle_dirs, tmp_path):
+    import io
+
+    import soundfile
+
+    from voxtral_edge.cli import main
+
+    bundle = str(tiny_bundle_dirs[0])
+    doc = '<speak><s>Turn left.</s><mark name="m"/><break time="200ms"/><s>Then right.</s></speak>'
+    common = [doc, "--bundle", bundle, "--voice", "casual_male", "--seed", "0", "--max-frames", "300"]
+    assert main(["say", *common, "-o", str(tmp_path / "a.flac"), "--sample-rate", "16000", "--speed", "0.8",
+                 "--marks", str(tmp_path / "m.json")]) == 0
+    audio, rate = soundfile.read(io.BytesIO((tmp_path / "a.flac").read_bytes()), dtype="int16")
+    marks = json.loads((tmp_path / "m.json").read_text())
+    assert rate == 16000 and [m["kind"] for m in marks] == ["sentence", "mark", "sentence"]
+    here, then = marks[1]["sample"], marks[2]["sample"]
+    edge = 800  # WSOLA's frame and search (50 ms) may carry sound that far into the silence
+    assert then - here == round(0.2 / 0.8 * 16000) and not np.any(audio[here + edge:then - edge])
+    f32 = subprocess.run([sys.executable, "-m", "voxtral_edge.cli", "say", *common, "-o", "-", "--sample-rate",
+                          "16000", "--speed", "0.8", "--format", "f32"], capture_output=True, check=True).stdout
+    f32 = np.frombuffer(f32, "<f4")
+    assert len(f32) == len(audio) and np.abs(np.round(f32 * 32767) - audio).max() <= 1  # the same audio, as floats
+
+
+def test_a_voice_loudness_is_measured_once_and_kept(synth, tmp_path, monkeypatch):
+    from voxtral_edge.chain.loudness import integrated_loudness, voice_loudness
+
+    store = tmp_path / "loudness.json"
+    first = voice_loudness(synth, "casual_male", store)
+    reference = synth.synthesize("Turn left in two hundred metres, then keep right at the fork.", "casual_male",
+                                 seed=0)
+    assert first == pytest.approx(integrated_loudness(reference.audio, reference.sample_rate), abs=1e-6)
+    monkeypatch.setattr(type(synth), "synthesize", lambda *a, **k: pytest.fail("measured again"))
+    assert voice_loudness(synth, "casual_male", store) == first
+    assert json.loads(store.read_text()) == {"casual_male": first}
