@@ -51,7 +51,8 @@ def main() -> None:
             ("time scale, speed 2.0", lambda: TimeScale.create(2.0, R))]
     rows += [(f"resample to {rate}", lambda rate=rate: Resample(R, rate)) for rate in (8000, 16000, 44100, 48000)]
     rows += [("loudness (gain + true-peak limiter)", lambda: Loudness.create(-16.0, R, gain_db=3.0)),
-             ("chain: 48 kHz, speed 1.25, -16 LUFS, wav", lambda: Chain(Output(48000, 1.25, None, "wav"), R, gain_db=3)),
+             ("chain: 48 kHz, speed 1.25, -16 LUFS, wav",
+              lambda: Chain(Output(48000, 1.25, -16.0, "wav"), R, gain_db=3.0)),
              ("chain: 16 kHz, flac", lambda: Chain(Output(16000, format="flac"), R)),
              ("chain: 48 kHz, opus", lambda: Chain(Output(48000, format="opus"), R)),
              ("chain: 44.1 kHz, mp3", lambda: Chain(Output(44100, format="mp3"), R))]
