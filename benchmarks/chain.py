@@ -56,7 +56,7 @@ def main() -> None:
              ("chain: 16 kHz, flac", lambda: Chain(Output(16000, format="flac"), R)),
              ("chain: 48 kHz, opus", lambda: Chain(Output(48000, format="opus"), R)),
              ("chain: 44.1 kHz, mp3", lambda: Chain(Output(44100, format="mp3"), R))]
-    print(f"| stage | ms per s of audio |\n| --- | ---: |")
+    print("| stage | ms per s of audio |\n| --- | ---: |")
     for name, make in rows:
         print(f"| {name} | {ms_per_second(make, x):.1f} |")
     print(f"\nload average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {args.seconds:g} s of audio per run")

@@ -4,7 +4,6 @@ containers checked against closed-form values and the libraries' own decoders.""
 from __future__ import annotations
 
 import io
-import math
 
 import numpy as np
 import pytest

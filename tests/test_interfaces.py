@@ -47,7 +47,7 @@ def say(bundle, text, *args) -> bytes:
 
 # -- Wyoming ----------------------------------------------------------------------------------------------
 def test_wyoming_with_its_own_client(synth, bundle):
-    from wyoming.audio import AudioChunk, AudioStart, AudioStop
+    from wyoming.audio import AudioChunk, AudioStart
     from wyoming.client import AsyncTcpClient
     from wyoming.error import Error
     from wyoming.info import Describe, Info

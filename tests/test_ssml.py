@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import warnings
 
 import numpy as np
 import pytest
@@ -59,7 +57,6 @@ BILLION_LAUGHS = """<?xml version="1.0"?>
     '<!DOCTYPE speak SYSTEM "http://127.0.0.1:9/speak.dtd"><speak>hi</speak>',
 ])
 def test_hostile_xml_is_refused_without_expansion(markup):
-    start = time.perf_counter()
     with pytest.raises(ssml.SsmlError, match="not accepted") as e:
         ssml.parse(markup)
     assert e.value.line is not None

@@ -60,7 +60,7 @@ def module_config(bundle: str | Path, voices: list[str], *, default_voice: str |
                f"| $PLAY_COMMAND")
     rows = voice_kinds(voices)
     default = default_voice or next((n for lang, _, n in rows if lang == "en"), rows[0][2])
-    lines = [f"# voxtral-edge for speech-dispatcher's generic module, written by `voxtral-edge speechd-config`.",
+    lines = ["# voxtral-edge for speech-dispatcher's generic module, written by `voxtral-edge speechd-config`.",
              f"# Bundle: {bundle}. Service: {service or 'none (the bundle is opened for each message)'}.",
              "Debug 0",
              f'GenericExecuteSynth "{execute}"',

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..chain import SAMPLE_RATES, SPEED_RANGE
 from ..chain.loudness import LOUDNESS_RANGE
