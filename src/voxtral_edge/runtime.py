@@ -327,8 +327,8 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
-    def plan(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
-             ssml: bool | None = None, lexicon=None, timings: bool = False) -> list:
+    def script(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
+               ssml: bool | None = None, lexicon=None, timings: bool = False) -> list:
         """What an utterance is made of, in order: prompts (str, see `pieces`), `Silence`s and `Event`s.
         `text` is SSML when `ssml` is True, or None and it starts with <speak (see `voxtral_edge.text.ssml`):
         each of its sentences is then a prompt of its own, so that marks and sentence starts fall on frame
@@ -337,27 +337,27 @@ class Synthesizer:
             raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
         markup = ssml if ssml is not None else ssml_module.is_ssml(text)
         spans = ssml_module.parse(text, lang) if markup else ssml_module.plain(text, lang, sentences=timings)
-        plan, rate, spoken = [], 1.0, False
+        script, rate, spoken = [], 1.0, False
         for span in spans:
             if isinstance(span, ssml_module.Break):
-                plan.append(Silence(int(round(span.ms * self.sample_rate / 1000))))
+                script.append(Silence(int(round(span.ms * self.sample_rate / 1000))))
             elif isinstance(span, ssml_module.Mark):
-                plan.append(Event("mark", span.name))
+                script.append(Event("mark", span.name))
             else:
                 words = self.spoken_text(span.text, voice, normalize=normalize, lang=span.lang, lexicon=lexicon,
                                          empty_ok=len(spans) > 1)
                 if not words:
                     continue
                 if span.sentence:
-                    plan.append(Event("sentence", span.text.strip()))
+                    script.append(Event("sentence", span.text.strip()))
                 if span.rate != rate:
-                    plan.append(Event("rate", rate=span.rate))
+                    script.append(Event("rate", rate=span.rate))
                     rate = span.rate
-                plan.extend(self.pieces(words, voice))
+                script.extend(self.pieces(words, voice))
                 spoken = True
         if not spoken:
             raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized")
-        return plan
+        return script
 
     def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
                     lexicon=None, empty_ok: bool = False) -> str:
@@ -459,9 +459,9 @@ class Synthesizer:
         check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
         run, rng = _Run(), None
-        plan = run.time("tokenize_ms", lambda: self.plan(text, voice, normalize=normalize, lang=lang, ssml=ssml,
+        script = run.time("tokenize_ms", lambda: self.script(text, voice, normalize=normalize, lang=lang, ssml=ssml,
                                                          lexicon=lexicon, timings=timings))
-        run.spoken_text = " ".join(p for p in plan if isinstance(p, str))
+        run.spoken_text = " ".join(p for p in script if isinstance(p, str))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -473,7 +473,7 @@ class Synthesizer:
             run.seed = secrets.randbits(63) if seed is None else int(seed)
             rng = np.random.default_rng(run.seed)
         left = defaults.MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
-        pieces = plan
+        pieces = script
         run.finished = True
         return Utterance(voice, pieces, steps, float(cfg_alpha), chunk_frames, first_chunk_frames, left, run,
                          noise, rng)
@@ -533,7 +533,7 @@ class Synthesizer:
         return chunk
 
     def _events(self, u: Utterance) -> None:
-        """Record the events that come next in u's plan; u is done when nothing is left."""
+        """Record the events that come next in u's script; u is done when nothing is left."""
         while u.piece + 1 < len(u.pieces) and isinstance(u.pieces[u.piece + 1], Event):
             u.piece += 1
             u.run.events.append(replace(u.pieces[u.piece], sample=u.samples))
@@ -650,7 +650,7 @@ class Utterance:
     frame; while another utterance has the KV cache, `kv` holds the rows this one has written."""
 
     voice: str
-    pieces: list  # its plan: prompts (str, see Synthesizer.pieces), Silences and Events, in order
+    pieces: list  # its script: prompts (str, see Synthesizer.pieces), Silences and Events, in order
     steps: int
     cfg_alpha: float
     chunk_frames: int
@@ -675,13 +675,13 @@ class Utterance:
     decoding: deque[Future] = field(default_factory=deque)  # chunks on the codec thread, in order
     kv: list[np.ndarray] | None = None  # its KV rows [:position] per layer while set aside
     done: bool = False
+    samples: int = 0  # samples of audio made so far (frames and silences): where the next event falls
+    silent: int = 0  # ... of which silence
 
     @property
     def events(self) -> list[Event]:
         """The marks, sentence starts and rate changes reached so far."""
         return self.run.events
-    samples: int = 0  # samples of audio made so far (frames and silences): where the next event falls
-    silent: int = 0  # ... of which silence
 
 
 

@@ -26,7 +26,7 @@ class Timing:
 
 
 def chain_for(synth, utterance, output: Output, *, stream: bool = True) -> Chain:
-    """The chain of one utterance: with a time-scale stage when its plan changes rate, and, for a stream
+    """The chain of one utterance: with a time-scale stage when its script changes rate, and, for a stream
     with a loudness target, the gain its voice needs (measured once, see chain.loudness.voice_loudness)."""
     from .chain.loudness import voice_loudness
 
