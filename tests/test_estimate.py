@@ -152,20 +152,24 @@ def test_two_machines_runs_agree():
     """Issue 24: real runs from an AVX2 and an AVX-512 machine, each with llama.cpp measured beside it, give every
     profile estimates whose ranges overlap and whose middles agree within 15 %."""
     pairs = {}
-    for path, llama in ((AVX2, AVX2_LLAMA), (AVX512, AVX512_LLAMA)):
-        runs = read_runs(path)
+    for path, llama, isa in ((AVX2, AVX2_LLAMA, "x86-avx2"), (AVX512, AVX512_LLAMA, "x86-avx512vnni")):
+        runs = read_runs(path)  # both saved before runs recorded their instruction set: named here
         assert {(r.plan, r.steps) for r in runs} >= {("int4", 7), ("int4-all", 4)}
         ll = read_llama(llama)
         for run in runs:
             if (run.plan, run.steps) not in {("int4", 7), ("int4-all", 4)}:
                 continue
-            isa = run.isa or "x86-avx2"  # the AVX2 run was saved before runs recorded their instruction set
             for e in estimate_all(run, list_profiles(), fresh_kappa=kernel_ratios(run, ll), fresh_isa=isa):
                 pairs.setdefault((e.device, e.plan, e.steps), []).append(e)
     assert len(pairs) == 2 * len(list_profiles())
     for key, (a, b) in pairs.items():
         assert a.low_ms <= b.high_ms and b.low_ms <= a.high_ms, key
         assert abs(a.mid_ms / b.mid_ms - 1) <= 0.15, key
+    # the AVX-512 run was taken on a loaded machine (llama.cpp 93x slower than idle, ours 14x): its kernel ratios
+    # disagree with the stored ones of its family, so its own family's estimates widen and say why
+    loaded = pairs[("x86-avx512", "int4", 7)][1]
+    assert loaded.notes and all("differs from the stored" in n for n in loaded.notes)
+    assert loaded.high_ms - loaded.low_ms > pairs[("x86-avx512", "int4", 7)][0].high_ms - pairs[("x86-avx512", "int4", 7)][0].low_ms
 
 
 def test_a_run_saved_before_issue_24_reads(tmp_path):

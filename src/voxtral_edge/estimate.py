@@ -285,31 +285,36 @@ LLAMA_BACKBONE_WEIGHTS = 1.73e9 / (18 / 32)  # the yardstick's Q4_0 backbone sha
 
 def kappas_for(isa: str, plan: str, fresh: dict | None = None, fresh_isa: str | None = None,
                source: str = "") -> tuple[dict[str, Span], list[str]]:
-    """kappa per graph for a target of `isa` running `plan`: measured on a host of that ISA family if one was
-    (`fresh`: this run's own, measured beside llama.cpp), else the span of every measurement (assumed)."""
+    """kappa per graph for a target of `isa` running `plan`: measured on a host of that instruction set family
+    if one was (`fresh`: this run's own, measured beside llama.cpp), else the span of the stored measurements
+    of every family (assumed). A fresh ratio that differs from the stored one of its family by more than
+    KAPPA_DISAGREE does not move the middle: the range widens to cover both, and a note says so."""
     table = [e for e in _kappa_table() if e["plan"] == plan] or _kappa_table()
     notes = []
     out = {}
     for g in GRAPHS:
         same = [e[g] for e in table if e["isa"] == isa]
-        if fresh and fresh_isa == isa:
-            value = fresh[g]
-            if same and abs(value / statistics.median(same) - 1) > KAPPA_DISAGREE:
-                lo, hi = min([value, *same]), max([value, *same])
-                notes.append(f"{STAGE_NAMES[g]}: this run's kernel ratio {value:.2f} differs from the stored "
-                             f"{statistics.median(same):.2f} for {isa} by more than {KAPPA_DISAGREE:.0%}: the range "
-                             f"covers both")
-                out[g] = Span(lo, value, hi, f"measured: this run ({source}) and the stored runs for {isa}")
-            else:
-                out[g] = Span(value / OWN_SPREAD, value, value * OWN_SPREAD, f"measured: this run ({source})")
+        titles = "; ".join(sorted({e["title"] for e in table if e["isa"] == isa}))
+        if fresh and fresh_isa == isa and not same:
+            v = fresh[g]
+            out[g] = Span(v / OWN_SPREAD, v, v * OWN_SPREAD, f"measured: this run ({source})")
+        elif fresh and fresh_isa == isa and abs(fresh[g] / statistics.median(same) - 1) > KAPPA_DISAGREE:
+            v = statistics.median(same)
+            lo, hi = min(fresh[g], *same) / OWN_SPREAD, max(fresh[g], *same) * OWN_SPREAD
+            notes.append(f"{STAGE_NAMES[g]}: this run's kernel ratio {fresh[g]:.2f} differs from the stored {v:.2f} "
+                         f"for {isa} by more than {KAPPA_DISAGREE:.0%} (a loaded or different machine?): the range "
+                         f"covers both, the middle stays the stored one")
+            out[g] = Span(lo, v, hi, f"measured on {isa}: {titles}; and this run ({source}), which disagrees")
+        elif fresh and fresh_isa == isa:
+            v = fresh[g]
+            out[g] = Span(v / OWN_SPREAD, v, v * OWN_SPREAD, f"measured: this run ({source}), as the stored runs")
         elif same:
             v = statistics.median(same)
-            titles = "; ".join(sorted({e["title"] for e in table if e["isa"] == isa}))
             out[g] = Span(v / OWN_SPREAD, v, v * OWN_SPREAD, f"measured on {isa}: {titles}")
         else:
-            values = [e[g] for e in table] + ([fresh[g]] if fresh else [])
+            values = [e[g] for e in table]
             lo, hi = min(values) / KAPPA_WIDEN, max(values) * KAPPA_WIDEN
-            isas = ", ".join(sorted({e["isa"] for e in table} | ({fresh_isa} if fresh else set())))
+            isas = ", ".join(sorted({e["isa"] for e in table}))
             out[g] = Span(lo, math.sqrt(lo * hi), hi, f"assumed: no {isa} host measured; the span of {isas}")
     return out, notes
 
