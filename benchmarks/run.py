@@ -176,9 +176,9 @@ def report(results: list[dict], llama: dict | None, estimates: dict | None = Non
               f"({target}, {tokens} tokens) | {x['load']['median']:.1f} | {x['peak RSS']['median']:.0f} |")
     for run, e in (estimates or {}).items():
         ratios = e["kernel_ratios"]
+        said = ", ".join(f"{k} {v:.2f}" for k, v in (ratios or {}).items())
         print(f"\n`voxtral-edge estimate`, {run}"
-              + (": kernel ratios on this machine (ours / llama.cpp's) " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
-                 if ratios else "") + "\n")
+              + (f": kernel ratios on this machine (ours / llama.cpp's) {said}" if ratios else "") + "\n")
         print("| profile | frame ms (low..high) | RTF (low..high) | dominant stage, bound |")
         print("| --- | ---: | ---: | --- |")
         for p in e["estimates"]:

@@ -98,7 +98,8 @@ def test_codec_thread_keys_are_optional(tmp_path):
                                                                "codec_pipeline = true\n"))
     assert (load_profile(path).codec_threads, load_profile(path).codec_pipeline) == (2, True)
     assert load_profile("qualcomm-sa8295p").codec_pipeline and not load_profile("x86-avx512").codec_pipeline
-    for bad, key in (("codec_threads = 0\n", "runtime.codec_threads"), ('codec_pipeline = "yes"\n', "runtime.codec_pipeline"),
+    for bad, key in (("codec_threads = 0\n", "runtime.codec_threads"),
+                     ('codec_pipeline = "yes"\n', "runtime.codec_pipeline"),
                      ("codec_pipeline = 1\n", "runtime.codec_pipeline")):
         path.write_text(GOOD.replace("chunk_frames = 4\n", "chunk_frames = 4\n" + bad))
         with pytest.raises(ConfigError, match=rf"{path}: '{key}'"):

@@ -89,7 +89,8 @@ def graph_sizes(manifest) -> dict:
         if entry["precision"] != "fp32" and q.get("method") == "dynamic-int8":
             per_weight = 1.0
         elif entry["precision"] != "fp32" and q.get("method") == "nbits":
-            per_weight = q["bits"] / 8 + 4 / q["block_size"] + (0 if q.get("symmetric", True) else q["bits"] / 8 / q["block_size"])
+            zero_points = 0 if q.get("symmetric", True) else q["bits"] / 8 / q["block_size"]
+            per_weight = q["bits"] / 8 + 4 / q["block_size"] + zero_points  # fp32 scale a block
         else:
             per_weight = 4.0
         out[g] = {"bytes": size, "bytes_per_weight": per_weight}

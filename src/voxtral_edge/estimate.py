@@ -156,8 +156,8 @@ def graph_work(run) -> dict[str, Work]:
                              f"again with this version, which records them")
         if run.size_gb and abs(run.size_gb / FULL_SIZE_GB[run.plan] - 1) > 0.05:
             raise UsageError(f"{run.source}: the {run.plan} bundle measured there is {run.size_gb:.2f} GB, not the "
-                             f"full-size {FULL_SIZE_GB[run.plan]:.2f} GB whose graph sizes are known: run `voxtral-edge "
-                             f"bench --json` again with this version, which records them")
+                             f"full-size {FULL_SIZE_GB[run.plan]:.2f} GB whose graph sizes are known: run "
+                             f"`voxtral-edge bench --json` again with this version, which records them")
         graphs = {g: {"bytes": b, "bytes_per_weight": w} for g, (b, w) in FULL_SIZE[run.plan].items()}
         kv = FULL_SIZE_KV_BYTES
     missing = [g for g in GRAPHS if g not in graphs]
@@ -187,7 +187,8 @@ def peak_ops(hw: Hardware, threads: int, skip: int = 0) -> float:
     """Peak int8 ops/s of `threads` cores, the fastest first after skipping `skip` of them."""
     ops = hw.core_ops()[skip:skip + threads]
     if not ops:
-        raise ConfigError(f"{hw.source}: {threads} threads after {skip} busy cores, but the device has {hw.cores} cores")
+        raise ConfigError(f"{hw.source}: {threads} threads after {skip} busy cores, but the device has "
+                          f"{hw.cores} cores")
     return sum(ops)
 
 
@@ -344,8 +345,8 @@ def estimate(run, profile: DeviceProfile, others: Iterable[Hardware], *, fresh_k
     hw = profile.hardware
     if not hw.clusters:
         raise ConfigError(f"{profile.source}: the profile has the [hardware] keys of before issue 24 (cores, "
-                          f"fp32_gflops, int8_gops); the estimate needs memory, memory_bandwidth_gbs, memory_class, isa, "
-                          f"clusters and [[hardware.source]] (see voxtral_edge.profiles)")
+                          f"fp32_gflops, int8_gops); the estimate needs memory, memory_bandwidth_gbs, memory_class, "
+                          f"isa, clusters and [[hardware.source]] (see voxtral_edge.profiles)")
     work = graph_work(run)
     rates = device_rates(hw, others)
     kappa, notes = kappas_for(hw.isa, run.plan, fresh_kappa, fresh_isa, run.source)

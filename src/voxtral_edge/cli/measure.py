@@ -165,7 +165,8 @@ def add_estimate(sub) -> None:
                         "version read too); may be repeated")
     p.add_argument("--device", default="all", metavar="PROFILE|all",
                    help="a shipped profile's name or a profile file (default: all shipped profiles)")
-    p.add_argument("--plan", nargs="+", metavar="PLAN[@STEPS]", help="only the runs of these plans (e.g. int4 int4-all@4)")
+    p.add_argument("--plan", nargs="+", metavar="PLAN[@STEPS]",
+                   help="only the runs of these plans (e.g. int4 int4-all@4)")
     p.add_argument("--llama", metavar="FILE", help="llama.cpp on the same machine as the run: the output of "
                    "benchmarks/llama_cpp_baseline.py (--json or not) or benchmarks/run.py's results.json")
     p.add_argument("--isa", choices=ISAS, help="the run's instruction set, for a run saved before it was recorded")
