@@ -429,7 +429,7 @@ def validate(devices: Iterable[Hardware]) -> list[dict]:
 
 def read_llama(path) -> dict:
     """llama.cpp's decode ms/token and prompt tokens/s on the backbone shape, from benchmarks/llama_cpp_baseline.py
-    (its result or its --json lines) or benchmarks/run.py's results.json."""
+    (its --json lines, or the result dict benchmarks/run.py keeps as WORK/llama.json) or run.py's results.json."""
     import json
     from pathlib import Path
 
@@ -510,6 +510,8 @@ def plot(estimates: list[Estimate], path) -> str:
     ax.axvline(FRAME_MS, color="k", linestyle="--", label="real time (80 ms)")
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_xscale("log")
+    ax.set_xlim(min(FRAME_MS, *(e.low_ms for e in estimates)) / 1.3,
+                max(FRAME_MS, *(e.high_ms for e in estimates)) * 1.3)
     ax.set_xlabel("ms per 80 ms frame (log scale)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -51,6 +51,10 @@ with the reason), in [[hardware.source]] and in each run's `status`:
 Profiles of the format before issue 24 ([hardware] cores, fp32_gflops, int8_gops) still load for their
 [runtime]; the estimate refuses them, naming the keys it needs. Every mistake is a ConfigError that names
 the file, the key and what is accepted.
+
+A new section (the NPU's, say) is a key of _SCHEMA[""] (with "an array of tables" or "a table"), its table's
+own entry in _SCHEMA (and its optional keys in _OPTIONAL), a dataclass, and a field of Hardware or
+DeviceProfile filled in _hardware() or _parse(); every figure in it carries `status` and a source as above.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def add_estimate(sub) -> None:
     p.add_argument("--plan", nargs="+", metavar="PLAN[@STEPS]",
                    help="only the runs of these plans (e.g. int4 int4-all@4)")
     p.add_argument("--llama", metavar="FILE", help="llama.cpp on the same machine as the run: the output of "
-                   "benchmarks/llama_cpp_baseline.py (--json or not) or benchmarks/run.py's results.json")
+                   "benchmarks/llama_cpp_baseline.py --json, or WORK/llama.json or results.json of benchmarks/run.py")
     p.add_argument("--isa", choices=ISAS, help="the run's instruction set, for a run saved before it was recorded")
     p.add_argument("--json", action="store_true", help="one JSON line per device and plan instead of a table")
     p.add_argument("--sources", action="store_true", help="list where each estimate's figures come from")
