@@ -40,3 +40,11 @@ def test_bench_rows_markdown_and_json(tiny_bundle_dirs, tmp_path):
     (run,) = bench.read_runs(path)
     assert (run.plan, run.steps, run.graphs) == ("fp32", 2, info["graphs"])
     assert run.graph_ms()["flow_head"] == by_test["flow head step"]
+    # and `estimate` (what `bench --estimate` prints) takes the work from those sizes
+    from voxtral_edge.estimate import estimate_all, graph_work
+    from voxtral_edge.profiles import load_profile
+
+    work = graph_work(run)
+    assert work["flow_head"].weights == info["graphs"]["flow_head"]["bytes"] / 4.0
+    (e,) = estimate_all(run, [load_profile("raspberry-pi-5")])
+    assert (e.plan, e.steps) == ("fp32", 2) and 0 < e.low_ms <= e.mid_ms <= e.high_ms
