@@ -30,7 +30,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -44,6 +44,7 @@ from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .sessions import SessionSettings, open_sessions
 from .text import LANGUAGES, split_text, voice_language
+from .text import ssml as ssml_module
 from .text import normalize as normalize_text
 
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
@@ -66,10 +67,30 @@ class Result:
     finished: bool  # True when the model ended the utterance (END_AUDIO), False when max_frames did
     timings: dict[str, float] = field(default_factory=dict)
     spoken_text: str = ""  # the text the prompts were made of: the normalized text, or the raw one
+    events: list["Event"] = field(default_factory=list)  # marks, sentence starts, rate changes reached
 
     @property
     def duration(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Event:
+    """A point of an utterance: a `<mark>` ("mark", its name), a sentence start ("sentence", its text) or a
+    change of rate ("rate"), at `sample` of the model's audio: always between two pieces, on a frame
+    boundary, so that it is exactly where the audio returned before it ends."""
+
+    kind: str
+    name: str | None = None
+    rate: float = 1.0
+    sample: int = -1
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A break: exactly this many samples of silence between two pieces."""
+
+    samples: int
 
 
 class EmbeddingTable:
@@ -362,7 +383,40 @@ class Synthesizer:
         budget = max(1, (self.max_context - self.voices[voice] - 5) // FRAMES_PER_TEXT_TOKEN)
         return split_text(text, budget, lambda piece: len(self.tokenizer.encode(piece, add_special_tokens=False).ids))
 
-    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
+    def script(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
+               ssml: bool | None = None, lexicon=None, timings: bool = False) -> list:
+        """What an utterance is made of, in order: prompts (str, see `pieces`), `Silence`s and `Event`s.
+        `text` is SSML when `ssml` is True, or None and it starts with <speak (see `voxtral_edge.text.ssml`):
+        each of its sentences is then a prompt of its own, so that marks and sentence starts fall on frame
+        boundaries; plain text is one span (one per sentence with `timings`)."""
+        if lang is not None and lang not in LANGUAGES:
+            raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+        markup = ssml if ssml is not None else ssml_module.is_ssml(text)
+        spans = ssml_module.parse(text, lang) if markup else ssml_module.plain(text, lang, sentences=timings)
+        script, rate, spoken = [], 1.0, False
+        for span in spans:
+            if isinstance(span, ssml_module.Break):
+                script.append(Silence(int(round(span.ms * self.sample_rate / 1000))))
+            elif isinstance(span, ssml_module.Mark):
+                script.append(Event("mark", span.name))
+            else:
+                words = self.spoken_text(span.text, voice, normalize=normalize, lang=span.lang, lexicon=lexicon,
+                                         empty_ok=len(spans) > 1)
+                if not words:
+                    continue
+                if span.sentence:
+                    script.append(Event("sentence", span.text.strip()))
+                if span.rate != rate:
+                    script.append(Event("rate", rate=span.rate))
+                    rate = span.rate
+                script.extend(self.pieces(words, voice))
+                spoken = True
+        if not spoken:
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized")
+        return script
+
+    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
+                    lexicon=None, empty_ok: bool = False) -> str:
         """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
         language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
         left to say is a UsageError."""
@@ -371,8 +425,10 @@ class Synthesizer:
         if not normalize:
             return text
         lang = voice_language(voice) if lang is None else lang
-        spoken = normalize_text(text, lang)
-        if not spoken.strip():
+        spoken = normalize_text(lexicon.apply(text, lang) if lexicon else text, lang)
+        if not any(c.isalnum() for c in spoken):
+            if empty_ok:
+                return ""
             raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized ({lang}); "
                              f"pass normalize=False (--raw) to speak it as written")
         return spoken
@@ -380,7 +436,8 @@ class Synthesizer:
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
                    cfg_alpha: float = defaults.CFG_ALPHA, max_frames: int | None = None,
                    noise: np.ndarray | None = None,
-                   normalize: bool = True, lang: str | None = None) -> Result:
+                   normalize: bool = True, lang: str | None = None, ssml: bool | None = None, lexicon=None,
+                   timings: bool = False) -> Result:
         """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
         language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
         f's flow-matching noise is row f of `noise` when given, else drawn from `seed` (a random seed when
@@ -388,7 +445,7 @@ class Synthesizer:
         (see `pieces`)."""
         u = self.start(text, voice, chunk_frames=DECODE_CHUNK, first_chunk_frames=DECODE_CHUNK, seed=seed,
                        steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise,
-                       normalize=normalize, lang=lang)
+                       normalize=normalize, lang=lang, ssml=ssml, lexicon=lexicon, timings=timings)
         with self._lock:
             try:
                 while not u.done:
@@ -401,7 +458,8 @@ class Synthesizer:
                first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
                seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
                max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
-               lang: str | None = None) -> Iterator[np.ndarray]:
+               lang: str | None = None, ssml: bool | None = None, lexicon=None,
+               timings: bool = False) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
         frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
         concatenate to what `synthesize` returns (normalize and lang as there). Stop early by closing the
@@ -409,7 +467,12 @@ class Synthesizer:
         text of what was made."""
         u = self.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames, seed=seed,
                        steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise, normalize=normalize,
-                       lang=lang)
+                       lang=lang, ssml=ssml, lexicon=lexicon, timings=timings)
+        return self.chunks(u)
+
+    def chunks(self, u: Utterance) -> Iterator[np.ndarray]:
+        """The audio of an utterance made by `start`, chunk by chunk, as `stream` yields it (the codec on its
+        own thread with `codec_pipeline`); `u.events` fills as marks and sentence starts are reached."""
         pool = self._codec_pool()
         with self._lock:
             try:
@@ -427,8 +490,8 @@ class Synthesizer:
     def stream_sentences(self, text: str, voice: str, *, chunk_frames: int = defaults.CHUNK_FRAMES,
                          first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES, seed: int | None = None,
                          steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
-                         max_frames: int | None = None, normalize: bool = True,
-                         lang: str | None = None) -> Iterator[np.ndarray]:
+                         max_frames: int | None = None, normalize: bool = True, lang: str | None = None,
+                         lexicon=None, timings: bool = False, events: list | None = None) -> Iterator[np.ndarray]:
         """Speak a text of several sentences `batch` at a time, yielding its audio in reading order: each
         sentence (`sentences`, of the normalized text) is an utterance of its own, sentence i with seed
         seed + i (mod 2^63; a random seed when None, kept in the result), made beside the others through
@@ -436,18 +499,24 @@ class Synthesizer:
         `first_chunk_frames`), each later sentence's once every sentence before it is out, the part made
         meanwhile at once; no silence is added between sentences. Each sentence's audio is what it would
         be alone (`synthesize(sentence, seed=seed + i, normalize=False)`). `max_frames` bounds the whole
-        text's frames (the audio stops there); `last_result` holds the whole text's codes, audio and
-        timings (each stage summed over the sentences: per frame, what one sentence waited)."""
+        text's frames (the audio stops there). With `timings`, each sentence's start is an Event("sentence")
+        at its first sample, added to `events` (when given) as its audio begins; `last_result` holds the
+        whole text's codes, audio, events and timings (each stage summed over the sentences: per frame, what
+        one sentence waited). Plain text only: SSML (marks, breaks, rates) is spoken as one utterance."""
         check_request(text, self.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps,
                       cfg_alpha, max_frames, seed)
         self.voice(voice)
         start = time.perf_counter()
-        spoken = self.spoken_text(text, voice, normalize=normalize, lang=lang)
+        spoken = self.spoken_text(text, voice, normalize=normalize, lang=lang, lexicon=lexicon)
+        if not any(c.isalnum() for c in spoken):
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized")
         seed = secrets.randbits(63) if seed is None else int(seed)
+        sentences = self.sentences(spoken, voice)
         utterances = [self.start(sentence, voice, chunk_frames=chunk_frames,
                                  first_chunk_frames=first_chunk_frames if i == 0 else chunk_frames,
                                  seed=(seed + i) % 2**63, steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames,
-                                 normalize=False) for i, sentence in enumerate(self.sentences(spoken, voice))]
+                                 normalize=False, ssml=False) for i, sentence in enumerate(sentences)]
+        events, begun = ([] if events is None else events), set()
         waiting = {id(u): deque() for u in utterances}  # chunks made ahead of their turn
         done, turn, heard = set(), 0, []
         room = None if max_frames is None else max_frames * self.samples_per_frame  # samples still allowed
@@ -460,6 +529,9 @@ class Synthesizer:
                     waiting[id(u)].append(chunk)
                 while turn < len(utterances) and room != 0:
                     current = waiting[id(utterances[turn])]
+                    if timings and current and turn not in begun:  # this sentence's audio begins here
+                        begun.add(turn)
+                        events.append(Event("sentence", sentences[turn], sample=sum(map(len, heard))))
                     while current and room != 0:
                         chunk = current.popleft()[:room]
                         room = None if room is None else room - len(chunk)
@@ -477,12 +549,12 @@ class Synthesizer:
             audio = np.concatenate(heard) if heard else np.zeros(0, dtype=f32)
             frames = len(audio) // self.samples_per_frame
             codes = np.concatenate([r.codes for r in results])[:frames]
-            timings = {key: sum(r.timings[key] for r in results) for key in results[0].timings
-                       if key.endswith("_ms") and key != "total_ms"}
+            stages = {key: sum(r.timings[key] for r in results) for key in results[0].timings
+                      if key.endswith("_ms") and key != "total_ms"}
             self.last_result = Result(audio, codes, self.sample_rate, seed, sum(r.prompt_tokens for r in results),
                                       all(r.finished for r in results) and frames == sum(len(r.codes) for r in results),
-                                      dict(timings, total_ms=1e3 * (time.perf_counter() - start), frames=float(frames),
-                                           sentences=float(len(results))), spoken)
+                                      dict(stages, total_ms=1e3 * (time.perf_counter() - start), frames=float(frames),
+                                           sentences=float(len(results))), spoken, list(events))
         if errors:
             raise errors[0]
 
@@ -503,7 +575,7 @@ class Synthesizer:
               first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
               seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
-              lang: str | None = None) -> Utterance:
+              lang: str | None = None, ssml: bool | None = None, lexicon=None, timings: bool = False) -> Utterance:
         """Check a request and return its utterance, not yet begun: each `step` makes one frame of it.
         The arguments are those of `stream`; a bad one raises UsageError here, before any work."""
         if chunk_frames < 1 or first_chunk_frames < 1:
@@ -514,8 +586,9 @@ class Synthesizer:
         check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
         run, rng = _Run(), None
-        text = run.spoken_text = run.time("tokenize_ms", lambda: self.spoken_text(text, voice, normalize=normalize,
-                                                                                  lang=lang))
+        script = run.time("tokenize_ms", lambda: self.script(text, voice, normalize=normalize, lang=lang, ssml=ssml,
+                                                         lexicon=lexicon, timings=timings))
+        run.spoken_text = " ".join(p for p in script if isinstance(p, str))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -527,7 +600,7 @@ class Synthesizer:
             run.seed = secrets.randbits(63) if seed is None else int(seed)
             rng = np.random.default_rng(run.seed)
         left = defaults.MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
-        pieces = run.time("tokenize_ms", self.pieces, text, voice)
+        pieces = script
         run.finished = True
         return Utterance(voice, pieces, steps, float(cfg_alpha), chunk_frames, first_chunk_frames, left, run,
                          noise, rng)
@@ -605,8 +678,20 @@ class Synthesizer:
                              f"most once)")
         live = [u for u in utterances if not u.done]
         self._seat(live)
+        chunks = {}
         for u in list(live):
             if u.hidden is None:
+                silence = self._between(u)
+                if silence is not None or u.done:  # a break is this step's chunk; or nothing was left
+                    live.remove(u)
+                    if silence is not None and pool is not None and (u.chunks or u.decoding):
+                        done = Future()  # in order behind the chunks being decoded
+                        done.set_result(silence)
+                        u.decoding.append(done)
+                    elif silence is not None:
+                        u.chunks.append(silence)
+                        chunks[u] = silence
+                    continue
                 try:
                     self._begin_piece(u)
                 except VoxtralEdgeError as e:  # this request's own failure: the others go on
@@ -614,7 +699,8 @@ class Synthesizer:
                     self._release(u)
                     live.remove(u)
         frames = self._next_frames(live)
-        return [self._emit(u, frames[u], pool) if u in frames else np.zeros(0, f32) for u in utterances]
+        return [self._emit(u, frames[u], pool) if u in frames else chunks.get(u, np.zeros(0, f32))
+                for u in utterances]
 
     def _seat(self, utterances: list[Utterance]) -> None:
         """Give each utterance a row of the cache (its own when it holds one), copying back the rows of one
@@ -650,6 +736,28 @@ class Synthesizer:
         if frame is None:  # the piece ended: its last frames were decoded with its own codec state
             self._end_piece(u)
         return chunk
+
+    def _events(self, u: Utterance) -> None:
+        """Record the events that come next in u's script; u is done when nothing is left."""
+        while u.piece + 1 < len(u.pieces) and isinstance(u.pieces[u.piece + 1], Event):
+            u.piece += 1
+            u.run.events.append(replace(u.pieces[u.piece], sample=u.samples))
+        if u.piece + 1 == len(u.pieces):
+            u.done = True
+            self._release(u)
+
+    def _between(self, u: Utterance) -> np.ndarray | None:
+        """Between two pieces: the events up to the next prompt; a silence there is returned (the chunk of
+        this step), a prompt is left to `_begin_piece`."""
+        self._events(u)
+        if u.done or not isinstance(u.pieces[u.piece + 1], Silence):
+            return None
+        u.piece += 1
+        samples = u.pieces[u.piece].samples
+        u.samples += samples
+        u.silent += samples
+        self._events(u)
+        return np.zeros(samples, dtype=f32)
 
     def _begin_piece(self, u: Utterance) -> None:
         """Prefill u's next piece in its row: its prompt, guard and codec state."""
@@ -698,6 +806,7 @@ class Synthesizer:
                 u.run.timings["flow_ms"] += elapsed  # each waited for the whole call
                 frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
                 u.run.frames.append(frame)
+                u.samples += self.samples_per_frame
                 u.made, u.left, u.fed = u.made + 1, u.left - 1, False
                 frames[u] = frame
         return frames
@@ -727,19 +836,23 @@ class Synthesizer:
             u.position, u.fed = u.position + 1, True
 
     def _end_piece(self, u: Utterance) -> None:
-        run, last = u.run, u.piece == len(u.pieces) - 1
+        run, last = u.run, not any(isinstance(p, (str, Silence)) for p in u.pieces[u.piece + 1:])
         run.finished = run.finished and u.ended
         if not u.ended and u.made == u.guard:  # stopped by the guard, not by the caller's max_frames
             warnings.warn(RunawayWarning(
-                f"piece {u.piece + 1} of {len(u.pieces)} did not end after {u.guard} frames ({u.guard * 0.08:.1f} s, "
-                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=5)
+                f"piece {sum(isinstance(p, str) for p in u.pieces[:u.piece + 1])} of "
+                f"{sum(isinstance(p, str) for p in u.pieces)} did not end after {u.guard} frames "
+                f"({u.guard * 0.08:.1f} s, no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"),
+                stacklevel=5)
         if u.left <= 0:
             run.finished = run.finished and last
         u.hidden = u.logits = u.codec = None
         u.position = 0
-        if last or u.left <= 0:
+        if u.left <= 0:
             u.done = True
             self._release(u)
+        elif last:
+            self._events(u)
 
     def _release(self, u: Utterance) -> None:
         """Free u's row: the next holder writes it from position 0; its pages go back to the system."""
@@ -766,7 +879,7 @@ class Synthesizer:
             u.run.finished, u.done = False, True
         audio = np.concatenate(u.chunks) if u.chunks else np.zeros(0, dtype=f32)
         return u.run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
-                            frames_heard=len(audio) // self.samples_per_frame)
+                            frames_heard=(len(audio) - u.silent) // self.samples_per_frame)
 
 
 @dataclass(eq=False)
@@ -777,7 +890,7 @@ class Utterance:
     wrote there."""
 
     voice: str
-    pieces: list[str]  # the prompts it is spoken in (see Synthesizer.pieces)
+    pieces: list  # its script: prompts (str, see Synthesizer.pieces), Silences and Events, in order
     steps: int
     cfg_alpha: float
     chunk_frames: int
@@ -805,6 +918,13 @@ class Utterance:
     last_step: int = 0  # the synthesizer's step count when it was last stepped
     error: VoxtralEdgeError | None = None  # why its request failed (it is then done)
     done: bool = False
+    samples: int = 0  # samples of audio made so far (frames and silences): where the next event falls
+    silent: int = 0  # ... of which silence
+
+    @property
+    def events(self) -> list[Event]:
+        """The marks, sentence starts and rate changes reached so far."""
+        return self.run.events
 
 
 
@@ -847,6 +967,7 @@ class _Run:
         self.prompt_tokens = 0
         self.finished = False
         self.spoken_text = ""
+        self.events: list[Event] = []
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -860,7 +981,7 @@ class _Run:
         codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
         timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
         return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings,
-                      self.spoken_text)
+                      self.spoken_text, list(self.events))
 
 
 class CodecStream:
