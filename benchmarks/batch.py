@@ -3,11 +3,18 @@ machine whose load changes during the run changes every B alike), one process pe
 
     python benchmarks/batch.py --bundle work/bench/bundle-int4 --steps 7 --bundle work/bench/bundle-int4-all --steps 4
     python benchmarks/batch.py ... --batches 1 2 4 8 --rounds 2 --frames 12 --threads 2 --max-context 512
+    python benchmarks/batch.py --bundle work/bench/bundle-int4-all --steps 4 --article benchmarks/data/article.txt \
+        --batches 1 4 --article-max-context 240
 
 Prints one markdown row per bundle and B: aggregate frames/s (all B utterances' frames / wall time, prefills
 included) and its ratio to B = 1, the per-frame latency of one row (80 ms is real time), the aggregate
 real-time factor, and the peak RSS of the process (its growth over B = 1 is the KV cache's rows and the
 batch's buffers). Medians over the rounds; `--json FILE` keeps every run's rows.
+
+With `--article FILE`, instead: `say FILE --batch B` on the first bundle for each B (its sentences B at a time;
+B = 1 is `say` as it was, the text in pieces one after the other), and its wall time against the audio's
+length. The weights being random, no sentence ends by itself: `--article-max-context` leaves each sentence
+the room of a sentence of real speech (its prompt plus about 70 frames at 240 positions with casual_male).
 """
 
 from __future__ import annotations
@@ -31,19 +38,48 @@ def bench(bundle: str, steps: int, batch: int, args) -> dict[str, dict]:
     return {row["test"]: row for row in map(json.loads, out.splitlines())}
 
 
+def article(bundle: str, steps: int, batch: int, args) -> dict:
+    import re
+    import time
+
+    command = [sys.executable, "-m", "voxtral_edge.cli", "say", "-", "--bundle", bundle, "--voice", args.voice,
+               "--steps", str(steps), "--batch", str(batch), "--seed", "0", "--no-verify", "-o", "/dev/null",
+               "--max-context", str(args.article_max_context)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    start = time.perf_counter()
+    run = subprocess.run(command, input=Path(args.article).read_bytes(), capture_output=True, check=True)
+    wall = time.perf_counter() - start  # the process: open, normalize, every sentence, the file
+    line = [x for x in run.stderr.decode().splitlines() if x.startswith("wrote ")][-1]
+    audio = float(re.search(r": ([0-9.]+) s of audio", line).group(1))
+    return {"batch": batch, "wall_s": wall, "audio_s": audio, "report": line}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", action="append", required=True, help="a bundle (repeat, each with its --steps)")
     p.add_argument("--steps", action="append", type=int, required=True, help="Euler steps for the bundle before")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--frames", type=int, default=12, help="frames per utterance (default: 12)")
+    p.add_argument("--frames", type=int, default=16, help="frames per utterance (default: 16)")
     p.add_argument("--threads", type=int)
     p.add_argument("--max-context", type=int, default=512)
     p.add_argument("--json", metavar="FILE", help="also write every run's rows here")
+    p.add_argument("--article", metavar="FILE", help="time `say FILE --batch B` instead (see above)")
+    p.add_argument("--voice", default="casual_male", help="the article's voice (default: casual_male)")
+    p.add_argument("--article-max-context", type=int, default=240)
     args = p.parse_args()
     if len(args.bundle) != len(args.steps):
         p.error("give one --steps per --bundle")
+    if args.article:
+        print("| bundle | steps | B | wall s | audio s | wall / audio |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for batch in args.batches:
+            r = article(args.bundle[0], args.steps[0], batch, args)
+            print(f"| {Path(args.bundle[0]).name} | {args.steps[0]} | {batch} | {r['wall_s']:.1f} | {r['audio_s']:.1f} | "
+                  f"{r['wall_s'] / r['audio_s']:.2f} |", flush=True)
+            print(r["report"], file=sys.stderr, flush=True)
+        return 0
     runs: dict[tuple[str, int], list[dict]] = {}
     for r in range(args.rounds):
         for bundle, steps in zip(args.bundle, args.steps):

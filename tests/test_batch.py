@@ -312,3 +312,26 @@ def test_the_service_shares_a_step_within_a_class_and_navigation_still_preempts(
     assert nav.content == streamed_alone(bundle, nav_body["input"], "casual_male", 3, 8)
     for i, body in enumerate(bodies):
         assert b"".join(results[i]) == streamed_alone(bundle, LONG, body["voice"], body["seed"], 150)
+
+
+def test_a_profile_sets_the_batch_and_the_command_line_wins(tmp_path):
+    import argparse
+    from importlib import resources
+
+    from voxtral_edge.cli.common import apply_profile, bundle_settings
+    from voxtral_edge.errors import ConfigError
+    from voxtral_edge.profiles import load_profile
+
+    shipped = resources.files("voxtral_edge.devices").joinpath("x86-avx512.toml").read_text(encoding="utf-8")
+    path = tmp_path / "x86-avx512.toml"
+    path.write_text(shipped.replace("[runtime]\n", "[runtime]\nbatch = 3\n", 1), encoding="utf-8")
+    assert load_profile(path).batch == 3 and load_profile("x86-avx512").batch == 1
+    args = argparse.Namespace(profile=str(path), batch=None, threads=None, steps=None, cfg=None, max_context=None,
+                              codec_threads=None, chunk_frames=None, providers=None, no_verify=False,
+                              no_saved_graphs=False)
+    assert bundle_settings(apply_profile(args))["batch"] == 3
+    args.batch = 2
+    assert bundle_settings(apply_profile(args))["batch"] == 2
+    path.write_text(shipped.replace("[runtime]\n", "[runtime]\nbatch = 0\n", 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match="'runtime.batch' = 0 is not a positive integer"):
+        load_profile(path)

@@ -15,11 +15,12 @@ divide by the frames made). Rows:
     frame         ms/frame wall time per frame past the prefill (with --codec-pipeline the codec runs beside)
     rtf           x        total time / audio duration (< 1 is faster than real time)
     frames/s (aggregate)   frames/s  B utterances of the sentence (seeds 0..B-1, `--batch B`, 1 by default)
-                           made together with continuous batching (`Synthesizer.run_many`): all their
-                           frames / the wall time, prefills included
-    frame, one row of B    ms/frame  the same run: how long each utterance waited for each of its frames
-                           past its prefill (its per-frame latency; 80 ms is real time)
-    rtf (aggregate)        x        the same run: wall time / the audio of all B utterances
+                           made together (`Synthesizer.run_many`): their frames after the first step (which
+                           prefills every row) / the time since: the rate of continuous decoding (a prompt's
+                           cost is the prefill row's)
+    frame, one row of B    ms/frame  the same run: the time between two frames of one utterance (each step makes
+                           a frame of every row; 80 ms is real time)
+    rtf (aggregate)        x        the same run, prefills included: wall time / the audio of all B utterances
     peak RSS      MB       the process's peak resident memory
     RSS anonymous MB       at the end: private heap (onnxruntime's packed weights, KV cache, buffers)
     RSS file      MB       at the end: file pages mapped and resident (weights read in place, embeddings);
@@ -165,20 +166,18 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
         per["codec"].append(codec)
         per["frame"].append((t["total_ms"] - t["prefill_ms"] - t["tokenize_ms"]) / n)
         per["rtf"].append(t["total_ms"] / 1e3 / max(r.duration, 1e-9))
-    for _ in range(repeats):  # B utterances together, the rows kept full
-        utterances = [synth.start(text, voice, chunk_frames=chunk_frames, seed=b, steps=steps, cfg_alpha=cfg_alpha,
-                                  max_frames=frames) for b in range(batch)]
-        start = time.perf_counter()
+    for _ in range(repeats):  # B utterances together
+        utterances = [synth.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=1, seed=b, steps=steps,
+                                  cfg_alpha=cfg_alpha, max_frames=frames) for b in range(batch)]
+        start, first = time.perf_counter(), None
         for _u, _chunk in synth.run_many(utterances):
-            pass
-        wall = 1e3 * (time.perf_counter() - start)
+            first = first or time.perf_counter()  # the first step is over: every row prefilled, one frame each
+        end = time.perf_counter()
         results = [synth.close(u) for u in utterances]
-        made = sum(len(r.codes) for r in results)
-        per.setdefault("aggregate", []).append(made / (wall / 1e3))
-        per.setdefault("rtf_aggregate", []).append(wall / 1e3 / max(sum(r.duration for r in results), 1e-9))
-        per.setdefault("row", []).append(statistics.mean(
-            (r.timings["total_ms"] - r.timings["prefill_ms"] - r.timings["tokenize_ms"]) / max(len(r.codes), 1)
-            for r in results))
+        steady = sum(len(r.codes) for r in results) - batch  # every row makes a frame at each step past the first
+        per.setdefault("aggregate", []).append(steady / max(end - first, 1e-9))
+        per.setdefault("row", []).append(1e3 * (end - first) / max(frames - 1, 1))
+        per.setdefault("rtf_aggregate", []).append((end - start) / max(sum(r.duration for r in results), 1e-9))
     rows = [Row("load", "s", load_s, load_s, load_s), Row("load: verify", "s", verify_s, verify_s, verify_s),
             summarize(f"prefill pp{len(prompt)}", "tok/s", per["prefill"]),
             summarize("backbone", "ms/frame", per["backbone"]),
