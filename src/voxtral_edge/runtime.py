@@ -117,9 +117,10 @@ class Synthesizer:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise UsageError(f"batch must be an integer >= 1, found {batch!r}")
         if batch > 1 and not m.batched:
+            shape = m["graphs"]["backbone_step"]["inputs"]["inputs_embeds"]["shape"]
             raise BundleError(f"{m.bundle}: its graphs take one utterance per call (exported before batching: "
-                              f"backbone_step's inputs_embeds is {m['graphs']['backbone_step']['inputs']['inputs_embeds']['shape']}); "
-                              f"re-export it for batch {batch}, or use batch 1")
+                              f"backbone_step's inputs_embeds is {shape}); re-export it for batch {batch}, or use "
+                              f"batch 1")
         self.batch = batch
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -297,7 +298,8 @@ class Synthesizer:
             raise UsageError(f"flow_batch: guidance strengths {alphas} mix 1 with others; call once for each kind")
         # with alpha 1 the unconditional row has weight 0: the graph runs the conditional row alone
         weights = np.array([[1.0] if unguided[0] else [a, 1 - a] for a in alphas], dtype=f32)
-        h, noise = np.asarray(h, dtype=f32).reshape(len(alphas), -1), np.asarray(noise, dtype=f32).reshape(len(alphas), -1)
+        h = np.asarray(h, dtype=f32).reshape(len(alphas), -1)
+        noise = np.asarray(noise, dtype=f32).reshape(len(alphas), -1)
         timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
         if not self.manifest.batched:  # a bundle from before batching: cfg_weights [R], one utterance per call
             return tuple(np.concatenate(parts) for parts in zip(*(self.sessions["flow_head"].run(["codes", "latent"], {

@@ -331,7 +331,8 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
             starts = g.op("Slice", [timesteps, i64(0), steps, i64(0)], name="step_starts")  # t_k, k < steps
             angles = g.op("Mul", [g.op("Unsqueeze", [starts, i64(1)]),
                                   g.weight("time_frequencies", time_frequencies(dim))])
-            time_in = g.op("Unsqueeze", [g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=1), i64(0)])
+            time_in = g.op("Unsqueeze", [g.op("Concat", [g.op("Cos", [angles]), g.op("Sin", [angles])], axis=1),
+                                         i64(0)])  # [1, steps, dim]: one group
             time_tokens = g.op("Squeeze", [g.linear(time_in, tensor(f"{p}.time_projection.weight"), "time_projection"),
                                            i64(0)])  # [steps, dim], the same for every utterance: one group
             cond = twice(g.linear_weight(tensor(f"{p}.llm_projection.weight"), "llm_projection"), h)  # [B, dim]
@@ -346,7 +347,8 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
             h_qkv = {w: with_uncond(twice(w0[w], h_normed), width[w], f"h_{w}") for w in w0}  # [B, R, 1, width]
 
         def per_row(t, n, width):  # [B, n, width] -> [B, R, n, width]: the same in each of an utterance's rows
-            return g.op("Expand", [g.op("Unsqueeze", [t, i64(1)]), g.op("Concat", [batch, rows, i64(n, width)], axis=0)])
+            shape = g.op("Concat", [batch, rows, i64(n, width)], axis=0)
+            return g.op("Expand", [g.op("Unsqueeze", [t, i64(1)]), shape])
 
         def sequences(t, n, width):  # [B, R*n, width] or [B, R, n, width] -> [B*R, n, width], for attention
             return g.op("Reshape", [t, i64(-1, n, width)])
@@ -401,8 +403,8 @@ def build_flow_head(config: ModelConfig, tensor: Callable[[str], np.ndarray], pa
                         q = g.linear(queries, tensor(f"{lp}.attention.wq.weight"), "wq")
                         kk = g.linear(normed, tensor(f"{lp}.attention.wk.weight"), "wk")
                         v = g.linear(normed, tensor(f"{lp}.attention.wv.weight"), "wv")
-                        attn = g.attend(sequences(q, n_q, q_width), sequences(kk, 3, kv_width), sequences(v, 3, kv_width),
-                                        f.n_heads, f.n_kv_heads, f.head_dim)
+                        attn = g.attend(sequences(q, n_q, q_width), sequences(kk, 3, kv_width),
+                                        sequences(v, 3, kv_width), f.n_heads, f.n_kv_heads, f.head_dim)
                         attn = g.linear(utterances(attn, q_width), tensor(f"{lp}.attention.wo.weight"), "wo")
                     seq = g.op("Add", [seq, attn], name="residual")
                     seq = g.op("Add", [seq, g.feed_forward(g.rms_norm(seq, f"{lp}.ffn_norm.weight", f.norm_eps), lp)],
