@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .cache import bundle_key, file_stat, read_json, user_cache_dir, write_json_atomic
 from .errors import BundleError, BundlePathError
-from .onnxfile import MalformedOnnx, external_locations
+from .onnxfile import MalformedOnnx, ep_context_files, external_locations
 from .progress import Progress
 
 FORMAT = "voxtral-edge-bundle"
@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 # The named precision plans (defined in voxtral_edge.quant.plans; named here so the runtime can check them).
-PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast")
+PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast", "w8a16", "w4a16", "int4-w8a16")
 REQUIRED = ("format", "schema_version", "files", "graphs", "model", "audio", "special_ids", "embeddings",
             "voices", "tokenizer", "quantization")
 STAMP_FORMAT = "voxtral-edge-verified-stamp"
@@ -134,6 +134,7 @@ class Manifest:
         files = self.data["files"]
         referenced = [g["file"] for g in self.data["graphs"].values()]
         referenced += [g["data"] for g in self.data["graphs"].values() if g.get("data")]
+        referenced += [g["compiled"]["context"] for g in self.data["graphs"].values() if "compiled" in g]
         referenced += [e["file"] for e in self.data["embeddings"].values()]
         referenced += [v["file"] for v in self.data["voices"].values()] + [self.data["tokenizer"]["file"]]
         for name in referenced:
@@ -159,6 +160,14 @@ class Manifest:
             if locations - allowed:
                 raise BundleError(f"{path}: tensor data is read from {sorted(locations - allowed)}, but the only "
                                   f"data file this graph may use is {sorted(allowed) or 'none'}")
+            try:  # a graph compiled for the NPU names its context binary; the QNN EP opens it
+                contexts = set(ep_context_files(path))
+            except (MalformedOnnx, UnicodeDecodeError) as e:
+                raise BundleError(f"{path}: not a valid ONNX file ({e})") from None
+            binary = {graph["compiled"]["context"]} if "compiled" in graph else set()
+            if contexts - binary:
+                raise BundleError(f"{path}: names the context binary {sorted(contexts - binary)}, but the only one "
+                                  f"this graph may use is {sorted(binary) or 'none'}")
 
     def _check_hashes(self, manifest_sha256: str, rehash: bool, progress: bool) -> None:
         """Every file's sha256 against the manifest, skipping those the stamp vouches for; then the stamp."""

@@ -4,7 +4,9 @@ A tensor stored outside the model names its file in `external_data` ("location")
 that path relative to the model. A hostile or damaged bundle could point it anywhere (an absolute path,
 `../..`). `external_locations` walks the protobuf wire format (ModelProto -> GraphProto -> initializers
 and the tensors and subgraphs of node attributes) and returns every location it finds, so the runtime
-can refuse any that is not the data file its manifest lists.
+can refuse any that is not the data file its manifest lists. `ep_context_files` does the same for the
+context binaries an EP context model (a graph compiled for the NPU: one com.microsoft EPContext node whose
+`ep_cache_context` names a file when `embed_mode` is 0) makes the QNN execution provider open.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 # Field numbers from onnx.proto.
 MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_SPARSE_INITIALIZER = 1, 5, 15
-NODE_ATTRIBUTE = 5
+NODE_OP_TYPE, NODE_ATTRIBUTE = 4, 5
+ATTRIBUTE_NAME, ATTRIBUTE_I, ATTRIBUTE_S = 1, 3, 4
 ATTRIBUTE_T, ATTRIBUTE_G, ATTRIBUTE_TENSORS, ATTRIBUTE_GRAPHS = 5, 6, 10, 11
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_EXTERNAL_DATA = 13
@@ -103,3 +106,56 @@ def external_locations(path: str | Path) -> list[str]:
         if field == MODEL_GRAPH:
             found += _graph_locations(value)
     return found
+
+
+def _all_fields(data: bytes):
+    """(field number, value) for each field: an int for varints, bytes for length-delimited ones."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            yield field, value
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise MalformedOnnx("a field runs past the end of its message")
+            yield field, data[pos:pos + length]
+            pos += length
+        else:
+            raise MalformedOnnx(f"unsupported wire type {wire}")
+
+
+def ep_context_nodes(path: str | Path) -> list[dict[str, int | str]]:
+    """The attributes of each EPContext node of an ONNX file: ints as ints, strings decoded (the embedded
+    binary of embed_mode 1 is left out)."""
+    nodes = []
+    for field, graph in _fields(Path(path).read_bytes()):
+        if field != MODEL_GRAPH:
+            continue
+        for part, node in _fields(graph):
+            if part != GRAPH_NODE:
+                continue
+            fields = list(_all_fields(node))
+            if not any(f == NODE_OP_TYPE and v == b"EPContext" for f, v in fields):
+                continue
+            attributes: dict[str, int | str] = {}
+            for f, attribute in fields:
+                if f != NODE_ATTRIBUTE:
+                    continue
+                values = dict(_all_fields(attribute))
+                name = values.get(ATTRIBUTE_NAME, b"").decode("utf-8", "replace")
+                if ATTRIBUTE_I in values:
+                    attributes[name] = values[ATTRIBUTE_I]
+                elif ATTRIBUTE_S in values and not (name == "ep_cache_context" and len(values[ATTRIBUTE_S]) > 4096):
+                    attributes[name] = values[ATTRIBUTE_S].decode("utf-8", "replace")
+            nodes.append(attributes)
+    return nodes
+
+
+def ep_context_files(path: str | Path) -> list[str]:
+    """The files the EPContext nodes of an ONNX file name (embed_mode 0), in the order found."""
+    return [str(n.get("ep_cache_context", "")) for n in ep_context_nodes(path) if n.get("embed_mode", 1) == 0]

@@ -24,6 +24,15 @@ The format (each shipped file cites, in comments, where its numbers come from):
     memory_bandwidth_gbs = 40.0       # sustained, GB/s
     fp32_gflops = 83.0                # sustained fp32 matmul over `cores`
     int8_gops = 166.0                 # sustained int8 matmul over `cores` (MatMulNBits, accuracy_level 4)
+    [npu]                             # optional: a Qualcomm Hexagon NPU (voxtral_edge.qnn, estimate_npu)
+    soc = "sa8295p"                   # one of voxtral_edge.qnn.SOCS: the HTP the bundle is compiled for
+    htp_arch = 68                     # Hexagon architecture (as the SoC's entry in SOCS)
+    tops = 30.0                       # the vendor's int8 TOPS figure (marketing peak)
+    memory_bandwidth_gbs = 67.0       # peak DRAM bandwidth the NPU shares with the CPU
+    reference = "..."                 # a published decoder measurement on this HTP class, named
+    reference_tokens_per_s = 3.5      # its tokens per second
+    reference_gb_per_token = 1.6      # the weight bytes it reads per token, GB
+    reference_memory_bandwidth_gbs = 67.0  # the peak bandwidth of the device it was measured on
 
 Every mistake is a ConfigError that names the file, the key and what is accepted.
 """
@@ -36,24 +45,43 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, UsageError
 from .files import parse_toml
 from .manifest import PLAN_NAMES
-from .sessions import PROVIDERS
+from .sessions import PROVIDERS, npu_graphs
 
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
+_SOC = "one of sa8295p, sa8255p, sa8775p, x-elite"
 _BOOL = "true or false"
-_PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)}"
+_PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)} or qnn:GRAPHS"
 # table -> key -> what the value must be
 _SCHEMA = {
-    "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table"},
+    "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table", "npu": "a table"},
     "runtime": {"threads": _POSITIVE_INT, "plan": f"one of {', '.join(PLAN_NAMES)}", "steps": _POSITIVE_INT,
                 "cfg": _POSITIVE_NUMBER, "max_context": _POSITIVE_INT, "providers": _PROVIDER_LIST,
                 "chunk_frames": _POSITIVE_INT, "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
     "hardware": {"cores": _POSITIVE_INT, "memory_bandwidth_gbs": _POSITIVE_NUMBER, "fp32_gflops": _POSITIVE_NUMBER,
                  "int8_gops": _POSITIVE_NUMBER},
+    "npu": {"soc": _SOC, "htp_arch": _POSITIVE_INT, "tops": _POSITIVE_NUMBER, "memory_bandwidth_gbs": _POSITIVE_NUMBER,
+            "reference": _TEXT, "reference_tokens_per_s": _POSITIVE_NUMBER, "reference_gb_per_token": _POSITIVE_NUMBER,
+            "reference_memory_bandwidth_gbs": _POSITIVE_NUMBER},
 }
-_OPTIONAL = {"runtime.codec_threads", "runtime.codec_pipeline"}
+_OPTIONAL = {"runtime.codec_threads", "runtime.codec_pipeline", "npu"}
+
+
+@dataclass(frozen=True)
+class NpuSpec:
+    """A Qualcomm Hexagon NPU ([npu]): what the bundle is compiled for, and the published measurement its
+    time estimate rests on (voxtral_edge.estimate_npu)."""
+
+    soc: str
+    htp_arch: int
+    tops: float
+    memory_bandwidth_gbs: float
+    reference: str
+    reference_tokens_per_s: float
+    reference_gb_per_token: float
+    reference_memory_bandwidth_gbs: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,7 @@ class DeviceProfile:
     source: str
     codec_threads: int | None = None  # None: the same as threads
     codec_pipeline: bool = False
+    npu: NpuSpec | None = None
 
 
 def _valid(value, accepted: str) -> bool:
@@ -92,13 +121,25 @@ def _valid(value, accepted: str) -> bool:
     if accepted == "a table":
         return isinstance(value, dict)
     if accepted == _PROVIDER_LIST:
-        return isinstance(value, list) and bool(value) and all(p in PROVIDERS for p in value)
+        if not (isinstance(value, list) and value and all(isinstance(p, str) for p in value)):
+            return False
+        try:
+            npu_graphs(value)
+        except UsageError:
+            return False
+        return True
+    if accepted == _SOC:
+        from .qnn import SOCS
+
+        return value in SOCS
     return value in PLAN_NAMES  # plan
 
 
 def _parse(text: str, source: str, stem: str) -> DeviceProfile:
     data = parse_toml(text, source)
     for table, schema in _SCHEMA.items():
+        if table and table not in data and table in _OPTIONAL:
+            continue
         values = data[table] if table else data
         prefix = f"{table}." if table else ""
         for key in values:
@@ -121,7 +162,9 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
         chunk_frames=runtime["chunk_frames"], cores=hardware["cores"],
         memory_bandwidth_gbs=float(hardware["memory_bandwidth_gbs"]), fp32_gflops=float(hardware["fp32_gflops"]),
         int8_gops=float(hardware["int8_gops"]), source=source, codec_threads=runtime.get("codec_threads"),
-        codec_pipeline=runtime.get("codec_pipeline", False))
+        codec_pipeline=runtime.get("codec_pipeline", False),
+        npu=NpuSpec(**{k: float(v) if isinstance(v, int) and k != "htp_arch" else v for k, v in data["npu"].items()})
+        if "npu" in data else None)
 
 
 def _shipped() -> dict:

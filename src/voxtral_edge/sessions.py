@@ -2,15 +2,21 @@
 this machine's saved optimized graphs. The runtime asks for "the bundle's graphs with these settings"
 and never branches on a provider in its frame loop.
 
-    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling)
+    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, allow_fallback, soc, record)
     open_sessions(manifest, settings)  -> {graph: InferenceSession}, each checked against the manifest
+    nodes_on_cpu(session)              the nodes of an NPU session that run on the CPU (--allow-fallback)
     create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
     session_options(threads)           the options every session starts from
     optimize_bundle(bundle, threads)   make (or check) this machine's saved graphs (`voxtral-edge optimize`)
 
-Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory and
-binds it in place, so only providers that compute in host memory can run its graphs; today that is the
-CPU. A profile or caller that names another is refused with the reason, before any session is made.
+Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory, so
+only providers that compute in host memory, or whose graphs take the cache as input and return the new
+rows (the NPU form), can run its graphs. `cpu` runs every graph; `qnn` (Qualcomm's NPU through the QNN
+execution provider, `voxtral_edge.qnn`) runs all three graphs there, `qnn:flow,codec` only those named
+(backbone, flow, codec), the others on the CPU. On the NPU every node must run there (CPU fallback
+disabled): a graph that cannot is refused naming the nodes that block it, unless `allow_fallback`.
+A profile or caller that names a provider the runtime cannot use is refused with the reason, before any
+session is made.
 """
 
 from __future__ import annotations
@@ -26,11 +32,35 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
-from .manifest import Manifest
+from .manifest import GRAPHS, Manifest
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
 
 # Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
-PROVIDERS = {"cpu": "CPUExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": "QNNExecutionProvider"}
+# The graphs' short names in `qnn:backbone,flow,codec`.
+GRAPH_NAMES = {"backbone": "backbone_step", "flow": "flow_head", "codec": "codec_decoder"}
+
+
+def npu_graphs(providers: Sequence[str]) -> tuple[str, ...]:
+    """The graphs `providers` put on the NPU: `qnn` all three, `qnn:flow,codec` those named; UsageError for
+    an entry that is neither a provider nor qnn:GRAPHS."""
+    graphs: list[str] = []
+    for entry in providers:
+        name, _, listed = entry.partition(":")
+        if name not in PROVIDERS:
+            raise UsageError(f"execution provider {entry!r}: expected {', '.join(PROVIDERS)} or qnn:GRAPHS "
+                             f"(GRAPHS among {', '.join(GRAPH_NAMES)}, comma-separated)")
+        if name == "cpu":
+            if listed:
+                raise UsageError(f"execution provider {entry!r}: cpu takes no graph list (it runs what qnn does not)")
+            continue
+        wanted = listed.split(",") if listed else list(GRAPH_NAMES)
+        for short in wanted:
+            if short not in GRAPH_NAMES:
+                raise UsageError(f"execution provider {entry!r}: unknown graph {short!r} (expected "
+                                 f"{', '.join(GRAPH_NAMES)})")
+            graphs.append(GRAPH_NAMES[short])
+    return tuple(g for g in GRAPHS if g in graphs)
 
 
 @dataclass(frozen=True)
@@ -44,6 +74,12 @@ class SessionSettings:
                    them, True also makes them, False never touches them
     profiling      a path prefix: onnxruntime writes each session's per-node profile there (the file
                    names come back from `session.end_profiling()`); None: off
+    allow_fallback let nodes the NPU cannot run go to the CPU (warned, counted by nodes_on_cpu) instead
+                   of refusing the graph
+    soc            the SoC this runs on (voxtral_edge.qnn.SOCS): graphs compiled for another are refused;
+                   None: the one /sys/devices/soc0 names, if any
+    record         a dict: every call of a graph in the NPU form appends its inputs to record[graph]
+                   (the calibration of voxtral_edge.quant.htp); None: off
     """
 
     threads: int | None = None
@@ -51,6 +87,9 @@ class SessionSettings:
     providers: tuple[str, ...] = ("cpu",)
     saved_graphs: bool | None = None
     profiling: str | None = None
+    allow_fallback: bool = False
+    soc: str | None = None
+    record: dict | None = None
 
     def graph_threads(self, graph: str) -> int | None:
         return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
@@ -80,6 +119,8 @@ def onnxruntime_providers(names: Sequence[str]) -> list[str]:
     cannot use or this onnxruntime does not have."""
     if not names:
         raise UsageError(f"no execution provider given; expected some of {', '.join(PROVIDERS)}")
+    npu_graphs(names)  # every entry is valid
+    names = [n for n in names if n == "cpu"] or ["cpu"]  # the NPU's sessions are made by voxtral_edge.qnn
     available = ort.get_available_providers()
     chosen = []
     for name in names:
@@ -115,11 +156,66 @@ def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _npu_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
+    """The graph on the NPU: its compiled context when the bundle has one (refused if made for another SoC
+    or QNN), else the graph itself, compiled as the session is created."""
+    from . import qnn
+
+    graph = manifest["graphs"][name]
+    target = qnn.soc(settings.soc) if settings.soc else qnn.detect_soc()
+    path = manifest.path(graph["file"])
+    if "compiled" in graph:
+        qnn.check_compiled(path, graph["compiled"], target)
+        target = qnn.soc(graph["compiled"]["soc"])
+    session, on_cpu = qnn.create_qnn_session(path, settings.options(name), target, settings.allow_fallback)
+    if on_cpu:
+        types = sorted({op for op, _ in on_cpu})
+        warnings.warn(f"{path}: {len(on_cpu)} node(s) run on the CPU, not the NPU (--allow-fallback): "
+                      f"{', '.join(types)}", stacklevel=4)
+    return session
+
+
+def nodes_on_cpu(session: ort.InferenceSession) -> list[tuple[str, str]]:
+    """(op type, name) of a session's nodes that run on the CPU; [] for a session on the CPU, whose nodes
+    all do (only NPU sessions record where their nodes went)."""
+    try:
+        assigned = session.get_provider_graph_assignment_info()
+    except Exception:  # a CPU session: not recorded
+        return []
+    return [(n.op_type, n.name) for sub in assigned if sub.ep_name == "CPUExecutionProvider" for n in sub.get_nodes()]
+
+
+class RecordingSession:
+    """A session that keeps a copy of every call's inputs (the calibration of the NPU plans)."""
+
+    def __init__(self, session: ort.InferenceSession, calls: list):
+        self.session, self.calls = session, calls
+
+    def run(self, output_names, feeds, *args):
+        self.calls.append({k: v.copy() for k, v in feeds.items()})
+        return self.session.run(output_names, feeds, *args)
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+
 def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
-    """A session for one of the bundle's graphs, from this machine's saved graph where `settings` allow
-    (made again when it no longer matches the machine, the bundle or its own record), else from the
-    bundle's graph."""
+    """A session for one of the bundle's graphs: on the NPU when `settings` put it there (voxtral_edge.qnn);
+    else from this machine's saved graph where `settings` allow (made again when it no longer matches the
+    machine, the bundle or its own record), else from the bundle's graph."""
+    if name in npu_graphs(settings.providers):
+        return _npu_session(manifest, name, settings)
+    if "compiled" in manifest["graphs"][name]:
+        raise UsageError(f"{manifest.path(manifest['graphs'][name]['file'])}: compiled for the NPU "
+                         f"({manifest['graphs'][name]['compiled']['soc']}); run it there: --ep qnn")
     plain = manifest.path(manifest["graphs"][name]["file"])
+    if "htp" in manifest["graphs"][name]:  # the NPU form runs on the CPU as it is (quantization simulated)
+        session = create_session(plain, settings.options(name), ("cpu",))
+        return RecordingSession(session, settings.record.setdefault(name, [])) if settings.record is not None \
+            else session
     use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
     if not use_saved:
         return create_session(plain, settings.options(name), settings.providers)

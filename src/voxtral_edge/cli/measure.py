@@ -34,7 +34,7 @@ def bench(args: argparse.Namespace) -> int:
                                    max_context=args.max_context, verify=not args.no_verify,
                                    saved_graphs=False if args.no_saved_graphs else None,
                                    codec_threads=args.codec_threads, codec_pipeline=args.codec_pipeline,
-                                   providers=tuple(args.providers))
+                                   providers=tuple(args.providers), allow_fallback=args.allow_fallback, soc=args.soc)
     print(measure.to_json_lines(info, rows) if args.json else measure.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -62,7 +62,25 @@ def bench(args: argparse.Namespace) -> int:
             print(f"| {name} | {e['backbone_ms']:.1f} | {e['flow_step_ms']:.1f} | {e['flow_ms']:.1f} | "
                   f"{e['codec_ms']:.1f}{' (beside)' if e['codec_pipeline'] else ''} | {e['frame_ms']:.1f} | "
                   f"{e['rtf']:.2f} |")
+        print_npu_estimates(manifest, targets, estimates, steps=info["steps"])
     return 0
+
+
+def print_npu_estimates(manifest: dict, targets: list, cpu: dict, steps: int) -> None:
+    """The NPU frame time beside the CPU one, for the profiles with an [npu] section (voxtral_edge.estimate_npu)."""
+    from ..estimate_npu import npu_frame_estimate
+
+    with_npu = [t for t in targets if t.npu is not None]
+    if not with_npu:
+        return
+    print("\nNPU, an estimate from a published decoder measurement on the same HTP class (not measured here):")
+    print("\n| profile | placement | backbone ms | flow ms/frame | codec ms | frame ms | rtf | rests on |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for t in with_npu:
+        for placement, e in npu_frame_estimate(manifest, t, steps=steps, chunk_frames=t.chunk_frames,
+                                               cpu=cpu[t.name]).items():
+            print(f"| {t.name} | {e['where']} | {e['backbone_ms']:.1f} | {e['flow_ms']:.1f} | {e['codec_ms']:.1f} | "
+                  f"{e['frame_ms']:.1f} | {e['rtf']:.2f} | {e['reference']}, {e['ms_per_gb']:.0f} ms/GB |")
 
 
 def add_bench(sub) -> None:
@@ -133,4 +151,32 @@ def add_optimize(sub) -> None:
     p.add_argument("--threads", type=positive(int), help="onnxruntime threads")
 
 
-COMMANDS = [add_bench, add_devices, add_verify, add_optimize]
+def compile_command(args: argparse.Namespace) -> int:
+    from ..qnn import compile_bundle
+
+    report = compile_bundle(args.bundle, args.soc, args.out, force=args.force)
+    for name, r in report.items():
+        print(f"{name}: {r['context_bytes'] / 1e6:.1f} MB context binary, compiled in {r['seconds']:.1f} s")
+    print(f"wrote {args.out} for {args.soc}")
+    return 0
+
+
+def add_compile(sub) -> None:
+    from ..qnn import SOCS
+
+    p = add_command(
+        sub, "compile", compile_command, "compile a bundle's NPU graphs ahead for a Qualcomm SoC",
+        "Copy BUNDLE (exported with an NPU plan: w8a16, w4a16 or int4-w8a16) to OUT with each graph in the NPU "
+        "form compiled by onnxruntime's QNN execution provider for the SoC's Hexagon NPU: an EP context model "
+        "<graph>.onnx and its binary <graph>_qnn.bin, which the head unit opens without compiling. The manifest "
+        "records the SoC, its HTP architecture and the QNN version; opening OUT for another SoC or with another "
+        "QNN version is refused. Needs onnxruntime-qnn (pip install 'voxtral-edge[qnn]'); runs on an x86 host.",
+        "SoCs (HTP architecture):\n" + "".join(f"  {s.name:9s} v{s.htp_arch}\n" for s in SOCS.values())
+        + "\nexample:\n  voxtral-edge compile --bundle voxtral-w8a16 --soc sa8255p --out voxtral-w8a16-sa8255p")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle exported with an NPU plan")
+    p.add_argument("--soc", required=True, choices=sorted(SOCS), metavar="SOC", help="the SoC to compile for")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+
+
+COMMANDS = [add_bench, add_devices, add_verify, add_optimize, add_compile]
