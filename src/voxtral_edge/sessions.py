@@ -48,11 +48,11 @@ def npu_graphs(providers: Sequence[str]) -> tuple[str, ...]:
     for entry in providers:
         name, _, listed = entry.partition(":")
         if name not in PROVIDERS:
-            raise UsageError(f"execution provider {entry!r}: expected {', '.join(PROVIDERS)} or qnn:GRAPHS "
-                             f"(GRAPHS among {', '.join(GRAPH_NAMES)}, comma-separated)")
-        if name == "cpu":
+            raise UsageError(f"execution provider {entry!r}: the runtime runs its graphs on {', '.join(PROVIDERS)} "
+                             f"(qnn:GRAPHS for some of {', '.join(GRAPH_NAMES)}, comma-separated)")
+        if name != "qnn":
             if listed:
-                raise UsageError(f"execution provider {entry!r}: cpu takes no graph list (it runs what qnn does not)")
+                raise UsageError(f"execution provider {entry!r}: only qnn takes a graph list")
             continue
         wanted = listed.split(",") if listed else list(GRAPH_NAMES)
         for short in wanted:
@@ -120,7 +120,7 @@ def onnxruntime_providers(names: Sequence[str]) -> list[str]:
     if not names:
         raise UsageError(f"no execution provider given; expected some of {', '.join(PROVIDERS)}")
     npu_graphs(names)  # every entry is valid
-    names = [n for n in names if n == "cpu"] or ["cpu"]  # the NPU's sessions are made by voxtral_edge.qnn
+    names = [n for n in names if not n.startswith("qnn")] or ["cpu"]  # the NPU's sessions: voxtral_edge.qnn
     available = ort.get_available_providers()
     chosen = []
     for name in names:

@@ -68,6 +68,9 @@ def export_npu_bundle(checkpoint: str | Path, out: str | Path, plan, *, max_cont
     """Export a checkpoint with a plan that has `qdq` graphs (see the module docstring); returns the bundle."""
     from ..export.bundle import export_bundle
 
+    if calibration_frames < 2 * shapes.frames:  # the codec's state after a first chunk must be calibrated too
+        raise VoxtralEdgeError(f"calibration frames {calibration_frames}: at least two codec calls are needed, "
+                               f"{2 * shapes.frames} frames at {shapes.frames} per call")
     out = Path(out)
     with replacing_folder(out, force) as tmp:
         stage = tmp / ".stage"
@@ -141,7 +144,8 @@ def _ranges(model: Path, feeds: list[dict], op_types: list[str]) -> dict[str, tu
                                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
         calibrator.collect_data(_Reader(feeds))
         data = calibrator.compute_data()
-    return {name: (float(v.range_value[0]), float(v.range_value[1])) for name, v in data.items()}
+    return {name: (float(np.ravel(v.range_value[0])[0]), float(np.ravel(v.range_value[1])[0]))
+            for name, v in data.items()}
 
 
 class _Reader:
