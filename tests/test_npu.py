@@ -168,3 +168,18 @@ def test_the_same_calibration_gives_the_same_bundle_bytes(tiny_checkpoint_dirs, 
                                    shapes=NpuShapes(rows=4, frames=2), calibration_frames=4, progress=False)
         hashes.append({f: e["sha256"] for f, e in Manifest.load(bundle).data["files"].items()})
     assert hashes[0] == hashes[1] and "backbone_step.onnx.data" in hashes[0]
+
+
+def test_a_toml_plan_puts_graphs_on_the_npu(tmp_path):
+    from voxtral_edge.errors import ConfigError
+
+    path = tmp_path / "mixed.toml"
+    path.write_text('[backbone_step]\nmethod = "nbits"\n[flow_head]\nmethod = "qdq"\n[codec_decoder]\nmethod = "qdq"\n'
+                    'bits = 4\n')
+    plan = load_plan(path)
+    assert plan.npu_graphs == ("flow_head", "codec_decoder")
+    assert (plan.graph("flow_head").precision, plan.graph("codec_decoder").precision) == ("w8a16", "w4a16")
+    path.write_text('[flow_head]\nmethod = "qdq"\nskip = ["x"]\n')
+    with pytest.raises(ConfigError, match=r'\[flow_head\] skip: does not apply to method "qdq"'):
+        load_plan(path)
+    assert load_plan("int4-w8a16").npu_graphs == ("flow_head", "codec_decoder")
