@@ -44,9 +44,15 @@ def w8a16_bundle(tiny_checkpoint_dirs, tmp_path_factory):
                              max_context=256, shapes=SHAPES, calibration_frames=8, progress=False)
 
 
-def test_the_npu_form_in_float32_speaks_the_references_codes(tiny_checkpoint_dirs, stage_bundle):
+def test_the_npu_form_in_float32_speaks_the_references_codes(tiny_checkpoint_dirs, tiny_bundle_dirs, stage_bundle):
     ref = Reference(Checkpoint(tiny_checkpoint_dirs[0]))
     synth = Synthesizer.open(stage_bundle)
+    cpu = Synthesizer.open(tiny_bundle_dirs[0])
+    x = cpu.prompt_embeddings(cpu.prompt(TEXT, "casual_male"), "casual_male")
+    (h_npu, logits_npu), (h_cpu, logits_cpu) = synth.backbone(x, 0), cpu.backbone(x, 0)
+    assert logits_npu.shape == logits_cpu.shape and np.array_equal(np.isinf(logits_npu), np.isinf(logits_cpu))
+    np.testing.assert_allclose(logits_npu, logits_cpu, atol=1e-4)
+    np.testing.assert_allclose(h_npu, h_cpu, atol=1e-4)
     noise = np.random.default_rng(7).standard_normal((20, ref.config.audio.n_acoustic_codebook)).astype(np.float32)
     want_codes, want_audio = ref.synthesize(TEXT, "casual_male", noise, steps=7, cfg_alpha=1.2)
     result = synth.synthesize(TEXT, "casual_male", noise=noise, normalize=False)

@@ -51,6 +51,7 @@ class HtpBackbone:
         self.rows, self.positions = int(spec["rows"]), int(spec["positions"])
         self.theta, self.mask = float(spec["rope_theta"]), float(spec["mask"])
         self.first_id, self.stop_id = spec["semantic_ids"]
+        self.n_logits = int(spec["logits"])  # as the CPU graph's semantic_logits: padding at -inf
         self.head_dim, self.dim, self.layers = b["head_dim"], b["dim"], b["n_layers"]
         if max_context > self.positions:
             raise VoxtralEdgeError(f"max_context {max_context}: this bundle's backbone is compiled for "
@@ -66,7 +67,7 @@ class HtpBackbone:
 
     def run(self, x: np.ndarray, past_length: int) -> tuple[np.ndarray, np.ndarray]:
         """x [n, dim] at positions past_length.. -> (hidden states [n, dim], semantic logits of the last
-        position over ids 0 .. the last code, -inf for those greedy decoding may not pick)."""
+        position [n_logits] as the CPU graph gives them, -inf for the ids greedy decoding may not pick)."""
         T, P = self.rows, self.positions
         hidden, logits = [], None
         for start in range(0, len(x), T):
@@ -86,9 +87,9 @@ class HtpBackbone:
                 cache[:, :, position:position + n] = result["new" + name[len("past"):]][:, :, :n]
             hidden.append(result["hidden_states"][0, :n])
             logits = result["semantic_logits"][0, n - 1]
-        full = np.full(self.stop_id, -np.inf, f32)
-        full[self.first_id:] = logits
-        return np.concatenate(hidden), full[None]
+        full = np.full(self.n_logits, -np.inf, f32)
+        full[self.first_id:self.stop_id] = logits
+        return np.concatenate(hidden), full
 
 
 class HtpFlow:

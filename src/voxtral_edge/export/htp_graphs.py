@@ -361,7 +361,7 @@ def npu_builders(config: ModelConfig, tensor: Callable[[str], np.ndarray], posit
     return {
         "backbone_step": (lambda path: build_backbone_htp(config, tensor, path, shapes.rows, positions),
                           {"rows": shapes.rows, "positions": positions, "rope_theta": b.rope_theta, "mask": MASK,
-                           "semantic_ids": [first, stop]}),
+                           "semantic_ids": [first, stop], "logits": config.audio.semantic_logits}),
         "flow_head": (lambda path: build_flow_head_htp(config, tensor, path, steps), {"steps": steps}),
         "codec_decoder": (lambda path: build_codec_htp(config, tensor, path, shapes.frames),
                           {"frames": shapes.frames, "frames_done_cap": frames_done_cap(config)}),
