@@ -125,6 +125,7 @@ def create_qnn_session(path: str | Path, options: ort.SessionOptions, target: So
         raise QnnRefusal(Path(path), blockers, f"{reason}; onnxruntime: {str(e).splitlines()[0][:160]}") from None
     finally:
         ort.set_default_logger_callback(None)
+        ort.set_default_logger_severity(2)  # onnxruntime's default
     on_cpu = [(n.op_type, n.name) for sub in session.get_provider_graph_assignment_info() if sub.ep_name != EP_NAME
               for n in sub.get_nodes()]
     return session, on_cpu

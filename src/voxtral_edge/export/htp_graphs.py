@@ -112,13 +112,18 @@ def semantic_rows(config: ModelConfig) -> tuple[int, int]:
 
 
 def build_backbone_htp(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path, rows: int,
-                       positions: int) -> GraphFile:
+                       positions: int, layers: range | None = None) -> GraphFile:
+    """The backbone in the NPU form; `layers` builds only those (a part: `hidden_in` [1, T, dim] in unless it
+    starts at layer 0, `hidden_out` out, the residual stream, unless it ends at the last; see
+    benchmarks/npu_compile.py, which compiles the full-size backbone in parts)."""
     b = config.backbone
     hd, H, KV = b.head_dim, b.n_heads, b.n_kv_heads
     T, P = rows, positions
+    layers = range(b.n_layers) if layers is None else layers
+    first, last = layers[0] == 0, layers[-1] == b.n_layers - 1
     g = _HtpGraph("backbone_step", path, tensor)
     try:
-        x = g.add_input("inputs_embeds", FLOAT, [1, T, b.dim])
+        x = g.add_input("inputs_embeds" if first else "hidden_in", FLOAT, [1, T, b.dim])
         cos = g.add_input("rope_cos", FLOAT, [1, T, 1, hd])
         sin = g.add_input("rope_sin", FLOAT, [1, T, 1, hd])
         bias = g.add_input("attention_bias", FLOAT, [1, 1, T, P + T])
@@ -126,12 +131,12 @@ def build_backbone_htp(config: ModelConfig, tensor: Callable[[str], np.ndarray],
 
         def rotary(t: str, n: int) -> str:  # [1, T, n * hd] -> [1, n, T, hd]
             t = g.op("Reshape", [t, g.i64(1, T, n, hd)])
-            first, second = g.op("Split", [t, g.const([hd // 2, hd // 2], np.int64)], 2, axis=-1)
-            swapped = g.op("Concat", [second, first], axis=-1)
+            first_half, second_half = g.op("Split", [t, g.const([hd // 2, hd // 2], np.int64)], 2, axis=-1)
+            swapped = g.op("Concat", [second_half, first_half], axis=-1)
             return g.op("Transpose", [g.op("Add", [g.op("Mul", [t, cos]), g.op("Mul", [swapped, sin])], name="rope")],
                         perm=[0, 2, 1, 3])
 
-        for i in range(b.n_layers):
+        for i in layers:
             p = f"layers.{i}"
             with g.scope(p):
                 past_k = g.add_input(f"past_key_{i}", FLOAT, [1, KV, P, hd])
@@ -154,14 +159,16 @@ def build_backbone_htp(config: ModelConfig, tensor: Callable[[str], np.ndarray],
                 with g.scope("feed_forward"):
                     w1, w3 = tensor(f"{p}.feed_forward.w1.weight"), tensor(f"{p}.feed_forward.w3.weight")
                     ffn = g.swiglu(h, np.concatenate([w1, w3]).T, len(w1), tensor(f"{p}.feed_forward.w2.weight").T)
-                x = g.op("Add", [x, ffn], name="residual")
-        hidden = g.op("RMSNormalization", [x, g.weight("norm_weight", tensor("norm.weight"))], axis=-1,
-                      epsilon=float(b.norm_eps), outputs=[g.add_output("hidden_states", FLOAT, [1, T, b.dim])])
-        first, stop = semantic_rows(config)
-        with g.scope("semantic_head"):
-            head = tensor("acoustic_transformer.semantic_codebook_output.weight")[first:stop]
-            g.matmul(hidden, head.T, "logits",
-                     outputs=[g.add_output("semantic_logits", FLOAT, [1, T, stop - first])])
+                out = [g.add_output("hidden_out", FLOAT, [1, T, b.dim])] if i == layers[-1] and not last else None
+                x = g.op("Add", [x, ffn], name="residual", outputs=out)
+        if last:
+            hidden = g.op("RMSNormalization", [x, g.weight("norm_weight", tensor("norm.weight"))], axis=-1,
+                          epsilon=float(b.norm_eps), outputs=[g.add_output("hidden_states", FLOAT, [1, T, b.dim])])
+            first_id, stop = semantic_rows(config)
+            with g.scope("semantic_head"):
+                head = tensor("acoustic_transformer.semantic_codebook_output.weight")[first_id:stop]
+                g.matmul(hidden, head.T, "logits",
+                         outputs=[g.add_output("semantic_logits", FLOAT, [1, T, stop - first_id])])
         return g.finish()
     except BaseException:
         g.abort()
