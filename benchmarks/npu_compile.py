@@ -3,12 +3,13 @@ peak memory and the size of each step: what `export --plan w8a16` + `compile` do
 fits in ~5 GB.
 
     python benchmarks/npu_compile.py --checkpoint CKPT --work DIR [--bits 8] [--socs sa8295p,sa8255p]
-                                     [--layers-per-part 2] [--merge]
+                                     [--layers-per-part 2] [--merge N ...] [--skip-parts]
 
 onnxruntime's quantizer holds a float32 graph whole (the backbone's is 12 GB, with copies more), so the
 backbone is built, calibrated and quantized in parts of `--layers-per-part` layers (`hidden_in` ->
-`hidden_out`); each part is compiled on its own, and with `--merge` the quantized parts are also stitched
-into one backbone graph (weights left in the parts' files) and compiled whole. Calibration here is 4
+`hidden_out`); each part is compiled on its own, and `--merge N` also stitches consecutive quantized
+parts into graphs of N parts (weights left in the parts' files) and compiles those: N = all parts is the
+whole backbone as one graph. `--skip-parts` reuses the quantized parts of an earlier run. Calibration here is 4
 synthetic calls per graph: the weights are random, the point is whether and at what cost the graphs
 quantize and compile. Every step runs in its own process, so its peak RSS is its own; the context binaries
 are measured and deleted (disk). Needs the [export] and [qnn] extras. Prints one JSON line per step.
@@ -99,7 +100,7 @@ def quantize_step(checkpoint: str, work: Path, graph: str, bits: int, part: int 
     built = time.perf_counter() - start
     float_gb = sum(p.stat().st_size for p in work.glob(f"{src.name}*")) / 1e9
     dst = work / f"{name}.w{bits}a16.onnx"
-    quantize_graph(src, dst, entry, feeds, bits)
+    quantize_graph(src, dst, entry["file"][:-len(".onnx")], entry["htp"], feeds, bits)
     for p in work.glob(f"{src.name}*"):
         p.unlink()
     return {"step": "quantize", "graph": name, "bits": bits, "build_s": round(built, 1),
@@ -127,14 +128,14 @@ def compile_step(src: Path, soc_name: str) -> dict:
     return result
 
 
-def merge_parts(work: Path, parts: int, bits: int) -> Path:
-    """The quantized parts stitched into one backbone graph (part k's hidden_out feeds part k+1's hidden_in);
-    its initializers keep naming the parts' data files."""
+def merge_parts(work: Path, first: int, stop: int, bits: int) -> Path:
+    """Parts first..stop-1 stitched into one graph (part k's hidden_out feeds part k+1's hidden_in; the last
+    one's hidden_out stays an output); its initializers keep naming the parts' data files."""
     import onnx
     from onnx import helper
 
     nodes, initializers, inputs, outputs, seen = [], [], [], [], set()
-    for k in range(parts):
+    for k in range(first, stop):
         model = onnx.load(str(work / f"part{k}.w{bits}a16.onnx"), load_external_data=False)
         g = model.graph
         graph_inputs, graph_outputs = {i.name for i in g.input}, {o.name for o in g.output}
@@ -142,9 +143,9 @@ def merge_parts(work: Path, parts: int, bits: int) -> Path:
 
         def rename(name: str, k=k, graph_inputs=graph_inputs, graph_outputs=graph_outputs, own=own) -> str:
             if name == "hidden_in":
-                return f"part{k - 1}/hidden_out"
+                return f"part{k - 1}/hidden_out" if k > first else name
             if name == "hidden_out":
-                return f"part{k}/hidden_out"
+                return f"part{k}/hidden_out" if k < stop - 1 else name
             if not name or name in graph_inputs or name in graph_outputs:
                 return name
             return f"part{k}/{name}" if name in own else name
@@ -157,13 +158,13 @@ def merge_parts(work: Path, parts: int, bits: int) -> Path:
             n.input[:] = [rename(x) for x in n.input]
             n.output[:] = [rename(x) for x in n.output]
             nodes.append(n)
-        inputs += [i for i in g.input if i.name != "hidden_in" and i.name not in seen]
+        inputs += [i for i in g.input if (i.name != "hidden_in" or k == first) and i.name not in seen]
         seen.update(i.name for i in g.input)
-        outputs += [o for o in g.output if o.name != "hidden_out"]
+        outputs += [o for o in g.output if o.name != "hidden_out" or k == stop - 1]
     merged = helper.make_model(helper.make_graph(nodes, "backbone_step", inputs, outputs, initializers),
                                opset_imports=model.opset_import, producer_name="voxtral-edge")
     merged.ir_version = model.ir_version
-    path = work / f"backbone.w{bits}a16.onnx"
+    path = work / f"parts{first}-{stop - 1}.w{bits}a16.onnx"
     onnx.save(merged, str(path))
     return path
 
@@ -175,7 +176,10 @@ def main() -> int:
     p.add_argument("--bits", type=int, choices=(4, 8), default=8, help="backbone weight bits (default 8)")
     p.add_argument("--socs", default="sa8295p,sa8255p", help="SoCs to compile for (default sa8295p,sa8255p)")
     p.add_argument("--layers-per-part", type=int, default=2, help="backbone layers per part (default 2)")
-    p.add_argument("--merge", action="store_true", help="also stitch the parts and compile the whole backbone")
+    p.add_argument("--merge", type=int, nargs="*", metavar="N",
+                   help="also stitch the parts into graphs of N parts each (the whole backbone when N covers it) "
+                        "and compile those")
+    p.add_argument("--skip-parts", action="store_true", help="reuse the quantized graphs already in --work")
     p.add_argument("--step", nargs="+", help=argparse.SUPPRESS)  # one step, in a child process
     args = p.parse_args()
     work = Path(args.work)
@@ -187,7 +191,7 @@ def main() -> int:
                                    args.layers_per_part)
         elif kind == "merge":
             start = time.perf_counter()
-            path = merge_parts(work, int(rest[0]), args.bits)
+            path = merge_parts(work, int(rest[0]), int(rest[1]), args.bits)
             result = {"step": "merge", "graph": path.name, "seconds": round(time.perf_counter() - start, 1)}
         else:
             result = compile_step(Path(rest[0]), rest[1])
@@ -207,18 +211,20 @@ def main() -> int:
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         print(lines[-1] if lines else json.dumps({"step": step, "error": out.stderr[-400:]}), flush=True)
 
-    for graph in ("codec_decoder", "flow_head"):
+    for graph in () if args.skip_parts else ("codec_decoder", "flow_head"):
         child("quantize", graph)
         for soc in socs:
             child("compile", str(work / f"{graph}.w8a16.onnx"), soc)
-    for k in range(parts):
+    for k in () if args.skip_parts else range(parts):
         child("quantize", "backbone_step", str(k))
         for soc in socs:
             child("compile", str(work / f"part{k}.w{args.bits}a16.onnx"), soc)
-    if args.merge:
-        child("merge", str(parts))
-        for soc in socs:
-            child("compile", str(work / f"backbone.w{args.bits}a16.onnx"), soc)
+    for size in args.merge or ():
+        for first in range(0, parts, size):
+            stop = min(first + size, parts)
+            child("merge", str(first), str(stop))
+            for soc in socs:
+                child("compile", str(work / f"parts{first}-{stop - 1}.w{args.bits}a16.onnx"), soc)
     return 0
 
 

@@ -27,6 +27,7 @@ from voxtral_edge.sessions import nodes_on_cpu, npu_graphs
 
 TEXT = "Turn left in two hundred metres, then keep right."
 SHAPES = NpuShapes(rows=8, frames=4)
+PARTS = NpuShapes(rows=8, frames=4, parts=2)  # the backbone in two graphs (layers 0-1, 2), as at full size
 npu = pytest.mark.npu
 
 
@@ -39,9 +40,10 @@ def stage_bundle(tiny_checkpoint_dirs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def w8a16_bundle(tiny_checkpoint_dirs, tmp_path_factory):
-    """Tiny checkpoint 0 exported with the w8a16 plan (8 calibration frames per language, for speed)."""
+    """Tiny checkpoint 0 exported with the w8a16 plan, its backbone in two parts (8 calibration frames per
+    language, for speed)."""
     return export_npu_bundle(tiny_checkpoint_dirs[0], tmp_path_factory.mktemp("npu") / "w8a16", load_plan("w8a16"),
-                             max_context=256, shapes=SHAPES, calibration_frames=8, progress=False)
+                             max_context=256, shapes=PARTS, calibration_frames=8, progress=False)
 
 
 def test_the_npu_form_in_float32_speaks_the_references_codes(tiny_checkpoint_dirs, tiny_bundle_dirs, stage_bundle):
@@ -62,6 +64,17 @@ def test_the_npu_form_in_float32_speaks_the_references_codes(tiny_checkpoint_dir
     assert manifest["graphs"]["backbone_step"]["htp"]["rows"] == 8
     assert manifest["graphs"]["flow_head"]["htp"]["steps"] == 7
     assert manifest["graphs"]["codec_decoder"]["htp"]["frames"] == 4
+
+
+def test_a_backbone_in_parts_speaks_the_same(tiny_checkpoint_dirs, tiny_bundle_dirs, tmp_path):
+    parted = export_bundle(tiny_checkpoint_dirs[0], tmp_path / "parts", max_context=256, plan="w8a16",
+                           npu_shapes=PARTS, progress=False, stage=True)
+    parts = Manifest.load(parted).data["graphs"]["backbone_step"]["htp"]["parts"]
+    assert [p["layers"] for p in parts] == [[0, 2], [2, 3]]
+    assert parts[0]["outputs"][-1] == "hidden_out" and parts[1]["inputs"][0] == "hidden_in"
+    want = Synthesizer.open(tiny_bundle_dirs[0]).synthesize(TEXT, "casual_male", seed=4, max_frames=6)
+    got = Synthesizer.open(parted).synthesize(TEXT, "casual_male", seed=4, max_frames=6)
+    np.testing.assert_array_equal(got.codes, want.codes)
 
 
 def test_the_npu_codec_streams_any_chunking_as_the_whole_decode(stage_bundle):
@@ -108,6 +121,7 @@ def test_the_estimate_by_hand(tiny_bundle_dirs):
 @npu
 def test_w8a16_runs_whole_on_the_htp_simulator_close_to_float32(tiny_bundle_dirs, w8a16_bundle):
     manifest = Manifest.load(w8a16_bundle).data
+    assert len(manifest["graphs"]["backbone_step"]["htp"]["parts"]) == 2
     kv = manifest["graphs"]["backbone_step"]["inputs"]["past_key_0"]
     assert kv["dtype"] == "uint16" and manifest["graphs"]["backbone_step"]["outputs"]["new_key_0"]["dtype"] == "uint16"
     cal = json.loads((w8a16_bundle / "calibration.json").read_text())
@@ -147,9 +161,12 @@ def test_a_compiled_bundle_opens_for_its_soc_and_qnn_only(w8a16_bundle, tmp_path
     report = compile_bundle(w8a16_bundle, "sa8255p", out, progress=False)
     manifest = Manifest.load(out).data
     for graph in ("backbone_step", "flow_head", "codec_decoder"):
-        compiled = manifest["graphs"][graph]["compiled"]
-        assert (compiled["soc"], compiled["htp_arch"], compiled["qnn_version"]) == ("sa8255p", 73, qnn_version())
-        assert (out / compiled["context"]).stat().st_size == report[graph]["context_bytes"] > 0
+        units = manifest["graphs"][graph]["htp"].get("parts") or [manifest["graphs"][graph]]
+        for unit in units:
+            compiled = unit["compiled"]
+            assert (compiled["soc"], compiled["htp_arch"], compiled["qnn_version"]) == ("sa8255p", 73, qnn_version())
+        assert sum((out / u["compiled"]["context"]).stat().st_size for u in units) == report[graph]["context_bytes"] > 0
+    assert report["backbone_step"]["parts"] == 2
     synth = Synthesizer.open(out, providers=("qnn",), soc="sa8255p")
     assert len(synth.synthesize(TEXT, "casual_male", seed=0, max_frames=2).codes) == 2
     with pytest.raises(BundleError, match=r"compiled for sa8255p \(HTP v73\), but this run is for sa8295p \(HTP v68\)"):

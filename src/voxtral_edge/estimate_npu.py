@@ -29,8 +29,11 @@ _CPU_BYTES = {"fp32": 4.0, "int8": 1.1, "int4": 0.625}
 
 
 def _graph_bytes(manifest: dict, graph: str) -> int:
+    """The graph's files (every part of a backbone in parts; a compiled one's context binaries)."""
     g = manifest["graphs"][graph]
-    return sum(manifest["files"][f]["size"] for f in (g["file"], g.get("data")) if f)
+    units = g.get("htp", {}).get("parts") or [g]
+    names = [f for u in units for f in (u["file"], u.get("data"), u.get("compiled", {}).get("context")) if f]
+    return sum(manifest["files"][f]["size"] for f in names)
 
 
 def npu_weight_gb(manifest: dict, graph: str, bits: int) -> float:

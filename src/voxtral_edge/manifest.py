@@ -52,6 +52,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22, bar: Progress | None = None) -
     return digest.hexdigest()
 
 
+def graph_units(graph: dict) -> list[dict]:
+    """The ONNX files a graph entry is made of, each {"file", "data", ...} (and "compiled" once compiled):
+    the entry itself, or the parts of a backbone split for the NPU (`htp.parts`, run one after the other)."""
+    return graph.get("htp", {}).get("parts") or [graph]
+
+
 def verified_stamp_path(bundle: Path) -> Path:
     """Where this user's verified stamp of a bundle lives (one per bundle folder)."""
     return user_cache_dir() / "verified" / f"{bundle_key(bundle)}.json"
@@ -132,9 +138,9 @@ class Manifest:
 
     def _check_files(self) -> None:
         files = self.data["files"]
-        referenced = [g["file"] for g in self.data["graphs"].values()]
-        referenced += [g["data"] for g in self.data["graphs"].values() if g.get("data")]
-        referenced += [g["compiled"]["context"] for g in self.data["graphs"].values() if "compiled" in g]
+        units = [u for g in self.data["graphs"].values() for u in graph_units(g)]
+        referenced = [u["file"] for u in units] + [u["data"] for u in units if u.get("data")]
+        referenced += [u["compiled"]["context"] for u in units if "compiled" in u]
         referenced += [e["file"] for e in self.data["embeddings"].values()]
         referenced += [v["file"] for v in self.data["voices"].values()] + [self.data["tokenizer"]["file"]]
         for name in referenced:
@@ -150,7 +156,8 @@ class Manifest:
             size = path.stat().st_size
             if size != entry["size"]:
                 raise BundleError(f"{path}: {size} bytes, the manifest says {entry['size']} (damaged or replaced)")
-        for name, graph in self.data["graphs"].items():  # onnxruntime would open whatever path a graph names
+        for graph in [u for g in self.data["graphs"].values() for u in graph_units(g)]:
+            # onnxruntime would open whatever path a graph names
             path = self.path(graph["file"])
             try:
                 locations = set(external_locations(path))

@@ -98,8 +98,11 @@ class QnnRefusal(BundleError):
         self.blockers = blockers
         types = sorted({op for op, _ in blockers})
         names = ", ".join(n for _, n in blockers[:12]) + (f" and {len(blockers) - 12} more" if len(blockers) > 12 else "")
+        if not blockers:  # no node is to blame: the graph as a whole (its size, its memory) failed
+            super().__init__(f"{path}: the NPU (QNN HTP) cannot build this graph: {reason}")
+            return
         super().__init__(f"{path}: the NPU (QNN HTP) cannot run this graph whole: {len(blockers)} node(s) of type "
-                         f"{', '.join(types) or '?'} ({names}) {reason}. Export it for the NPU (--plan w8a16 or "
+                         f"{', '.join(types)} ({names}) {reason}. Export it for the NPU (--plan w8a16 or "
                          f"w4a16), run this graph on the CPU (--ep qnn:GRAPHS naming the others), or pass "
                          f"--allow-fallback to run those nodes on the CPU")
 
@@ -122,7 +125,8 @@ def create_qnn_session(path: str | Path, options: ort.SessionOptions, target: So
         composed = [(op, name) for m in messages for name, op in _COMPOSE.findall(m)]
         blockers = list(dict.fromkeys(blockers + composed))
         reason = "failed to build on the HTP" if composed else "are not supported there"
-        raise QnnRefusal(Path(path), blockers, f"{reason}; onnxruntime: {str(e).splitlines()[0][:160]}") from None
+        detail = str(e).splitlines()[0][:240]
+        raise QnnRefusal(Path(path), blockers, f"{reason}; onnxruntime: {detail}" if blockers else detail) from None
     finally:
         ort.set_default_logger_callback(None)
         ort.set_default_logger_severity(2)  # onnxruntime's default
@@ -181,7 +185,7 @@ def compile_bundle(bundle: str | Path, soc_name: str, out: str | Path, *, force:
     import onnxruntime_qnn
 
     from .files import replacing_folder
-    from .manifest import Manifest, file_entry, write_manifest
+    from .manifest import Manifest, file_entry, graph_units, write_manifest
     from .onnxfile import ep_context_nodes
     from .progress import Progress
 
@@ -191,7 +195,7 @@ def compile_bundle(bundle: str | Path, soc_name: str, out: str | Path, *, force:
     if not npu:
         raise UsageError(f"{manifest.bundle}: no graph in the NPU form to compile (export it with --plan w8a16, "
                          f"w4a16 or int4-w8a16)")
-    if any("compiled" in manifest["graphs"][g] for g in npu):
+    if any("compiled" in u for g in npu for u in graph_units(manifest["graphs"][g])):
         raise UsageError(f"{manifest.bundle}: already compiled; compile the bundle it was made from")
     data = json.loads(json.dumps(manifest.data))
     report = {}
@@ -200,24 +204,29 @@ def compile_bundle(bundle: str | Path, soc_name: str, out: str | Path, *, force:
         compiled_files = set()
         for name in npu:
             entry = data["graphs"][name]
-            start = time.perf_counter()
-            compile_graph(manifest.path(entry["file"]), tmp / entry["file"], target)
-            context = f"{Path(entry['file']).stem}_qnn.bin"
-            nodes = ep_context_nodes(tmp / entry["file"])
-            if [n.get("ep_cache_context") for n in nodes] != [context]:
-                raise BundleError(f"{tmp / entry['file']}: expected one EPContext node naming {context}, found "
-                                  f"{[n.get('ep_cache_context') for n in nodes]}")
-            for f in (entry["file"], entry.get("data")):
-                if f:
-                    del data["files"][f]
-                    compiled_files.add(f)
-            entry.update(data=None, compiled={
-                "soc": target.name, "htp_arch": target.htp_arch, "soc_model": target.soc_model,
-                "qnn_version": qnn_version(), "onnxruntime_qnn": onnxruntime_qnn.__version__,
-                "ep_sdk_version": nodes[0].get("ep_sdk_version"), "context": context, "from": manifest.bundle.name})
-            data["files"][entry["file"]] = file_entry(tmp / entry["file"])
-            data["files"][context] = file_entry(tmp / context)
-            report[name] = {"seconds": time.perf_counter() - start, "context_bytes": (tmp / context).stat().st_size}
+            start, context_bytes = time.perf_counter(), 0
+            for unit in graph_units(entry):  # the graph, or each part of a backbone in parts
+                compile_graph(manifest.path(unit["file"]), tmp / unit["file"], target)
+                context = f"{Path(unit['file']).stem}_qnn.bin"
+                nodes = ep_context_nodes(tmp / unit["file"])
+                if [n.get("ep_cache_context") for n in nodes] != [context]:
+                    raise BundleError(f"{tmp / unit['file']}: expected one EPContext node naming {context}, found "
+                                      f"{[n.get('ep_cache_context') for n in nodes]}")
+                for f in (unit["file"], unit.get("data")):
+                    if f:
+                        data["files"].pop(f, None)
+                        compiled_files.add(f)
+                unit.update(data=None, compiled={
+                    "soc": target.name, "htp_arch": target.htp_arch, "soc_model": target.soc_model,
+                    "qnn_version": qnn_version(), "onnxruntime_qnn": onnxruntime_qnn.__version__,
+                    "ep_sdk_version": nodes[0].get("ep_sdk_version"), "context": context, "from": manifest.bundle.name})
+                data["files"][unit["file"]] = file_entry(tmp / unit["file"])
+                data["files"][context] = file_entry(tmp / context)
+                context_bytes += (tmp / context).stat().st_size
+            first = graph_units(entry)[0]
+            entry.update(data=None, compiled=first["compiled"])
+            report[name] = {"seconds": time.perf_counter() - start, "context_bytes": context_bytes,
+                            "parts": len(graph_units(entry))}
             bar.advance(1, name)
         for f in manifest["files"]:
             if f not in compiled_files:

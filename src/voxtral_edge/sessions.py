@@ -32,7 +32,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
-from .manifest import GRAPHS, Manifest
+from .manifest import GRAPHS, Manifest, graph_units
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
 
 # Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
@@ -156,12 +156,11 @@ def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _npu_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
-    """The graph on the NPU: its compiled context when the bundle has one (refused if made for another SoC
-    or QNN), else the graph itself, compiled as the session is created."""
+def _npu_session(manifest: Manifest, graph: dict, name: str, settings: SessionSettings) -> ort.InferenceSession:
+    """A graph (or one part of it) on the NPU: its compiled context when the bundle has one (refused if made
+    for another SoC or QNN), else the graph itself, compiled as the session is created."""
     from . import qnn
 
-    graph = manifest["graphs"][name]
     target = qnn.soc(settings.soc) if settings.soc else qnn.detect_soc()
     path = manifest.path(graph["file"])
     if "compiled" in graph:
@@ -178,6 +177,8 @@ def _npu_session(manifest: Manifest, name: str, settings: SessionSettings) -> or
 def nodes_on_cpu(session: ort.InferenceSession) -> list[tuple[str, str]]:
     """(op type, name) of a session's nodes that run on the CPU; [] for a session on the CPU, whose nodes
     all do (only NPU sessions record where their nodes went)."""
+    if isinstance(session, PartedSession):
+        return [node for part, _, _ in session.parts for node in nodes_on_cpu(part)]
     try:
         assigned = session.get_provider_graph_assignment_info()
     except Exception:  # a CPU session: not recorded
@@ -202,20 +203,55 @@ class RecordingSession:
         return self.session.get_outputs()
 
 
+class PartedSession:
+    """A graph split into parts run one after the other (the NPU form of a backbone too large for one HTP
+    graph): part k's hidden_out is part k+1's hidden_in; inputs and outputs are the whole graph's."""
+
+    def __init__(self, parts: list[tuple[object, list[str], list[str]]]):
+        self.parts = parts  # (session, its input names, its output names)
+
+    def run(self, output_names, feeds, *args):
+        results, hidden = {}, None
+        for session, inputs, outputs in self.parts:
+            out = session.run(outputs, {n: hidden if n == "hidden_in" else feeds[n] for n in inputs}, *args)
+            results.update(zip(outputs, out))
+            hidden = results.get("hidden_out")
+        return [results[n] for n in output_names]
+
+    def get_inputs(self):
+        return [i for part, _, _ in self.parts for i in part.get_inputs() if i.name != "hidden_in"]
+
+    def get_outputs(self):
+        return [o for part, _, _ in self.parts for o in part.get_outputs() if o.name != "hidden_out"]
+
+
 def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
     """A session for one of the bundle's graphs: on the NPU when `settings` put it there (voxtral_edge.qnn);
     else from this machine's saved graph where `settings` allow (made again when it no longer matches the
-    machine, the bundle or its own record), else from the bundle's graph."""
-    if name in npu_graphs(settings.providers):
-        return _npu_session(manifest, name, settings)
-    if "compiled" in manifest["graphs"][name]:
-        raise UsageError(f"{manifest.path(manifest['graphs'][name]['file'])}: compiled for the NPU "
-                         f"({manifest['graphs'][name]['compiled']['soc']}); run it there: --ep qnn")
-    plain = manifest.path(manifest["graphs"][name]["file"])
-    if "htp" in manifest["graphs"][name]:  # the NPU form runs on the CPU as it is (quantization simulated)
-        session = create_session(plain, settings.options(name), ("cpu",))
-        return RecordingSession(session, settings.record.setdefault(name, [])) if settings.record is not None \
-            else session
+    machine, the bundle or its own record), else from the bundle's graph. A graph in parts gets a
+    PartedSession."""
+    graph = manifest["graphs"][name]
+    units = graph_units(graph)
+    on_npu = name in npu_graphs(settings.providers)
+    for unit in units:
+        if "compiled" in unit and not on_npu:
+            raise UsageError(f"{manifest.path(unit['file'])}: compiled for the NPU ({unit['compiled']['soc']}); "
+                             f"run it there: --ep qnn")
+    if "htp" in graph:  # on the NPU, or on the CPU as it is (quantization simulated)
+        sessions = []
+        for k, unit in enumerate(units):
+            session = _npu_session(manifest, unit, name, settings) if on_npu else \
+                create_session(manifest.path(unit["file"]), settings.options(name), ("cpu",))
+            if settings.record is not None:
+                session = RecordingSession(session, settings.record.setdefault(
+                    name if len(units) == 1 else f"{name}.part{k}", []))
+            sessions.append(session)
+        if len(units) == 1:
+            return sessions[0]
+        return PartedSession([(s, u["inputs"], u["outputs"]) for s, u in zip(sessions, units)])
+    if on_npu:
+        return _npu_session(manifest, graph, name, settings)
+    plain = manifest.path(graph["file"])
     use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
     if not use_saved:
         return create_session(plain, settings.options(name), settings.providers)

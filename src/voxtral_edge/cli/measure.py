@@ -44,11 +44,14 @@ def bench(args: argparse.Namespace) -> int:
         from ..profiles import list_profiles, load_profile
 
         manifest = Manifest.load(args.bundle, verify=False).data
+        targets = [load_profile(args.estimate)] if args.estimate != "all" else list_profiles()
+        if any("htp" in g for g in manifest["graphs"].values()):  # the CPU roofline knows no NPU-form graph
+            print_npu_estimates(manifest, targets, None, steps=info["steps"])
+            return 0
         here = load_profile(args.here)
         by_test = {r.test.split(" (")[0]: r.median for r in rows}
         measured = {"backbone_step": by_test["backbone"], "flow_head": by_test["flow head step"],
                     "codec_decoder": by_test["codec"]}
-        targets = [load_profile(args.estimate)] if args.estimate != "all" else list_profiles()
         factors, estimates = estimate_profiles(manifest, here, measured, targets, steps=info["steps"],
                                                chunk_frames=info["chunk_frames"])
         fitted = estimate_frame(manifest, here, steps=info["steps"], calibration=factors,
@@ -66,8 +69,9 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_npu_estimates(manifest: dict, targets: list, cpu: dict, steps: int) -> None:
-    """The NPU frame time beside the CPU one, for the profiles with an [npu] section (voxtral_edge.estimate_npu)."""
+def print_npu_estimates(manifest: dict, targets: list, cpu: dict | None, steps: int) -> None:
+    """The NPU frame time beside the CPU one (`cpu`: each target's CPU estimate, None for a bundle in the NPU
+    form), for the profiles with an [npu] section (voxtral_edge.estimate_npu)."""
     from ..estimate_npu import npu_frame_estimate
 
     with_npu = [t for t in targets if t.npu is not None]
@@ -78,7 +82,7 @@ def print_npu_estimates(manifest: dict, targets: list, cpu: dict, steps: int) ->
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for t in with_npu:
         for placement, e in npu_frame_estimate(manifest, t, steps=steps, chunk_frames=t.chunk_frames,
-                                               cpu=cpu[t.name]).items():
+                                               cpu=cpu[t.name] if cpu else None).items():
             print(f"| {t.name} | {e['where']} | {e['backbone_ms']:.1f} | {e['flow_ms']:.1f} | {e['codec_ms']:.1f} | "
                   f"{e['frame_ms']:.1f} | {e['rtf']:.2f} | {e['reference']}, {e['ms_per_gb']:.0f} ms/GB |")
 

@@ -147,7 +147,7 @@ def export(args: argparse.Namespace) -> int:
     steps = args.steps or (profile.steps if args.profile is not None else None)
     frames = args.chunk_frames or (profile.chunk_frames if args.profile is not None else NpuShapes.frames)
     out = export_bundle(args.checkpoint, args.out, max_context=max_context, plan=plan, force=args.force,
-                        npu_shapes=NpuShapes(rows=args.npu_rows, steps=steps, frames=frames))
+                        npu_shapes=NpuShapes(rows=args.npu_rows, steps=steps, frames=frames, parts=args.npu_parts))
     print(f"wrote bundle {out} ({plan})")
     return 0
 
@@ -162,7 +162,7 @@ def add_export(sub) -> None:
         "--plan, each weight is quantized as it is written. The NPU plans (w8a16, w4a16, int4-w8a16) export "
         "their graphs in a form with static shapes that Qualcomm's NPU runs whole, calibrate them by speaking "
         "one sentence in each of the nine languages with the float32 graphs, and quantize them statically "
-        "(docs/deploy-qnn.md); --npu-rows, --steps and --chunk-frames fix those shapes.",
+        "(docs/deploy-qnn.md); --npu-rows, --npu-parts, --steps and --chunk-frames fix those shapes.",
         PLANS_HELP + "\n\nexamples:\n  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-bundle\n"
         "  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-int4 --plan int4\n"
         "  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-car --profile qualcomm-sa8295p")
@@ -177,6 +177,9 @@ def add_export(sub) -> None:
     p.add_argument("--npu-rows", type=positive(int, 1, 256), default=16, metavar="N",
                    help="NPU plans: positions per backbone call (a prompt goes in chunks of N; a decode step uses "
                         "one row of N; default: 16)")
+    p.add_argument("--npu-parts", type=positive(int, 1, 64), default=1, metavar="N",
+                   help="NPU plans: the backbone in N graphs run one after the other (default: 1; the full-size "
+                        "backbone does not compile as one HTP graph, see docs/deploy-qnn.md)")
     p.add_argument("--steps", type=positive(int, 1, 64), metavar="N",
                    help="NPU plans: the Euler steps the flow head is compiled for (default: the profile's, else "
                         "the model's)")

@@ -359,16 +359,54 @@ def _codec_transformer(g: _HtpGraph, c, prefix: str, x: str, block, inputs: dict
     return g.op("Transpose", [x], perm=[0, 2, 1])
 
 
+def layer_groups(n_layers: int, parts: int) -> list[range]:
+    """`parts` consecutive groups of layers, as equal as they come (the first ones a layer longer)."""
+    size, extra = divmod(n_layers, parts)
+    groups, first = [], 0
+    for k in range(parts):
+        stop = first + size + (k < extra)
+        groups.append(range(first, stop))
+        first = stop
+    return groups
+
+
+def build_backbone_parts(config: ModelConfig, tensor: Callable[[str], np.ndarray], path: Path, rows: int,
+                         positions: int, parts: int) -> tuple[GraphFile, list[dict]]:
+    """The backbone in `parts` graphs run one after the other (`path`, then `<stem>.part1.onnx`, ...): a 3B
+    backbone does not compile as one HTP graph (docs/deploy-qnn.md). Returns the whole backbone's GraphFile
+    (its inputs and outputs, every part's files) and one record per part: file, data, layers, inputs, outputs."""
+    files, records, inputs, outputs, hashes = [], [], {}, {}, {}
+    for k, layers in enumerate(layer_groups(config.backbone.n_layers, parts)):
+        part_path = path if k == 0 else path.with_name(f"{path.stem}.part{k}.onnx")
+        g = build_backbone_htp(config, tensor, part_path, rows, positions, layers)
+        files.append(g)
+        records.append({"file": part_path.name, "data": f"{part_path.name}.data" if f"{part_path.name}.data" in g.hashes
+                        else None, "layers": [layers.start, layers.stop], "inputs": list(g.inputs),
+                        "outputs": list(g.outputs)})
+        inputs.update({k_: v for k_, v in g.inputs.items() if k_ != "hidden_in"})
+        outputs.update({k_: v for k_, v in g.outputs.items() if k_ != "hidden_out"})
+        hashes.update(g.hashes)
+    return GraphFile("backbone_step", inputs, outputs, hashes, files[0].precision, []), records
+
+
 def npu_builders(config: ModelConfig, tensor: Callable[[str], np.ndarray], positions: int, shapes) -> dict:
     """{graph: (build(path) -> GraphFile, its manifest "htp" record)} for the NPU form with `shapes` (a
-    voxtral_edge.quant.htp.NpuShapes) and `positions` cache positions."""
+    voxtral_edge.quant.htp.NpuShapes) and `positions` cache positions. A backbone in several parts adds
+    "parts" to its record (see build_backbone_parts)."""
     b = config.backbone
     steps = shapes.steps or config.flow_head.n_decoding_steps
     first, stop = semantic_rows(config)
+    backbone = {"rows": shapes.rows, "positions": positions, "rope_theta": b.rope_theta, "mask": MASK,
+                "semantic_ids": [first, stop], "logits": config.audio.semantic_logits}
+
+    def build_backbone(path: Path) -> GraphFile:
+        if shapes.parts == 1:
+            return build_backbone_htp(config, tensor, path, shapes.rows, positions)
+        g, backbone["parts"] = build_backbone_parts(config, tensor, path, shapes.rows, positions, shapes.parts)
+        return g
+
     return {
-        "backbone_step": (lambda path: build_backbone_htp(config, tensor, path, shapes.rows, positions),
-                          {"rows": shapes.rows, "positions": positions, "rope_theta": b.rope_theta, "mask": MASK,
-                           "semantic_ids": [first, stop], "logits": config.audio.semantic_logits}),
+        "backbone_step": (build_backbone, backbone),
         "flow_head": (lambda path: build_flow_head_htp(config, tensor, path, steps), {"steps": steps}),
         "codec_decoder": (lambda path: build_codec_htp(config, tensor, path, shapes.frames),
                           {"frames": shapes.frames, "frames_done_cap": frames_done_cap(config)}),

@@ -33,7 +33,7 @@ from onnx import TensorProto, numpy_helper
 from ..defaults import CFG_ALPHA, MAX_CFG
 from ..errors import VoxtralEdgeError
 from ..files import replacing_folder
-from ..manifest import Manifest, file_entry, write_manifest
+from ..manifest import Manifest, file_entry, graph_units, write_manifest
 from ..progress import Progress
 
 WIDEN = 2.0  # every calibrated activation range is doubled
@@ -55,11 +55,13 @@ CALIBRATION_FRAMES = 16
 @dataclass(frozen=True)
 class NpuShapes:
     """The static sizes of the HTP-form graphs: backbone rows per call, flow-head Euler steps, codec frames
-    per call (the cache positions are the bundle's max_context)."""
+    per call (the cache positions are the bundle's max_context), and the graphs the backbone is split into
+    (a full-size backbone does not compile as one HTP graph)."""
 
     rows: int = 16
     steps: int | None = None  # None: the model's n_decoding_steps
     frames: int = 4
+    parts: int = 1
 
 
 def export_npu_bundle(checkpoint: str | Path, out: str | Path, plan, *, max_context: int | None = None,
@@ -82,24 +84,39 @@ def export_npu_bundle(checkpoint: str | Path, out: str | Path, plan, *, max_cont
         data = {k: v for k, v in manifest.data.items() if k not in ("files", "graphs")}
         data["graphs"], data["files"], ranges = {}, {}, {}
         bar = Progress(f"quantizing {out.name}", len(npu), unit="graph", enabled=progress)
+        graph_files = {f for g in manifest["graphs"].values() for u in graph_units(g) for f in (u["file"], u.get("data"))}
         for name, entry in manifest["graphs"].items():
-            files = [entry["file"]] + ([entry["data"]] if entry.get("data") else [])
             if name not in npu:
-                for f in files:
-                    shutil.move(str(stage / f), str(tmp / f))
-                    data["files"][f] = manifest["files"][f]
+                for f in (entry["file"], entry.get("data")):
+                    if f:
+                        shutil.move(str(stage / f), str(tmp / f))
+                        data["files"][f] = manifest["files"][f]
                 data["graphs"][name] = entry
                 continue
             bits = plan.graph(name).spec.bits
-            graph_entry, hashes, ranges[name] = quantize_graph(stage / entry["file"], tmp / entry["file"], entry,
-                                                               feeds[name], bits)
-            data["graphs"][name] = graph_entry
-            data["files"].update({f: file_entry(tmp / f, digest) for f, digest in hashes.items()})
+            entry = json.loads(json.dumps(entry))
+            units, quantized_io, ranges[name], calls = graph_units(entry), {}, {}, 0
+            for k, unit in enumerate(units):
+                key = name if len(units) == 1 else f"{name}.part{k}"
+                uint16, hashes, ranges[name][key] = quantize_graph(stage / unit["file"], tmp / unit["file"], name,
+                                                                   entry["htp"], feeds[key], bits)
+                quantized_io.update(uint16)
+                unit["data"] = f"{unit['file']}.data" if f"{unit['file']}.data" in hashes else None
+                data["files"].update({f: file_entry(tmp / f, digest) for f, digest in hashes.items()})
+                calls += len(feeds[key])
+            entry.update(data=units[0]["data"], precision=f"w{bits}a16")
+            for io in ("inputs", "outputs"):
+                entry[io] = {k: dict(v, dtype="uint16") if k in quantized_io else v for k, v in entry[io].items()}
+            if name == "backbone_step":
+                entry["htp"]["kv_zero_points"] = {k: zp for k, zp in sorted(quantized_io.items()) if k.startswith("past_")}
+            if len(units) == 1:
+                ranges[name] = ranges[name][name]
+            data["graphs"][name] = entry
             data["quantization"]["graphs"][name].update(activations="uint16", weights=f"int{bits} per output channel",
-                                                        calibration_calls=len(feeds[name]))
+                                                        calibration_calls=calls)
             bar.advance(1, name)
         for f, entry in manifest["files"].items():
-            if f not in data["files"] and not any(f in (e["file"], e.get("data")) for e in manifest["graphs"].values()):
+            if f not in data["files"] and f not in graph_files:
                 (tmp / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(stage / f), str(tmp / f))
                 data["files"][f] = entry
@@ -174,11 +191,10 @@ def _uint16(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array(scale, np.float32), np.array(np.clip(np.round(-lo / scale), 0, 65535), np.uint16)
 
 
-def _fixed_ranges(name: str, graph: dict) -> dict[str, tuple[float, float]]:
-    """Inputs whose range is known, whatever calibration saw."""
+def _fixed_ranges(name: str, spec: dict) -> dict[str, tuple[float, float]]:
+    """Inputs whose range is known, whatever calibration saw (`spec`: the graph's "htp" record)."""
     from ..export.htp_graphs import MASK
 
-    spec = graph["htp"]
     if name == "backbone_step":
         return {"rope_cos": (-1.0, 1.0), "rope_sin": (-1.0, 1.0), "attention_bias": (MASK, 0.0)}
     if name == "flow_head":
@@ -200,13 +216,14 @@ def _state_groups(model: onnx.ModelProto, name: str) -> list[list[str]]:
     return groups
 
 
-def quantize_graph(src: Path, dst: Path, entry: dict, feeds: list[dict], bits: int) -> tuple[dict, dict, dict]:
-    """The QDQ graph of one HTP-form graph: returns (its manifest entry, {file: sha256}, the ranges used)."""
+def quantize_graph(src: Path, dst: Path, name: str, htp: dict, feeds: list[dict], bits: int
+                   ) -> tuple[dict[str, int], dict[str, str], dict]:
+    """The QDQ graph of one HTP-form graph `name` (or one part of it), its "htp" record `htp`: returns
+    ({graph input or output made uint16: its zero point}, {file written: sha256}, the measured ranges)."""
     from onnxruntime.quantization import QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
-    name = entry["file"][:-len(".onnx")]
     with tempfile.TemporaryDirectory(prefix=f"voxtral-{name}-") as d:
         work = Path(d)
         model_path = work / "preprocessed.onnx"
@@ -226,7 +243,7 @@ def quantize_graph(src: Path, dst: Path, entry: dict, feeds: list[dict], bits: i
                                     weight_type=QuantType.QUInt8, per_channel=True, init_overrides=overrides)
         measured = _ranges(model_path, feeds, config.op_types_to_quantize)
         ranges = {k: (lo * WIDEN, hi * WIDEN) for k, (lo, hi) in measured.items()}
-        ranges.update(_fixed_ranges(name, entry))
+        ranges.update(_fixed_ranges(name, htp))
         for group in _state_groups(model, name):
             lo = min(ranges[t][0] for t in group if t in ranges)
             hi = max(ranges[t][1] for t in group if t in ranges)
@@ -247,13 +264,8 @@ def quantize_graph(src: Path, dst: Path, entry: dict, feeds: list[dict], bits: i
                            if name == "backbone_step" else [])
         _save(quantized, dst)
     hashes = {p.name: file_entry(p)["sha256"] for p in (dst, dst.with_name(dst.name + ".data")) if p.exists()}
-    graph = {**entry, "data": f"{dst.name}.data" if len(hashes) > 1 else None, "precision": f"w{bits}a16",
-             "htp": dict(entry["htp"])}
-    if kv:
-        graph["inputs"] = {k: dict(v, dtype="uint16") if k in kv else v for k, v in entry["inputs"].items()}
-        graph["outputs"] = {k: dict(v, dtype="uint16") if k in kv else v for k, v in entry["outputs"].items()}
-        graph["htp"]["kv_zero_points"] = {k: int(zp) for k, (scale, zp) in kv.items() if k.startswith("past_")}
-    return graph, hashes, {k: [round(lo, 7), round(hi, 7)] for k, (lo, hi) in sorted(measured.items())}
+    return ({k: int(zp) for k, (scale, zp) in kv.items()}, hashes,
+            {k: [round(lo, 7), round(hi, 7)] for k, (lo, hi) in sorted(measured.items())})
 
 
 def _quantized_io(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[float, int]]:
