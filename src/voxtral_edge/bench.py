@@ -146,6 +146,9 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
 def to_markdown(info: dict, rows: list[Row]) -> str:
     head = (f"{info['cpu']}, {info['cores']} cores, threads {info['threads']}, onnxruntime {info['onnxruntime']}, "
             f"voxtral-edge {info['voxtral_edge']} ({info['commit']}), {info['date']}")
+    if info.get("providers", ["cpu"]) != ["cpu"]:  # on the NPU: where, and what did not run there
+        head += (f"; providers {', '.join(info['providers'])}, nodes on the CPU: "
+                 + (", ".join(f"{g} {n}" for g, n in info["nodes_on_cpu"].items()) or "none"))
     lines = [head, "", "| bundle | plan | size GB | steps | test | median | min | max | unit |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     name = Path(info["bundle"]).name
