@@ -162,14 +162,16 @@ def doctor(args: argparse.Namespace) -> int:
     from ..kernelcheck import TOLERANCE
     from ..machine import cpu_features, cpu_model, usable_cores
     from ..manifest import Manifest
-    from ..sessions import bundle_kernels, kernel_report
+    from ..sessions import KERNELS, bundle_kernels, kernel_report
 
     if args.bundle:
         families, source = bundle_kernels(Manifest.load(args.bundle, verify=False)), f"the bundle {args.bundle}"
     else:
         families, source = plan_kernels(), "the named plans"
     cpu = cpu_features()
+    spent = KERNELS.seconds
     rows = kernel_report(families, threads=args.threads)
+    spent = KERNELS.seconds - spent
     build = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
     usable = all(any(t["passed"] for t in row["tried"]) for row in rows)
     if args.json:
@@ -178,7 +180,7 @@ def doctor(args: argparse.Namespace) -> int:
                           "features": list(cpu.features), "absent": list(cpu.absent), "cpu_raw": cpu.raw,
                           "onnxruntime": ort.__version__, "onnxruntime_build": build,
                           "providers": ort.get_available_providers(), "threads": args.threads, "tolerance": TOLERANCE,
-                          "families_of": source, "kernels": rows}, indent=1))
+                          "families_of": source, "kernels": rows, "seconds": spent}, indent=1))
         return 0 if usable else 1
     print(f"voxtral-edge {__version__}, Python {platform.python_version()}, {platform.system()} {cpu.machine}")
     print(f"cpu          {cpu_model()} ({usable_cores()} usable cores)")
@@ -202,6 +204,8 @@ def doctor(args: argparse.Namespace) -> int:
             if not any(t["passed"] for t in row["tried"]):
                 line += "\n        nothing passes: a bundle using it refuses to open on this machine"
         print(line)
+    if rows:
+        print(f"             {sum(len(r['tried']) for r in rows)} known-answer checks in {spent * 1000:.0f} ms")
     return 0 if usable else 1
 
 
