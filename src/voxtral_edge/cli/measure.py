@@ -187,7 +187,7 @@ def doctor(args: argparse.Namespace) -> int:
     print(f"features     {' '.join(cpu.features) or 'none'}; lacks {' '.join(cpu.absent) or 'none'}")
     print(f"onnxruntime  {ort.__version__} ({build or 'no build info'}); providers {', '.join(ort.get_available_providers())}")
     print(f"kernels      of {source}: known answers, max error / peak, tolerance {TOLERANCE:g}, "
-          f"{f'{args.threads} threads' if args.threads else 'the default threads'}")
+          f"{f'{args.threads} thread' + ('s' if args.threads > 1 else '') if args.threads else 'the default threads'}")
     if not rows:
         print("  (no quantized kernel)")
     for row in rows:
