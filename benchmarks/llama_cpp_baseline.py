@@ -82,11 +82,11 @@ class BackboneShape:
 
 def released_backbone() -> BackboneShape:
     """The released checkpoint's backbone, from the same params the project's full-size checkpoint has."""
-    from voxtral_edge.export.bundle import DEFAULT_MAX_CONTEXT
+    from voxtral_edge import defaults
     from voxtral_edge.export.config import ModelConfig
     from voxtral_edge.export.make_checkpoint import FULL_PARAMS
 
-    return BackboneShape.of(ModelConfig.from_dict(FULL_PARAMS), DEFAULT_MAX_CONTEXT)
+    return BackboneShape.of(ModelConfig.from_dict(FULL_PARAMS), defaults.MAX_CONTEXT)
 
 
 VOXTRAL_BACKBONE = released_backbone()
