@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, defaults
+from .. import __version__
+from ..defaults import MAX_CONTEXT
 from ..errors import VoxtralEdgeError
 from ..files import replacing_folder
 from ..manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
@@ -67,7 +68,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
     cfg = ck.config
     out = Path(out)
     b = cfg.backbone
-    max_context = min(defaults.MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
+    max_context = min(MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
     if b.head_dim % 16:
         raise VoxtralEdgeError(f"{ck.dir / 'params.json'}: head_dim {b.head_dim} is not a multiple of 16, which "
                                f"onnxruntime's GroupQueryAttention needs")
