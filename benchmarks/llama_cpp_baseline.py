@@ -82,11 +82,10 @@ class BackboneShape:
 
 def released_backbone() -> BackboneShape:
     """The released checkpoint's backbone, from the same params the project's full-size checkpoint has."""
-    from voxtral_edge.export.bundle import DEFAULT_MAX_CONTEXT
-    from voxtral_edge.export.config import ModelConfig
-    from voxtral_edge.export.make_checkpoint import FULL_PARAMS
+    from voxtral_edge.defaults import MAX_CONTEXT
+    from voxtral_edge.export.config import FULL_PARAMS, ModelConfig
 
-    return BackboneShape.of(ModelConfig.from_dict(FULL_PARAMS), DEFAULT_MAX_CONTEXT)
+    return BackboneShape.of(ModelConfig.from_dict(FULL_PARAMS), MAX_CONTEXT)
 
 
 VOXTRAL_BACKBONE = released_backbone()

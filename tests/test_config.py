@@ -9,7 +9,8 @@ import pytest
 
 from voxtral_edge.errors import ConfigError
 from voxtral_edge.export.config import ModelConfig
-from voxtral_edge.export.make_checkpoint import FULL_PARAMS, TINY_PARAMS
+from voxtral_edge.export.config import FULL_PARAMS
+from voxtral_edge.export.make_checkpoint import TINY_PARAMS
 
 # Shapes read from the released checkpoint's safetensors header (tenstorrent/tt-metal,
 # models/experimental/voxtral_tts/reference/CKPT_MANIFEST.json): an oracle independent of our config code.

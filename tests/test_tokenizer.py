@@ -18,7 +18,8 @@ from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 from tokenizers import Tokenizer
 
 from voxtral_edge.errors import TokenizerError
-from voxtral_edge.export.tekken_gen import NAMED_SPECIAL_IDS, RELEASED_VOICES, write_tekken
+from voxtral_edge.export.config import RELEASED_VOICES
+from voxtral_edge.export.tekken_gen import NAMED_SPECIAL_IDS, write_tekken
 from voxtral_edge.prompt import SpeechSpecialIds, speech_prompt, tekken_speech_prompt, voice_positions
 from voxtral_edge.tekken import Tekken, byte_level
 

@@ -11,3 +11,4 @@ MAX_STEPS = 64
 MAX_FRAMES = 2048  # the reference server's max_tokens: 164 s of audio
 CHUNK_FRAMES = 4  # frames per streamed chunk after the first (one codec call each)
 FIRST_CHUNK_FRAMES = 1  # the first chunk is one frame, so that sound starts early
+MAX_CONTEXT = 4096  # positions of an exported bundle's rotary table and KV cache: the reference server's max_model_len

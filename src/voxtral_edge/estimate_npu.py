@@ -2,13 +2,13 @@
 
 Nothing here ran on an NPU: the HTP simulator of onnxruntime-qnn proves the graphs correct on an x86 host,
 but its speed is the host's. The estimate rests on one published measurement per profile, a decoder of our
-backbone's size running token by token on the same HTP class (`reference`, e.g. Llama-v3.2-3B-Instruct w4 on
+backbone's size running token by token on the same HTP class (`[[npu.run]]`, e.g. Llama-v3.2-3B-Instruct w4 on
 the SA8295P ADP, 3.52 tokens/s). A decode step of such a decoder reads every weight once, so its time per GB
-of weights read,
+of weights read (both bandwidths peak figures),
 
-    ms_per_gb = 1000 / reference_tokens_per_s / reference_gb_per_token
-                x reference_memory_bandwidth_gbs / memory_bandwidth_gbs      (a measurement on another SoC of
-                                                                             the class, scaled by DRAM bandwidth)
+    ms_per_gb = 1000 / tokens_per_s / (read_bytes / 1e9)                     ([[npu.run]], the first)
+                x run's memory_bandwidth_gbs / the profile's memory_bandwidth_gbs  (a run on another SoC of the
+                                                                                  class, scaled by DRAM bandwidth)
 
 prices each of our graphs by the bytes one call reads: its weights at the NPU precision (the bundle's own
 files for a graph in the NPU form; else its parameters at 8 bits, 4 for a w4a16 backbone) plus, for the
@@ -18,7 +18,7 @@ the codec once per chunk. Assumed, not known: that the HTP is as efficient per b
 reference decoder (the flow head's 6 rows and the codec's convolutions may do better or worse), and that
 computing `rows` positions in a decode step costs no more than one (HMX works on tiles of 32 rows).
 
-    npu_frame_estimate(manifest, profile, steps, chunk_frames, cpu=None) -> {placement: {...}}
+    npu_frame_estimate(manifest, profile, steps, chunk_frames) -> {placement: {...}}
 """
 
 from __future__ import annotations
@@ -46,16 +46,16 @@ def npu_weight_gb(manifest: dict, graph: str, bits: int) -> float:
     return params * bits / 8 / 1e9
 
 
-def npu_frame_estimate(manifest: dict, profile, *, steps: int, chunk_frames: int, cpu: dict | None = None,
-                       position: int | None = None) -> dict:
-    """{placement: {backbone_ms, flow_ms, codec_ms, frame_ms, rtf, ms_per_gb, where}} for "npu" (all three
-    graphs there) and, given `cpu` (estimate_frame's dict for the same profile), "cpu backbone" (flow head
-    and codec on the NPU). `position`: KV slots the backbone reads (default: the bundle's max_context)."""
-    npu = profile.npu
-    if npu is None:
+def npu_frame_estimate(manifest: dict, profile, *, steps: int, chunk_frames: int, position: int | None = None) -> dict:
+    """{placement: {backbone_ms, flow_ms, codec_ms, frame_ms, rtf, ms_per_gb, where, reference}} for "npu"
+    (all three graphs there) and "cpu backbone" (flow head and codec on the NPU: backbone_ms None, frame_ms
+    and rtf of the NPU's part only, to add to a CPU estimate of the backbone). `position`: KV slots the
+    backbone reads (default: the bundle's max_context)."""
+    if profile.npu is None:
         raise ValueError(f"profile {profile.name}: no [npu] section")
-    ms_per_gb = (1000 / npu.reference_tokens_per_s / npu.reference_gb_per_token
-                 * npu.reference_memory_bandwidth_gbs / npu.memory_bandwidth_gbs)
+    run = profile.npu.runs[0]
+    ms_per_gb = (1000 / run.tokens_per_s / (run.read_bytes / 1e9)
+                 * run.memory_bandwidth_gbs / profile.memory_bandwidth_gbs)
     b = manifest["model"]["backbone"]
     positions = b["max_context"] if position is None else position
     kv_gb = 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 2 * positions / 1e9
@@ -66,10 +66,8 @@ def npu_frame_estimate(manifest: dict, profile, *, steps: int, chunk_frames: int
     frame_ms = 1e3 / manifest["audio"]["frame_rate"]
     out = {"npu": {"backbone_ms": backbone, "flow_ms": flow, "codec_ms": codec, "frame_ms": backbone + flow + codec,
                    "where": "all three graphs on the NPU"}}
-    if cpu is not None:
-        total = cpu["backbone_ms"] + flow + codec
-        out["cpu backbone"] = {"backbone_ms": cpu["backbone_ms"], "flow_ms": flow, "codec_ms": codec,
-                               "frame_ms": total, "where": "backbone on the CPU, flow head and codec on the NPU"}
+    out["cpu backbone"] = {"backbone_ms": None, "flow_ms": flow, "codec_ms": codec, "frame_ms": flow + codec,
+                           "where": "flow head and codec on the NPU (+ the backbone on the CPU)"}
     for e in out.values():
-        e.update(rtf=e["frame_ms"] / frame_ms, ms_per_gb=ms_per_gb, reference=npu.reference)
+        e.update(rtf=e["frame_ms"] / frame_ms, ms_per_gb=ms_per_gb, reference=f"{run.model} on the {run.device}")
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..defaults import MAX_CONTEXT
 from ..errors import VoxtralEdgeError
 from ..files import replacing_folder
 from ..manifest import FORMAT, SCHEMA_VERSION, file_entry, write_manifest
@@ -23,7 +24,6 @@ from ..quant.plans import Plan, load_plan
 
 from .graphs import GraphFile, build_backbone, build_codec, build_flow_head
 
-DEFAULT_MAX_CONTEXT = 4096  # positions of rotary table and KV cache: the reference server's max_model_len
 ROWS_PER_CHUNK = 8192
 # How the runtime reads an embedding table stored in each checkpoint dtype.
 TABLE_DTYPES = {"BF16": ("bfloat16", np.uint16), "F16": ("float16", np.float16), "F32": ("float32", np.float32)}
@@ -77,7 +77,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
     cfg = ck.config
     out = Path(out)
     b = cfg.backbone
-    max_context = min(DEFAULT_MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
+    max_context = min(MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
     if b.head_dim % 16 and "backbone_step" not in plan.npu_graphs:
         raise VoxtralEdgeError(f"{ck.dir / 'params.json'}: head_dim {b.head_dim} is not a multiple of 16, which "
                                f"onnxruntime's GroupQueryAttention needs")

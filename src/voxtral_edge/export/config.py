@@ -16,6 +16,51 @@ from typing import Any
 
 from ..errors import ConfigError
 
+# The released voices and their [AUDIO] counts (= rows of voice_embedding/<name>.pt), in params order.
+RELEASED_VOICES = {
+    "casual_female": 214, "casual_male": 147, "cheerful_female": 132, "neutral_female": 218,
+    "neutral_male": 169, "pt_male": 144, "pt_female": 175, "nl_male": 138, "nl_female": 146,
+    "it_male": 168, "it_female": 172, "fr_male": 97, "fr_female": 97, "es_male": 208, "es_female": 138,
+    "de_male": 163, "de_female": 147, "ar_male": 67, "hi_male": 94, "hi_female": 86,
+}
+
+# The released params.json (Voxtral-4B-TTS-2603), key for key.
+FULL_PARAMS = {
+    "dim": 3072, "n_layers": 26, "head_dim": 128, "hidden_dim": 9216, "n_heads": 32, "n_kv_heads": 8,
+    "use_biases": False, "causal": True, "rope_theta": 1000000.0, "norm_eps": 1e-05, "vocab_size": 131072,
+    "model_parallel": 1, "tied_embeddings": True,
+    "multimodal": {
+        "bos_token_id": 1,
+        "audio_model_args": {
+            "semantic_codebook_size": 8192, "acoustic_codebook_size": 21, "n_acoustic_codebook": 36,
+            "audio_encoding_args": {
+                "codebook_pattern": "parallel", "interleave_audio_tokens_per_segment": 8192,
+                "interleave_text_tokens_per_segment": 8192, "single_trailing_segment": False,
+                "num_codebooks": 37, "sampling_rate": 24000, "frame_rate": 12.5,
+            },
+            "audio_token_id": 24, "begin_audio_token_id": 25, "input_embedding_concat_type": "sum",
+            "acoustic_transformer_args": {
+                "input_dim": 3072, "dim": 3072, "n_layers": 3, "head_dim": 128, "hidden_dim": 9216,
+                "n_heads": 32, "n_kv_heads": 8, "use_biases": False, "rope_theta": 10000.0,
+                "sigma": 1e-05, "sigma_max": 1.0,
+            },
+            "p_uncond": 0.0, "text_feature_bugged": False, "condition_dropped_token_id": 42,
+        },
+        "audio_tokenizer_args": {
+            "channels": 1, "sampling_rate": 24000, "pretransform_patch_size": 240, "patch_proj_kernel_size": 7,
+            "semantic_codebook_size": 8192, "semantic_dim": 256, "acoustic_codebook_size": 21,
+            "acoustic_dim": 36, "conv_weight_norm": True, "causal": True, "attn_sliding_window_size": 16,
+            "half_attn_window_upon_downsampling": True, "dim": 1024, "hidden_dim": 4096, "head_dim": 128,
+            "n_heads": 8, "n_kv_heads": 8, "qk_norm_eps": 1e-06, "qk_norm": True, "use_biases": False,
+            "norm_eps": 0.01, "layer_scale": True, "layer_scale_init": 0.01,
+            "decoder_transformer_lengths_str": "2,2,2,2", "decoder_convs_kernels_str": "3,4,4,4",
+            "decoder_convs_strides_str": "1,2,2,2",
+            "voice": {name: i for i, name in enumerate(RELEASED_VOICES)},
+        },
+    },
+    "max_seq_len": 65536, "model_type": "voxtral_tts", "max_position_embeddings": 128000,
+}
+
 # The two ids every audio codebook reserves before its codes: [EMPTY_AUDIO] and [END_AUDIO].
 EMPTY_AUDIO = 0
 END_AUDIO = 1

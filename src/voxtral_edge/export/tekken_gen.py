@@ -32,14 +32,6 @@ NAMED_SPECIAL_IDS = {
     "[NEXT_AUDIO_TEXT]": 36,
 }
 
-# The 20 preset voices of the release and their [AUDIO] token counts.
-RELEASED_VOICES = {
-    "casual_female": 214, "casual_male": 147, "cheerful_female": 132, "neutral_female": 218,
-    "neutral_male": 169, "pt_male": 144, "pt_female": 175, "nl_male": 138, "nl_female": 146, "it_male": 168,
-    "it_female": 172, "fr_male": 97, "fr_female": 97, "es_male": 208, "es_female": 138, "de_male": 163,
-    "de_female": 147, "ar_male": 67, "hi_male": 94, "hi_female": 86,
-}
-
 CORPUS = """\
 The morning train to the coast was late again, so we bought coffee and watched the rain.
 Please turn left at the next junction and keep driving for another three kilometres.

@@ -4,7 +4,10 @@ bundle, the scheduler and the cache, opened in the background so that /health ca
 
 Errors have OpenAI's shape, {"error": {"message", "type", "param", "code"}}, with OpenAI's string codes.
 A streamed WAV has an unknown length: its RIFF and data sizes are 0xFFFFFFFF, as OpenAI's streamed WAV
-(read it to the end of the stream; `pcm` is the same samples without the 44-byte header).
+(read it to the end of the stream; `pcm` is the same samples without the 44-byte header). flac, opus and
+mp3 go through the audio chain's encoders, streamed too (see `voxtral_edge.chain.encode`); `sample_rate`,
+`speed` and `loudness` are the chain's. Where each <mark> and sentence start is heard (SSML input) is at
+GET /v1/audio/marks/{id}, the address the response's X-Marks header gives.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import hmac
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,7 +37,10 @@ from starlette.routing import Route
 from .. import __version__
 from ..errors import UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST
-from ..audio import wav_header
+from ..chain import FORMATS, Output, check_speed
+from ..chain.loudness import check_target
+from ..chain.resample import check_rate
+from ..speech import Timeline, chain_for
 from ..defaults import CFG_ALPHA, CHUNK_FRAMES, FIRST_CHUNK_FRAMES, MAX_CFG, MAX_FRAMES, MAX_STEPS
 from ..runtime import Synthesizer
 from .cache import PhraseCache, cache_key
@@ -41,9 +49,10 @@ from .scheduler import DEFAULT_PRIORITY, PRIORITIES, Job, QueueFull, Scheduler, 
 log = logging.getLogger("voxtral_edge.serve")
 
 MAX_INPUT_CHARS = 4096  # as OpenAI's speech endpoint
-FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+MARKS_KEPT = 256  # the last requests whose marks can be read
 MAX_HEADER_BYTES = 16 << 10  # a request's headers, together
-FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed", "steps",
+FIELDS = ("model", "input", "voice", "response_format", "speed", "sample_rate", "loudness", "stream_format",
+          "instructions", "seed", "steps",
           "cfg", "priority", "max_frames")
 
 
@@ -64,6 +73,8 @@ class ServiceConfig:
     max_body_bytes: int = 64 << 10
     chunk_frames: int = CHUNK_FRAMES
     first_chunk_frames: int = FIRST_CHUNK_FRAMES
+    sample_rate: int | None = None  # of requests that give none (default: the model's)
+    lexicon: object = None  # a voxtral_edge.text.lexicon.Lexicon applied to every request
 
 
 class ApiError(Exception):
@@ -91,6 +102,7 @@ class Service:
         self.cache: PhraseCache | None = None
         self.created = int(time.time())
         self.prefetching: dict[str, Job] = {}
+        self.marks: dict[str, dict] = {}  # request id -> its marks (the last MARKS_KEPT requests)
         self.on_failure = lambda: None  # called (from the loading thread) when the bundle cannot be opened
         self._loader: threading.Thread | None = None
 
@@ -132,16 +144,28 @@ class Service:
         try:
             return self.synth.start(r.text, r.voice, chunk_frames=self.config.chunk_frames,
                                     first_chunk_frames=self.config.first_chunk_frames, seed=r.seed, steps=r.steps,
-                                    cfg_alpha=r.cfg, max_frames=r.max_frames)
+                                    cfg_alpha=r.cfg, max_frames=r.max_frames, lexicon=self.config.lexicon)
         except UsageError as e:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
+
+    def chain(self, r: "SpeechRequest", utterance):
+        """The request's audio chain (its voice's loudness is measured first, once, when a target is asked)."""
+        try:
+            return chain_for(self.synth, utterance, r.output)
+        except UsageError as e:
+            raise ApiError(400, str(e), param="loudness", code="invalid_value") from None
+
+    def keep_marks(self, key: str, record: dict) -> None:
+        self.marks[key] = record
+        while len(self.marks) > MARKS_KEPT:
+            self.marks.pop(next(iter(self.marks)))
 
 
 @dataclass
 class SpeechRequest:
     text: str
     voice: str
-    response_format: str
+    output: Output  # response_format, sample_rate, speed, loudness
     seed: int
     steps: int | None
     cfg: float
@@ -205,12 +229,21 @@ def parse_speech(body, service: Service, priority: str | None = None) -> SpeechR
                        code="invalid_value")
     fmt = _string(body, "response_format", "wav")
     if fmt not in FORMATS:
-        raise ApiError(400, f"response_format {fmt!r} is not supported: use wav or pcm (16-bit mono, "
-                            f"{service.synth.sample_rate} Hz)", param="response_format", code="invalid_value")
-    speed = _number(body, "speed", 1.0)
-    if speed != 1.0:
-        raise ApiError(400, f"speed must be 1.0 (the model speaks at its own pace), found {speed:g}", param="speed",
-                       code="invalid_value")
+        raise ApiError(400, f"response_format {fmt!r} is not supported: use {', '.join(FORMATS)}",
+                       param="response_format", code="invalid_value")
+    values = {"sample_rate": _integer(body, "sample_rate", 1, 10**6, service.config.sample_rate or
+                                      service.synth.sample_rate),
+              "speed": _number(body, "speed", 1.0), "loudness": _number(body, "loudness", None)}
+    for name, check in (("sample_rate", check_rate), ("speed", check_speed), ("loudness", check_target)):
+        try:
+            if values[name] is not None:
+                check(values[name])
+        except UsageError as e:
+            raise ApiError(400, str(e), param=name, code="invalid_value") from None
+    try:
+        output = Output(values["sample_rate"], values["speed"], values["loudness"], fmt)
+    except UsageError as e:  # a format the rate does not allow
+        raise ApiError(400, str(e), param="response_format", code="invalid_value") from None
     if _string(body, "stream_format", "audio") != "audio":
         raise ApiError(400, "stream_format must be 'audio' (raw audio bytes); 'sse' is not supported",
                        param="stream_format", code="invalid_value")
@@ -224,7 +257,7 @@ def parse_speech(body, service: Service, priority: str | None = None) -> SpeechR
     if chosen not in PRIORITIES:
         raise ApiError(400, f"priority must be one of {', '.join(PRIORITIES)}, found {chosen!r}", param="priority",
                        code="invalid_value")
-    return SpeechRequest(text, voice, fmt, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
+    return SpeechRequest(text, voice, output, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
                          _integer(body, "steps", 1, MAX_STEPS, service.config.steps), cfg,
                          priority or chosen, _integer(body, "max_frames", 1, MAX_FRAMES * 64, None))
 
@@ -302,22 +335,46 @@ async def _first_event(channel: asyncio.Queue, request: Request):
 
 async def speech(request: Request) -> Response:
     """POST /v1/audio/speech: from the cache at once, else queued at its priority; the response (status and
-    headers) starts with the first audio, so that an error before it is still answered as an error."""
+    headers) starts with the first audio, so that an error before it is still answered as an error. The
+    model's audio (what the cache keeps) goes out through the request's audio chain."""
     service = _service(request)
     r = parse_speech(await _json_body(request, service.config.max_body_bytes), service)
-    rate = service.synth.sample_rate
-    header = wav_header(rate) if r.response_format == "wav" else b""
-    headers = {"X-Sample-Rate": str(rate), "X-Priority": r.priority}
+    utterance = await run_in_threadpool(service.start, r)
+    chain = await run_in_threadpool(service.chain, r, utterance)
+    timeline, marks_id = Timeline(utterance, chain), secrets.token_hex(8)
+    marks = {"id": marks_id, "sample_rate": r.output.sample_rate, "done": False, "marks": []}
+    service.keep_marks(marks_id, marks)
+    headers = {"X-Sample-Rate": str(r.output.sample_rate), "X-Priority": r.priority,
+               "X-Marks": f"/v1/audio/marks/{marks_id}"}
+    media = r.output.media_type
+
+    def out(pcm: bytes) -> bytes:
+        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32767  # the int16 samples exactly, as floats
+        timeline.before(len(audio))
+        data = chain.feed(audio)
+        marks["marks"] = [t.as_dict() for t in timeline.timings]
+        return data
+
+    def tail() -> bytes:
+        timeline.end()
+        data = chain.finish()
+        marks["marks"], marks["done"] = [t.as_dict() for t in timeline.timings], True
+        return data
+
     key = service.speech_key(r)
-    pcm = await run_in_threadpool(service.cache.get, key) if service.cache is not None else None
-    if pcm is not None:
-        async def cached():
-            yield header + pcm
-        return StreamingResponse(cached(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "hit"})
+    markup = any(e.kind != "sentence" for e in utterance.pieces if hasattr(e, "kind")) or \
+        sum(isinstance(p, str) for p in utterance.pieces) > 1  # marks, breaks, rates, several sentences
+    cached = await run_in_threadpool(service.cache.get, key) if service.cache is not None and not markup else None
+    if cached is not None:
+        service.synth.close(utterance)
+
+        async def from_cache():
+            yield await run_in_threadpool(lambda: out(cached) + tail())
+        return StreamingResponse(from_cache(), media_type=media, headers={**headers, "X-Cache": "hit"})
 
     loop, channel = asyncio.get_running_loop(), asyncio.Queue()
-    utterance = await run_in_threadpool(service.start, r)
-    job = Job(utterance, r.priority, lambda event: loop.call_soon_threadsafe(channel.put_nowait, event), key)
+    job = Job(utterance, r.priority, lambda event: loop.call_soon_threadsafe(channel.put_nowait, event),
+              None if markup else key)
     _submit(service, job)
     first = await _first_event(channel, request)
     if first is None:  # the client left while its request waited
@@ -331,18 +388,34 @@ async def speech(request: Request) -> Response:
 
     async def audio():
         try:
-            yield header + (value if kind == "audio" else b"")
             event = first
+            if kind == "audio":
+                yield out(value)
             while event[0] == "audio":
                 event = await channel.get()
                 if event[0] == "audio":
-                    yield event[1]
+                    data = out(event[1])
+                    if data:
+                        yield data
             if event[0] == "error":
                 log.error("job %d failed after its first audio: %s", job.id, event[1])
+            yield tail()
         finally:  # the client left (starlette cancels this) or the job ended: either way it costs nothing more
             service.scheduler.cancel(job)
 
-    return StreamingResponse(audio(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "miss"})
+    return StreamingResponse(audio(), media_type=media, headers={**headers, "X-Cache": "miss"})
+
+
+async def speech_marks(request: Request) -> Response:
+    """GET /v1/audio/marks/{id}: where each <mark> and sentence start of a request is heard, at its output's
+    rate and speed: {"id", "sample_rate", "done", "marks": [{"name", "kind", "sample", "time_s"}]}, filled as
+    the audio is made (`done` once it is all out)."""
+    service = _service(request)
+    marks = service.marks.get(request.path_params["id"])
+    if marks is None:
+        raise ApiError(404, f"no marks for {request.path_params['id']!r}: ids come from a speech response's X-Marks "
+                            f"header, and the last {MARKS_KEPT} are kept", code="not_found")
+    return JSONResponse(marks)
 
 
 def _submit(service: Service, job: Job) -> None:
@@ -418,6 +491,7 @@ def create_app(service: Service) -> Starlette:
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/audio/voices", voices), Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/audio/prefetch", prefetch, methods=["POST"]),
+        Route("/v1/audio/marks/{id}", speech_marks),
     ], exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan,
         middleware=[Middleware(HeaderLimit)])
     app.state.service = service
