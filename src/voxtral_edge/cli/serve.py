@@ -15,7 +15,8 @@ def serve(args: argparse.Namespace) -> int:
 
     apply_profile(args)
     try:
-        from ..serve.app import ServiceConfig
+        from ..serve.app import DEADLINES_MS, ServiceConfig
+        from ..serve.scheduler import AGING_FRAMES
     except ImportError as e:
         raise UsageError(f"serve needs the [serve] extra ({e.name} is missing): pip install 'voxtral-edge[serve]'") \
             from None
@@ -27,10 +28,25 @@ def serve(args: argparse.Namespace) -> int:
         chunk_frames=args.chunk_frames,
         cache_dir=None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         cache_bytes=int(args.cache_mb * (1 << 20)), queue_limit=args.queue_limit,
-        max_body_bytes=args.max_body_kb << 10)
+        max_body_bytes=args.max_body_kb << 10,
+        aging={c: n for c, n in {**AGING_FRAMES, **dict(args.aging)}.items() if n},  # 0: never
+        deadlines={c: ms for c, ms in {**DEADLINES_MS, **dict(args.deadline)}.items() if ms},
+        memory_reserve=int(args.memory_reserve_mb * (1 << 20)))
     run(config, host=args.host, port=args.port, unix=args.unix, max_connections=args.max_connections,
         log_level=args.log_level)
     return 0
+
+
+def class_value(text: str, top: bool = True) -> tuple[str, int]:
+    """CLASS=N (--aging, --deadline)."""
+    from ..serve.scheduler import PRIORITIES
+
+    name, _, value = text.partition("=")
+    classes = PRIORITIES if top else PRIORITIES[1:]
+    if name not in classes or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected CLASS=N, CLASS one of {', '.join(classes)} and N a whole number, "
+                                         f"found {text!r}")
+    return name, int(value)
 
 
 def add_serve(sub) -> None:
@@ -67,6 +83,17 @@ def add_serve(sub) -> None:
     p.add_argument("--max-body-kb", type=positive(int), default=64, help="request body limit in KB (default: 64)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="server log detail (default: info, one line per request)")
+    p.add_argument("--aging", type=lambda text: class_value(text, top=False), action="append", default=[],
+                   metavar="CLASS=FRAMES",
+                   help="frames the other classes may make while the first request of CLASS waits, before it "
+                        "competes one class higher; 0: never (default: assistant=25 message=50 media=100 "
+                        "background=250; 80 ms of speech per frame)")
+    p.add_argument("--deadline", type=class_value, action="append", default=[], metavar="CLASS=MS",
+                   help="deadline_ms of CLASS's requests that give none: their first audio must start within it, "
+                        "else 504; 0: none (default: navigation=5000)")
+    p.add_argument("--memory-reserve-mb", type=positive(float, 0), default=256, metavar="MB",
+                   help="new syntheses get 503 while less than this remains under the process's memory limit "
+                        "(cgroup memory.max or RLIMIT_AS; default: 256)")
     add_bundle_options(p, pipeline=False)
 
 
