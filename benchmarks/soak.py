@@ -56,12 +56,30 @@ KINDS = {"hit": 0.28, "miss": 0.46, "twin": 0.06, "leave_after_first": 0.06, "le
 
 
 def status(pid: int | str = "self") -> dict[str, float]:
-    """A process's resident memory and its peak (MiB, both from /proc: the peak is never below the resident
-    memory read before it), its threads and its open descriptors."""
+    """A process's resident memory and the kernel's peak mark (MiB), its threads, its open descriptors:
+    all, and those that are not sockets (files: a leak there is not an open connection)."""
     with open(f"/proc/{pid}/status") as f:
         threads = int(re.search(r"Threads:\s+(\d+)", f.read()).group(1))
-    rss = rss_bytes(pid) / MIB
-    return {"rss": rss, "peak": peak_rss_bytes(pid) / MIB, "threads": threads, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    fds = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:  # closed meanwhile
+            pass
+    return {"rss": rss_bytes(pid) / MIB, "peak": peak_rss_bytes(pid) / MIB, "threads": threads, "fds": len(fds),
+            "files": sum(1 for f in fds if not f.startswith("socket:"))}
+
+
+class Peak:
+    """The highest of the kernel's mark and every RSS sampled: the kernel's per-CPU counters are approximate,
+    so a mark read later can be a fraction of a MiB below a resident size read earlier."""
+
+    def __init__(self):
+        self.value = 0.0
+
+    def __call__(self, sample: dict) -> float:
+        self.value = max(self.value, sample["peak"], sample["rss"])
+        return self.value
 
 
 def theil_sen(x, y, rng: np.random.Generator, resamples: int = 200) -> tuple[float, float, float]:
@@ -84,7 +102,7 @@ def soak_synthesizer(args) -> int:
 
     synth = Synthesizer.open(args.bundle, threads=args.threads, verify=False)
     voices = sorted(synth.voices)
-    wall, cpu, rss = [], [], []
+    wall, cpu, rss, peak = [], [], [], Peak()
     for i in range(args.utterances):
         start, start_cpu = time.perf_counter(), time.process_time()
         for _chunk in synth.stream(SENTENCES[i % len(SENTENCES)], voices[i % len(voices)], seed=i,
@@ -92,8 +110,9 @@ def soak_synthesizer(args) -> int:
             pass
         wall.append(1e3 * (time.perf_counter() - start))
         cpu.append(1e3 * (time.process_time() - start_cpu))
-        rss.append(status()["rss"])
-    end = status()
+        sample = status()
+        rss.append(sample["rss"])
+        top = peak(sample)
     warm = max(1, args.utterances // 10)
     steady = np.arange(warm, args.utterances)
     tenth = max(1, len(steady) // 10)
@@ -101,7 +120,7 @@ def soak_synthesizer(args) -> int:
     print(f"{args.utterances} utterances of {args.frames} frames, {len(voices)} voices, {len(SENTENCES)} languages; "
           f"warm-up: the first {warm}, steady part: the other {len(steady)}")
     print(f"RSS: {rss[warm - 1]:.1f} MiB after the warm-up, {rss[-1]:.1f} MiB at the end "
-          f"({rss[-1] - rss[warm - 1]:+.1f} MiB), peak {end['peak']:.1f} MiB (VmHWM)")
+          f"({rss[-1] - rss[warm - 1]:+.1f} MiB), peak {top:.1f} MiB (VmHWM)")
     for name, times in (("wall", np.array(wall)), ("CPU", np.array(cpu))):
         t = times[steady]
         slope, low, high = theil_sen(steady, t, rng)
@@ -294,10 +313,10 @@ def report(args, started: float, samples: list[dict], records: list[dict], metri
     rss = np.array([s["rss"] for s in steady])
     slope, low, high = theil_sen(hours, rss, rng) if len(steady) > 2 else (float("nan"),) * 3
     unexpected = [r for r in records if not r["ok"]]
+    utilization = [c["utilization"] for c in control] or [float("nan")]
     print(f"\n{len(records)} requests in {args.duration / 3600:.2f} h at {args.load:.0%} of the measured capacity "
-          f"(utilization per minute: median {np.median([c['utilization'] for c in control]):.2f}, "
-          f"range {min(c['utilization'] for c in control):.2f}..{max(c['utilization'] for c in control):.2f}), "
-          f"bundle {args.bundle}\n")
+          f"(the worker's utilization per minute: median {np.median(utilization):.2f}, range "
+          f"{min(utilization):.2f}..{max(utilization):.2f}), bundle {args.bundle}\n")
     print("| class | requests | answered 200 | first audio p50 ms | first audio p99 ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for priority in PRIORITIES:
@@ -319,20 +338,24 @@ def report(args, started: float, samples: list[dict], records: list[dict], metri
     print(f"\nunexpected outcomes (errors beyond the injected ones): {len(unexpected)}"
           + (f", e.g. {unexpected[:3]}" if unexpected else ""))
     print(f"\nserver RSS over time (MiB; warm-up: the first {warmup / 60:.0f} min), descriptors, threads:\n")
-    print("| minute | RSS MiB | peak MiB | fds | threads |")
+    print("| minute | RSS MiB | peak so far MiB | descriptors (files) | threads |")
     print("| ---: | ---: | ---: | ---: | ---: |")
-    step = max(1, len(memory) // 12)
-    for s in memory[::step] + memory[-1:]:
-        print(f"| {(s['t'] - started) / 60:.0f} | {s['rss']:.1f} | {s['peak']:.1f} | {s['fds']} | {s['threads']} |")
+    step, peak = max(1, len(memory) // 12), Peak()
+    for i, s in enumerate(memory):
+        top = peak(s)
+        if i % step == 0 or i == len(memory) - 1:
+            print(f"| {(s['t'] - started) / 60:.0f} | {s['rss']:.1f} | {top:.1f} | {s['fds']} ({s['files']}) | "
+                  f"{s['threads']} |")
     first, last = steady[0], steady[-1]
     print(f"\nRSS over the steady part: {first['rss']:.1f} -> {last['rss']:.1f} MiB; Theil-Sen slope {slope:+.2f} MiB/h "
-          f"(95 % interval {low:+.2f}..{high:+.2f}); peak (VmHWM) {memory[-1]['peak']:.1f} MiB")
+          f"(95 % interval {low:+.2f}..{high:+.2f}); peak {top:.1f} MiB")
     fds = [s["fds"] for s in steady]  # (each open connection is one: compare the floors, the fewest in a tenth)
     tenth = max(1, len(fds) // 10)
     floors = min(fds[:tenth]), min(fds[-tenth:])
+    files = [s["files"] for s in steady]
     print(f"open descriptors over the steady part: fewest in its first tenth {floors[0]}, in its last tenth "
-          f"{floors[1]} (most at any sample {max(fds)}); threads {first['threads']} -> {last['threads']} "
-          f"(most {max(s['threads'] for s in steady)})")
+          f"{floors[1]} (most at any sample {max(fds)}); not sockets: {files[0]} -> {files[-1]} (most {max(files)}); "
+          f"threads {first['threads']} -> {last['threads']} (most {max(s['threads'] for s in steady)})")
     wanted = ("voxtral_syntheses_total", "voxtral_shared_total", "voxtral_cache_hits_total", "voxtral_preemptions_total",
               "voxtral_aging_rises_total", "voxtral_deadline_drops_total", "voxtral_frames_total")
     print("server counters: " + ", ".join(f"{m.group(1)} {float(m.group(2)):.0f}" for m in re.finditer(
@@ -340,7 +363,7 @@ def report(args, started: float, samples: list[dict], records: list[dict], metri
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"started": started, "samples": samples, "requests": records}, f)
-    failed = bool(unexpected) or not slope < 1.0 or floors[1] > floors[0]
+    failed = bool(unexpected) or not slope < 1.0 or floors[1] > floors[0] or files[-1] > files[0]
     return 1 if failed else 0
 
 
