@@ -56,15 +56,22 @@ def add_serve(sub) -> None:
         "made), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, GET /health (503 while the bundle "
         "loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
         "background): a higher one preempts a lower one at the next 80 ms frame, which then resumes where it "
-        "stopped. Finished audio is kept in a phrase cache on disk. SIGTERM ends every stream at the next frame "
-        "with valid audio. Binds to 127.0.0.1; any other address needs --api-key. Needs the [serve] extra.",
+        "stopped; a class that has waited its --aging bound competes one class higher, so none starves. "
+        "Identical requests in flight share one synthesis; a request's deadline_ms (default per class, "
+        "--deadline) bounds the wait for its first audio (else 504). Finished audio is kept in a phrase cache on "
+        "disk; a cache folder that turns read-only or full costs no request. GET /metrics answers in Prometheus' "
+        "text format. A bundle file changed while serving and memory near its limit are answered with 503s, not "
+        "a dead process. SIGTERM "
+        "ends every stream at the next frame with valid audio. Binds to 127.0.0.1; any other address needs "
+        "--api-key. Needs the [serve] extra.",
         "examples:\n  voxtral-edge serve --bundle voxtral-int4 --profile raspberry-pi-5\n"
         "  curl -s localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\\n"
         "       -d '{\"input\": \"Turn left.\", \"voice\": \"casual_male\", \"priority\": \"navigation\"}' -o turn.wav")
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; others need --api-key)")
     p.add_argument("--port", type=positive(int, 0, 65535), default=8000, help="TCP port (default: 8000)")
-    p.add_argument("--unix", metavar="PATH", help="serve on this unix socket instead of TCP")
+    p.add_argument("--unix", metavar="PATH", help="serve on this unix socket instead of TCP (mode 0660; a socket "
+                   "left by a server that died is replaced, a live server's is not)")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("VOXTRAL_EDGE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $VOXTRAL_EDGE_API_KEY)")
     p.add_argument("--seed", type=positive(int, 0, 2**63 - 1), default=0,
