@@ -164,10 +164,22 @@ class Service:
         return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def one_request(httpx, url: str, kind: str, body: dict, timeout: float) -> dict:
-    """Send one request of a kind; the record says what came back and whether that was the expected outcome."""
+def one_request(httpx, url: str, kind: str, body: dict, timeout: float, retries: int = 3) -> dict:
+    """Send one request of a kind; the record says what came back and whether that was the expected outcome.
+    A 429 is retried after its Retry-After, as OpenAI's client does (`retried` counts them); the time to
+    first audio counts from the first attempt."""
+    start, retried = time.perf_counter(), 0
+    while True:
+        record = _attempt(httpx, url, kind, body, timeout, start)
+        if record["status"] != 429 or retried == retries:
+            record["retried"] = retried
+            return record
+        retried += 1
+        time.sleep(min(60.0, float(record.get("retry_after") or 1)))
+
+
+def _attempt(httpx, url: str, kind: str, body: dict, timeout: float, start: float) -> dict:
     record = {"kind": kind, "class": body.get("priority"), "status": None, "first_audio": None, "at": time.time()}
-    start = time.perf_counter()
     try:
         if kind == "leave_queued":  # the request is sent, then the connection closed before any answer
             host, port = url[7:].split(":")
@@ -188,6 +200,7 @@ def one_request(httpx, url: str, kind: str, body: dict, timeout: float) -> dict:
                 if kind == "leave_after_first":
                     break
             record["cache"] = response.headers.get("x-cache")
+            record["retry_after"] = response.headers.get("retry-after")
         if response.status_code == 200:
             record["ok"] = kind in ("hit", "miss", "twin", "leave_after_first") and data[:4] == b"RIFF" and \
                 len(data) % 2 == 0
@@ -216,8 +229,16 @@ def request_body(kind: str, rng: random.Random, voices: list[str], frames: tuple
     return body
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def soak_service(args) -> int:
+    import signal
+
     import httpx
+
+    signal.signal(signal.SIGTERM, _interrupted)  # stopped from outside: the server goes too
 
     rng = random.Random(args.seed)
     work = tempfile.mkdtemp(prefix="voxtral-soak-")
@@ -335,7 +356,12 @@ def report(args, started: float, samples: list[dict], records: list[dict], metri
             outcomes[key] = outcomes.get(key, 0) + 1
         print(f"| {kind} | {len(mine)} | {sum(1 for r in mine if r['ok'])} | "
               f"{', '.join(f'{k}: {v}' for k, v in sorted(outcomes.items()))} |")
-    print(f"\nunexpected outcomes (errors beyond the injected ones): {len(unexpected)}"
+    retried = [r for r in records if r.get("retried")]
+    by_class = {p: sum(1 for r in retried if r["class"] == p) for p in PRIORITIES}
+    print(f"\n429 (a class's queue full) answered {sum(r['retried'] for r in records)} times, to {len(retried)} "
+          f"requests ({', '.join(f'{p} {n}' for p, n in by_class.items() if n) or 'none'}), each retried after its "
+          f"Retry-After as OpenAI's client does")
+    print(f"unexpected outcomes (errors beyond the injected ones): {len(unexpected)}"
           + (f", e.g. {unexpected[:3]}" if unexpected else ""))
     print(f"\nserver RSS over time (MiB; warm-up: the first {warmup / 60:.0f} min), descriptors, threads:\n")
     print("| minute | RSS MiB | peak so far MiB | descriptors (files) | threads |")
