@@ -1,7 +1,7 @@
 """The full-size benchmark: our bundles against llama.cpp on the same transformer shape, in one run.
 
     python benchmarks/run.py [--work work/bench] [--plans int8 int4 int4-all ...] [--frames 25]
-                             [--repeats 3] [--threads 2] [--no-llama] [--here x86-avx512]
+                             [--repeats 3] [--threads 2] [--no-llama]
 
 1. writes the full-size random-weight checkpoint once (cached in WORK/checkpoint, 8 GB);
 2. exports one bundle per plan straight from it (cached; int4 is about 3.7 GB, fp32 15 GB);
@@ -10,8 +10,11 @@
 4. runs `voxtral-edge bench --json` on every bundle, each in its own process so that peak RSS is that
    bundle's own, plus int4-all with 4 Euler steps (fp32 only when named in --plans: it needs 15 GB);
 5. prints every row, then the ratios to llama.cpp beside the targets (time to first audio against
-   text tokens / llama.cpp prefill + 1.5 LD), then `bench --estimate all` for int4 @ 7 and int4-all @ 4
-   (calibrated on this run, --here names this machine's profile), and writes WORK/results.json.
+   text tokens / llama.cpp prefill + 1.5 LD), then our kernels against llama.cpp's on this machine (the
+   kernel ratios of voxtral_edge.estimate) and `voxtral-edge estimate` on every profile for int4 @ 7 and
+   int4-all @ 4, and writes WORK/results.json; each bench run's JSON lines are kept as
+   WORK/bench-PLAN-STEPS.jsonl and llama.cpp's figures as WORK/llama.json, for `voxtral-edge estimate --from
+   WORK/bench-int4-7.jsonl --llama WORK/llama.json`.
 
 Hosts of one kind differ up to 5x: only the ratios, measured in the same run, compare across machines.
 Run it on an idle machine (anything else running costs both sides, llama.cpp's spinning threads most).
@@ -60,7 +63,9 @@ def prepare(work: Path, plans: list[str]) -> dict[str, Path]:
     return bundles
 
 
-def bench(bundle: Path, steps: int, frames: int, repeats: int, threads: int | None, codec_pipeline: bool) -> dict:
+def bench(bundle: Path, steps: int, frames: int, repeats: int, threads: int | None, codec_pipeline: bool,
+          keep: Path) -> dict:
+    """`voxtral-edge bench --json` in its own process; its lines are kept in `keep`; returns {short test: row}."""
     from voxtral_edge.manifest import Manifest
 
     context = min(2048, Manifest.load(bundle, verify=False)["model"]["backbone"]["max_context"])  # the issue's 2048
@@ -70,7 +75,9 @@ def bench(bundle: Path, steps: int, frames: int, repeats: int, threads: int | No
         args += ["--threads", str(threads)]
     if codec_pipeline:
         args += ["--codec-pipeline"]
-    rows = [json.loads(line) for line in voxtral(*args).splitlines() if line.strip()]
+    out = voxtral(*args)
+    keep.write_text(out)
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     return {r["test"].split(" (")[0].split(" pp")[0]: r for r in rows}
 
 
@@ -83,7 +90,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads for both sides (default: all cores)")
     parser.add_argument("--no-llama", action="store_true", help="skip llama.cpp (no ratios)")
     parser.add_argument("--codec-pipeline", action="store_true", help="bench with the codec on its own thread")
-    parser.add_argument("--here", default="x86-avx512", help="this machine's device profile, for the estimates")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -97,36 +103,35 @@ def main() -> None:
 
         log("measuring llama.cpp")
         llama = measure(work / "llama-baseline", threads=args.threads)
+        (work / "llama.json").write_text(json.dumps(llama, indent=1) + "\n")
     results = []
     for plan, steps in runs:
         log(f"bench {plan}, {steps} steps")
-        results.append({"plan": plan, "steps": steps, "rows": bench(bundles[plan], steps, args.frames,
-                                                                   args.repeats, args.threads, args.codec_pipeline)})
-    estimates = estimate(results, bundles, args.here)
+        results.append({"plan": plan, "steps": steps, "rows": bench(bundles[plan], steps, args.frames, args.repeats,
+                                                                   args.threads, args.codec_pipeline,
+                                                                   work / f"bench-{plan}-{steps}.jsonl")})
+    estimates = estimate(results, llama)
     (work / "results.json").write_text(json.dumps({"llama_cpp": llama, "runs": results, "estimates": estimates},
                                                   indent=2) + "\n")
     report(results, llama, estimates)
 
 
-def estimate(results: list[dict], bundles: dict[str, Path], here: str) -> dict:
-    """`bench --estimate all` for the runs in ESTIMATED: calibrated on each run's own measurements."""
-    from voxtral_edge.estimate import estimate_profiles
-    from voxtral_edge.manifest import Manifest
-    from voxtral_edge.profiles import list_profiles, load_profile
+def estimate(results: list[dict], llama: dict | None) -> dict:
+    """`voxtral-edge estimate` on every profile for the runs in ESTIMATED; with llama.cpp measured, our kernels
+    against its own on this machine (voxtral_edge.estimate.kernel_ratios) first."""
+    from voxtral_edge.bench import BenchRun
+    from voxtral_edge.estimate import estimate_all, kernel_ratios
+    from voxtral_edge.profiles import list_profiles
 
     out = {}
     for r in results:
         if (r["plan"], r["steps"]) not in ESTIMATED:
             continue
-        x = r["rows"]
-        measured = {"backbone_step": x["backbone"]["median"], "flow_head": x["flow head step"]["median"],
-                    "codec_decoder": x["codec"]["median"]}
-        factors, per_profile = estimate_profiles(Manifest.load(bundles[r["plan"]], verify=False).data,
-                                                 load_profile(here), measured, list_profiles(), steps=r["steps"],
-                                                 chunk_frames=x["load"].get("chunk_frames", 4))
-        out[f"{r['plan']}@{r['steps']}"] = {"factors": factors, "profiles": {
-            name: {k: e[k] for k in ("backbone_ms", "flow_step_ms", "flow_ms", "codec_ms", "frame_ms", "rtf",
-                                     "codec_pipeline")} for name, e in per_profile.items()}}
+        info = {k: v for k, v in r["rows"]["load"].items() if k not in ("test", "unit", "median", "low", "high")}
+        run = BenchRun(info=info, rows=r["rows"], source=f"bench-{r['plan']}-{r['steps']}.jsonl")
+        kappa = kernel_ratios(run, llama) if llama else None
+        found = estimate_all(run, list_profiles(), fresh_kappa=kappa, fresh_isa=run.isa if kappa else None)
+        out[f"{r['plan']}@{r['steps']}"] = {"kernel_ratios": kappa, "estimates": [e.as_dict() for e in found]}
     return out
 
 
@@ -170,15 +175,15 @@ def report(results: list[dict], llama: dict | None, estimates: dict | None = Non
               f"{x['flow head step']['median'] / ld:.3f} | {frame / ld:.2f} | {x['first audio']['median']:.0f} "
               f"({target}, {tokens} tokens) | {x['load']['median']:.1f} | {x['peak RSS']['median']:.0f} |")
     for run, e in (estimates or {}).items():
-        print(f"\n`bench --estimate all`, {run}, calibrated on this run (factors "
-              + ", ".join(f"{k} {v:.2f}" for k, v in e["factors"].items()) + "):\n")
-        print("| profile | backbone ms | flow ms/step | flow ms/frame | codec ms | frame ms | rtf |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name, p in e["profiles"].items():
-            print(f"| {name} | {p['backbone_ms']:.1f} | {p['flow_step_ms']:.1f} | {p['flow_ms']:.1f} | "
-                  f"{p['codec_ms']:.1f}{' (beside)' if p['codec_pipeline'] else ''} | {p['frame_ms']:.1f} | "
-                  f"{p['rtf']:.2f} |")
-
+        ratios = e["kernel_ratios"]
+        said = ", ".join(f"{k} {v:.2f}" for k, v in (ratios or {}).items())
+        print(f"\n`voxtral-edge estimate`, {run}"
+              + (f": kernel ratios on this machine (ours / llama.cpp's) {said}" if ratios else "") + "\n")
+        print("| profile | frame ms (low..high) | RTF (low..high) | dominant stage, bound |")
+        print("| --- | ---: | ---: | --- |")
+        for p in e["estimates"]:
+            print(f"| {p['device']} | {p['mid_ms']:.0f} ({p['low_ms']:.0f}..{p['high_ms']:.0f}) | {p['rtf']:.2f} "
+                  f"({p['rtf_low']:.2f}..{p['rtf_high']:.2f}) | {p['dominant']}, {p['bound']} |")
 
 if __name__ == "__main__":
     main()

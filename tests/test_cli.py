@@ -185,17 +185,17 @@ def test_a_profile_fills_in_what_the_command_line_left_unset(capsys, monkeypatch
     profile = tmp_path / "board.toml"
     profile.write_text(PROFILE)
     calls = []
-    stream, opened = Synthesizer.stream, Synthesizer.__init__
+    start, opened = Synthesizer.start, Synthesizer.__init__
 
-    def spy_stream(self, text, voice, **options):
-        calls.append(("stream", options))
-        return stream(self, text, voice, **options)
+    def spy_start(self, text, voice, **options):  # say and bench both begin their utterances here
+        calls.append(("start", options))
+        return start(self, text, voice, **options)
 
     def spy_init(self, manifest, *args, **options):
         calls.append(("open", options))
         opened(self, manifest, *args, **options)
 
-    monkeypatch.setattr(Synthesizer, "stream", spy_stream)
+    monkeypatch.setattr(Synthesizer, "start", spy_start)
     monkeypatch.setattr(Synthesizer, "__init__", spy_init)
     bundle = str(tiny_bundle_dirs[0])
     assert run(capsys, "say", "Hi.", "--bundle", bundle, "--voice", "casual_male", "-o", str(tmp_path / "a.wav"),
@@ -206,7 +206,7 @@ def test_a_profile_fills_in_what_the_command_line_left_unset(capsys, monkeypatch
     assert (streaming["steps"], streaming["cfg_alpha"], streaming["chunk_frames"]) == (2, 0.5, 3)
     calls.clear()
     assert run(capsys, "bench", "--bundle", bundle, "--frames", "2", "--repeats", "1", "--cfg", "0", "--json")[0] == 0
-    cfgs = {options["cfg_alpha"] for kind, options in calls if kind == "stream"}
+    cfgs = {options["cfg_alpha"] for kind, options in calls if kind == "start"}
     assert cfgs == {0.0}  # --cfg 0 is guidance 0, not the default
     code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "b"),
                        "--profile", str(profile))
@@ -232,15 +232,15 @@ def test_ctrl_c_leaves_a_valid_wav_of_what_was_made(capsys, monkeypatch, tiny_bu
 
     from voxtral_edge.runtime import Synthesizer
 
-    stream = Synthesizer.stream
+    made = Synthesizer.chunks
 
-    def interrupted_stream(self, *args, **kwargs):
-        chunks = stream(self, *args, **kwargs)
+    def interrupted(self, utterance):
+        chunks = made(self, utterance)
         yield next(chunks)
         yield next(chunks)
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the third chunk was being made
 
-    monkeypatch.setattr(Synthesizer, "stream", interrupted_stream)
+    monkeypatch.setattr(Synthesizer, "chunks", interrupted)
     out = tmp_path / "cut.wav"
     code, _, err = run(capsys, "say", "Hello there, how are you?", "--bundle", str(tiny_bundle_dirs[0]),
                        "--voice", "casual_male", "-o", str(out), "--seed", "1", "--chunk-frames", "3")

@@ -227,7 +227,7 @@ def test_pcm_and_flac_hold_the_wav_samples(rendered_catalog, render_rows, tiny_b
 
 def test_flac_without_soundfile_is_a_usage_error(rendered_catalog, tiny_bundle_dirs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "soundfile", None)  # makes `import soundfile` raise ImportError
-    with pytest.raises(UsageError, match=r"voxtral-edge\[flac\]"):
+    with pytest.raises(UsageError, match=r"voxtral-edge\[audio\]"):
         render(rendered_catalog[0], tiny_bundle_dirs[0], tmp_path / "out", settings=Settings(format="flac"))
     assert not (tmp_path / "out").exists()
 
@@ -316,3 +316,26 @@ def test_ray_without_the_fleet_extra_is_a_usage_error(monkeypatch, render_rows, 
     code = main(["render", str(catalog), "--bundle", str(tiny_bundle_dirs[0]), "--out", str(tmp_path / "out"), "--ray"])
     assert code == 2 and "pip install 'voxtral-edge[fleet]'" in capsys.readouterr().err
     assert not (tmp_path / "out" / "index.jsonl").read_text()  # nothing rendered, nothing claimed
+
+
+def test_clips_at_another_rate_speed_loudness_and_format(tiny_bundle_dirs, tmp_path):
+    import io
+
+    import pyloudnorm
+    import soundfile
+    from scipy.signal import resample_poly
+
+    catalog = tmp_path / "catalog.csv"
+    write_csv_catalog(catalog, [{"id": f"c{i}", "text": text, "voice": "casual_male", "lang": "en", "seed": i}
+                                for i, text in enumerate(["Turn left.", "Keep right at the fork."])])
+    settings = Settings(format="flac", sample_rate=16000, speed=1.25, loudness=-30.0, max_frames=25)
+    render(catalog, tiny_bundle_dirs[0], tmp_path / "out", settings=settings, workers=1, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["settings"]["sample_rate"] == 16000 and r["settings"]["speed"] == 1.25
+                                     for r in records)
+    for r in records:
+        audio, rate = soundfile.read(io.BytesIO((tmp_path / "out" / r["file"]).read_bytes()))
+        assert r["file"].endswith(".flac") and rate == 16000
+        assert len(audio) == round(r["frames"] * 1920 / 1.25 * 16000 / 24000)
+        assert pyloudnorm.Meter(rate).integrated_loudness(audio) == pytest.approx(-30.0, abs=0.5)
+        assert 20 * np.log10(np.abs(resample_poly(audio, 4, 1)).max()) <= -1.0

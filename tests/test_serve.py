@@ -19,12 +19,15 @@ import wave
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
 from voxtral_edge.audio import to_pcm16, wav_header
 from voxtral_edge.errors import UsageError
 from voxtral_edge.runtime import Synthesizer
+
+from audio_decoders import mp3_frames, read_unknown_length
 from voxtral_edge.serve.app import ServiceConfig
 from voxtral_edge.serve.cache import PhraseCache, cache_key
 from voxtral_edge.serve.server import check_binding, make_server
@@ -153,11 +156,18 @@ ERRORS = [  # body, status, param, code, message
     ({"input": "Hi", "voice": "alloy"}, 400, "voice", "invalid_value",
      "unknown voice 'alloy'; this server has: casual_male, fr_female, neutral_female"),
     ({"input": "Hi", "voice": "casual_male", "model": "tts-1"}, 404, "model", "model_not_found", "`tts-1`"),
-    ({"input": "Hi", "voice": "casual_male", "response_format": "mp3"}, 400, "response_format", "invalid_value",
-     "'mp3' is not supported: use wav or pcm"),
-    ({"input": "Hi", "voice": "casual_male", "response_format": "flac"}, 400, "response_format", "invalid_value",
-     "'flac' is not supported"),
-    ({"input": "Hi", "voice": "casual_male", "speed": 1.25}, 400, "speed", "invalid_value", "speed must be 1.0"),
+    ({"input": "Hi", "voice": "casual_male", "response_format": "aac"}, 400, "response_format", "invalid_value",
+     "'aac' is not supported: use wav, pcm, flac, opus, mp3"),
+    ({"input": "Hi", "voice": "casual_male", "response_format": "opus", "sample_rate": 44100}, 400,
+     "response_format", "invalid_value", "opus takes 8000, 12000, 16000, 24000, 48000 Hz, not 44100"),
+    ({"input": "Hi", "voice": "casual_male", "sample_rate": 32000}, 400, "sample_rate", "invalid_value",
+     "sample rate must be one of 8000, 16000, 22050, 24000, 44100, 48000"),
+    ({"input": "Hi", "voice": "casual_male", "speed": 4.0}, 400, "speed", "invalid_value",
+     "speed must be a number from 0.5 to 2"),
+    ({"input": "Hi", "voice": "casual_male", "loudness": 3}, 400, "loudness", "invalid_value",
+     "loudness must be a number of LUFS from -40 to -5"),
+    ({"input": "<speak>Hi <break time='1s'></speak>", "voice": "casual_male"}, 400, "input", "invalid_value",
+     "SSML line 1, column 30: mismatched tag"),
     ({"input": "Hi", "voice": "casual_male", "speed": "fast"}, 400, "speed", "invalid_type", "must be a number"),
     ({"input": "Hi", "voice": "casual_male", "stream_format": "sse"}, 400, "stream_format", "invalid_value", "sse"),
     ({"input": "Hi", "voice": "casual_male", "seed": -1}, 400, "seed", "invalid_value", "from 0 to"),
@@ -514,3 +524,46 @@ def test_a_bundle_that_cannot_be_opened_stops_the_server_with_one_line(tmp_path)
                           "--no-cache", "--log-level", "error"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 1
     assert re.search(r"voxtral-edge: error: --bundle .*manifest.json", run.stderr.strip().splitlines()[-1]), run.stderr
+
+
+# -- output rates, formats, speed, loudness and marks (issue 25) -------------------------------------------
+def test_the_output_fields_change_the_audio_as_say_does(server, bundle):
+    import soundfile
+    import soxr
+
+    url, _ = server
+    body = {"input": "Turn left.", "voice": "casual_male", "seed": 3, "max_frames": 12}
+    base = np.frombuffer(speech(url, {**body, "response_format": "pcm"}).content, "<i2")
+    r16 = speech(url, {**body, "response_format": "pcm", "sample_rate": 16000})
+    assert r16.headers["x-sample-rate"] == "16000"
+    pcm16 = np.frombuffer(r16.content, "<i2").astype(np.int32)
+    whole = np.round(np.clip(soxr.resample(base.astype(np.float32) / 32767, 24000, 16000), -1, 1) * 32767)
+    assert len(pcm16) == len(base) * 2 // 3 and np.abs(pcm16 - whole).max() <= 1  # streamed == whole, 1 LSB
+    flac = speech(url, {**body, "response_format": "flac", "sample_rate": 16000})
+    assert flac.headers["content-type"] == "audio/flac"
+    assert np.array_equal(read_unknown_length(flac.content).astype(np.int32), pcm16)  # lossless
+    opus = speech(url, {**body, "response_format": "opus", "sample_rate": 48000})
+    back, rate = soundfile.read(io.BytesIO(opus.content))
+    assert opus.headers["content-type"] == "audio/ogg" and rate == 48000 and abs(len(back) - 2 * len(base)) <= 960
+    mp3 = speech(url, {**body, "response_format": "mp3", "sample_rate": 22050})
+    assert mp3.headers["content-type"] == "audio/mpeg" and mp3_frames(mp3.content)[1] >= len(base) * 22050 // 24000
+    fast = speech(url, {**body, "response_format": "pcm", "speed": 1.5})
+    assert len(fast.content) // 2 == round(len(base) / 1.5)
+
+
+def test_marks_of_an_ssml_request(server):
+    url, _ = server
+    doc = '<speak><s>Turn left.</s><mark name="here"/><break time="500ms"/><s>Then right.</s></speak>'
+    r = speech(url, {"input": doc, "voice": "casual_male", "seed": 0, "response_format": "pcm", "sample_rate": 16000,
+                     "speed": 1.25})
+    pcm = np.frombuffer(r.content, "<i2")
+    marks = httpx.get(url + r.headers["x-marks"], timeout=10).json()
+    assert marks["done"] and marks["sample_rate"] == 16000
+    kinds = [(m["kind"], m["name"]) for m in marks["marks"]]
+    assert kinds == [("sentence", "Turn left."), ("mark", "here"), ("sentence", "Then right.")]
+    here, then = marks["marks"][1]["sample"], marks["marks"][2]["sample"]
+    assert then - here == round(0.5 / 1.25 * 16000)  # the break, at the output's rate and speed
+    assert np.abs(pcm[here + 400:then - 400]).max() <= 2  # and silent there
+    assert marks["marks"][1]["time_s"] == pytest.approx(here / 16000)
+    missing = httpx.get(url + "/v1/audio/marks/nope", timeout=10)
+    assert missing.status_code == 404 and "X-Marks header" in missing.json()["error"]["message"]

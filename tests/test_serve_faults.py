@@ -155,7 +155,8 @@ def test_a_read_only_cache_folder_still_serves_what_it_holds_and_says_so_once(bu
 def test_a_full_cache_folder_costs_the_entry_not_the_request(bundle, tmp_path):
     cache = tmp_path / "phrases"
     cache.mkdir()
-    big = {"input": LONG, "voice": "neutral_female", "max_frames": 30}  # 115 kB of audio: more than fits
+    big = {"input": "In two hundred metres, turn right at the roundabout.", "voice": "neutral_female",
+           "max_frames": 30}  # 115 kB of audio: more than fits
     small = {"input": "Exit.", "voice": "casual_male", "max_frames": 4}  # 15 kB
     with small_disk(cache) as preexec, spawned(bundle, "--cache-dir", cache, preexec_fn=preexec) as server:
         answers = [server.post(big) for _ in range(3)]
@@ -165,7 +166,7 @@ def test_a_full_cache_folder_costs_the_entry_not_the_request(bundle, tmp_path):
         again = server.post(small)
         files = sorted(p.name for p in cache.iterdir())
         assert server.process.poll() is None
-    oracle = alone(bundle, LONG, "neutral_female", 0, 30)
+    oracle = alone(bundle, big["input"], "neutral_female", 0, 30)
     assert all(a.status_code == 200 and a.content[44:] == oracle for a in answers)
     assert [a.headers["x-cache"] for a in answers[1:]] == ["miss", "miss"]  # (the second may share the first)
     assert stored.headers["x-cache"] == "miss" and again.headers["x-cache"] == "hit"

@@ -18,6 +18,9 @@ from voxtral_edge.serve.scheduler import Job, Scheduler
 
 pytestmark = pytest.mark.filterwarnings("ignore::voxtral_edge.runtime.RunawayWarning")  # random weights never end
 
+# one prompt (several sentences, or one too long for the context, are a script of pieces: neither cached nor shared)
+SENTENCE = "In two hundred metres, turn right at the roundabout."
+
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle_dirs):
@@ -98,7 +101,7 @@ def test_aging_bounds_how_long_a_flood_of_navigation_delays_media(bundle):
 
 def test_identical_requests_share_one_synthesis_each_at_its_own_pace(server, bundle):
     url, service = server
-    body = {"input": LONG, "voice": "fr_female", "seed": 31, "max_frames": 60, "priority": "media",
+    body = {"input": SENTENCE, "voice": "fr_female", "seed": 31, "max_frames": 60, "priority": "media",
             "response_format": "pcm"}
     before = metrics(url)
     with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b, httpx.Client(timeout=60) as slow:
@@ -111,7 +114,7 @@ def test_identical_requests_share_one_synthesis_each_at_its_own_pace(server, bun
                 data += list(parts)  # the slow client has read nothing yet: nobody waited for it
                 assert second.headers["x-cache"] == "shared"
                 late_data = late.read()
-    oracle = alone(bundle, LONG, "fr_female", 31, 60)
+    oracle = alone(bundle, SENTENCE, "fr_female", 31, 60)
     assert b"".join(data) == second.content == late_data == oracle  # each from the start, whole
     after = metrics(url)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
@@ -146,7 +149,7 @@ def test_a_client_that_leaves_while_queued_or_shared_stops_costing_compute(serve
     url, service = server
     scheduler = service.scheduler
     counters = dict(scheduler.counters)
-    media = {"input": LONG, "voice": "casual_male", "priority": "media", "max_frames": 2000, "seed": 12}
+    media = {"input": SENTENCE, "voice": "casual_male", "priority": "media", "max_frames": 2000, "seed": 12}
     with ExitStack() as sharing, httpx.Client(timeout=60) as http:
         with http.stream("POST", url + "/v1/audio/speech", json=media) as first:
             parts = first.iter_bytes()

@@ -20,14 +20,15 @@ def to_pcm16(audio: np.ndarray) -> bytes:
 STREAMED = None  # the data size of a stream whose length is not known
 
 
-def wav_header(sample_rate: int, data_bytes: int | None = STREAMED) -> bytes:
-    """The 44-byte header of a mono 16-bit PCM WAV holding `data_bytes` of samples. For a stream of unknown
-    length (STREAMED) the RIFF and data sizes are 0xFFFFFFFF, as in OpenAI's streamed WAV: players read to
-    the end of the stream."""
+def wav_header(sample_rate: int, data_bytes: int | None = STREAMED, *, float32: bool = False) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV (32-bit float with `float32`) holding `data_bytes` of
+    samples. For a stream of unknown length (STREAMED) the RIFF and data sizes are 0xFFFFFFFF, as in
+    OpenAI's streamed WAV: players read to the end of the stream."""
     data = 0xFFFFFFFF if data_bytes is STREAMED else int(data_bytes)
     riff = 0xFFFFFFFF if data_bytes is STREAMED else 36 + data
-    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, int(sample_rate),
-                       int(sample_rate) * 2, 2, 16, b"data", data)
+    width, tag = (4, 3) if float32 else (2, 1)
+    return struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, tag, 1, int(sample_rate),
+                       int(sample_rate) * width, width, 8 * width, b"data", data)
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:

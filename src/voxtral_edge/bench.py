@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__, defaults
-from .machine import cpu_model, peak_rss_bytes, resident_memory, usable_cores
+from .errors import UsageError
+from .machine import cpu_flags, cpu_model, peak_rss_bytes, resident_memory, usable_cores
+from .manifest import GRAPHS
 
 BENCH_TEXT = "Turn left in two hundred metres, then keep right at the roundabout."
 
@@ -59,14 +61,52 @@ def git_commit() -> str:
         return "unknown"
 
 
+def isa_family() -> str:
+    """This CPU's instruction set family, as device profiles name it (voxtral_edge.profiles.ISAS); "" if none."""
+    import platform
+
+    flags = set(cpu_flags())
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        if "avx512_vnni" in flags or "avx512vnni" in flags:
+            return "x86-avx512vnni"
+        if "avx_vnni" in flags:
+            return "x86-avxvnni"
+        return "x86-avx2" if "avx2" in flags else ""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        if "i8mm" in flags:
+            return "arm-i8mm"
+        return "arm-dotprod" if "asimddp" in flags else "arm-v8.0"
+    return ""
+
+
+def graph_sizes(manifest) -> dict:
+    """{graph: {"bytes", "bytes_per_weight"}}: what voxtral_edge.estimate needs of a bundle's graphs."""
+    out = {}
+    for g in GRAPHS:
+        entry = manifest["graphs"][g]
+        size = sum(manifest["files"][f]["size"] for f in (entry["file"], entry.get("data")) if f)
+        q = manifest["quantization"]["graphs"].get(g) or {}
+        if entry["precision"] != "fp32" and q.get("method") == "dynamic-int8":
+            per_weight = 1.0
+        elif entry["precision"] != "fp32" and q.get("method") == "nbits":
+            zero_points = 0 if q.get("symmetric", True) else q["bits"] / 8 / q["block_size"]
+            per_weight = q["bits"] / 8 + 4 / q["block_size"] + zero_points  # fp32 scale a block
+        else:
+            per_weight = 4.0
+        out[g] = {"bytes": size, "bytes_per_weight": per_weight}
+    return out
+
+
 def provenance(synth, threads: int | None) -> dict:
     import onnxruntime
 
     m = synth.manifest
-    return {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads or "ort-default",
+    b = m["model"]["backbone"]
+    return {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads or "ort-default", "isa": isa_family(),
             "onnxruntime": onnxruntime.__version__, "voxtral_edge": __version__, "commit": git_commit(),
             "bundle": str(m.bundle), "plan": m["quantization"]["plan"],
-            "size_gb": round(sum(f["size"] for f in m["files"].values()) / 1e9, 3),
+            "size_gb": round(sum(f["size"] for f in m["files"].values()) / 1e9, 3), "graphs": graph_sizes(m),
+            "kv_bytes_per_position": 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 4,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -179,3 +219,83 @@ def plot(info: dict, rows: list[Row], path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+@dataclass
+class BenchRun:
+    """One bundle's `bench --json` lines read back: its provenance and {test: row}. Runs saved before
+    issue 24 (the plan under "precision", no graph sizes) read the same."""
+
+    info: dict
+    rows: dict
+    source: str
+
+    @property
+    def plan(self) -> str:
+        return self.info.get("plan") or self.info.get("precision") or ""
+
+    @property
+    def steps(self) -> int:
+        return int(self.info["steps"])
+
+    @property
+    def chunk_frames(self) -> int:
+        return int(self.info.get("chunk_frames") or defaults.CHUNK_FRAMES)
+
+    @property
+    def size_gb(self) -> float | None:
+        return self.info.get("size_gb")
+
+    @property
+    def graphs(self) -> dict | None:
+        return self.info.get("graphs")
+
+    @property
+    def kv_bytes_per_position(self) -> float:
+        return float(self.info.get("kv_bytes_per_position") or 0)
+
+    @property
+    def isa(self) -> str:
+        return self.info.get("isa") or ""
+
+    def median(self, test: str) -> float:
+        for name, row in self.rows.items():
+            if name == test or name.split(" (")[0].split(" pp")[0] == test:
+                return float(row["median"])
+        raise UsageError(f"{self.source}: the run has no '{test}' row (found: {', '.join(self.rows)})")
+
+    def graph_ms(self) -> dict[str, float]:
+        """Measured ms per call: a backbone step, a flow-head Euler step, a codec call (chunk_frames frames)."""
+        return {"backbone_step": self.median("backbone"), "flow_head": self.median("flow head step"),
+                "codec_decoder": self.median("codec") * self.chunk_frames}
+
+
+_RUN_KEYS = ("bundle", "steps", "date")
+
+
+def read_runs(path: str | Path) -> list[BenchRun]:
+    """Every run in a file of `bench --json` lines (several runs may follow one another), in file order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read the bench run ({e})") from None
+    runs: dict[tuple, BenchRun] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{n}: not a JSON line of `voxtral-edge bench --json` ({e.msg})") from None
+        missing = [k for k in ("test", "median", *_RUN_KEYS) if k not in record]
+        if not isinstance(record, dict) or missing or not ("plan" in record or "precision" in record):
+            raise UsageError(f"{path}:{n}: not a row of `voxtral-edge bench --json` (missing "
+                             f"{', '.join(missing) or 'plan'})")
+        key = tuple(record[k] for k in _RUN_KEYS)
+        row = {k: record.pop(k) for k in ("test", "unit", "median", "low", "high") if k in record}
+        run = runs.setdefault(key, BenchRun(info=record, rows={}, source=f"{path.name}"))
+        run.rows[row["test"]] = row
+    if not runs:
+        raise UsageError(f"{path}: no bench rows in the file")
+    return list(runs.values())

@@ -25,7 +25,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -40,6 +40,7 @@ from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .sessions import SessionSettings, open_sessions
 from .text import LANGUAGES, split_text, voice_language
 from .text import normalize as normalize_text
+from .text import ssml as ssml_module
 
 DECODE_CHUNK = 64  # frames per codec call in a whole-utterance decode
 FRAMES_PER_TEXT_TOKEN = 5  # context kept for audio per text token when a long text is split
@@ -61,10 +62,30 @@ class Result:
     finished: bool  # True when the model ended the utterance (END_AUDIO), False when max_frames did
     timings: dict[str, float] = field(default_factory=dict)
     spoken_text: str = ""  # the text the prompts were made of: the normalized text, or the raw one
+    events: list["Event"] = field(default_factory=list)  # marks, sentence starts, rate changes reached
 
     @property
     def duration(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Event:
+    """A point of an utterance: a `<mark>` ("mark", its name), a sentence start ("sentence", its text) or a
+    change of rate ("rate"), at `sample` of the model's audio: always between two pieces, on a frame
+    boundary, so that it is exactly where the audio returned before it ends."""
+
+    kind: str
+    name: str | None = None
+    rate: float = 1.0
+    sample: int = -1
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A break: exactly this many samples of silence between two pieces."""
+
+    samples: int
 
 
 class EmbeddingTable:
@@ -306,7 +327,40 @@ class Synthesizer:
                 pieces.append((start, cursor))
         return [text[a:b] for a, b in pieces]
 
-    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None) -> str:
+    def script(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
+               ssml: bool | None = None, lexicon=None, timings: bool = False) -> list:
+        """What an utterance is made of, in order: prompts (str, see `pieces`), `Silence`s and `Event`s.
+        `text` is SSML when `ssml` is True, or None and it starts with <speak (see `voxtral_edge.text.ssml`):
+        each of its sentences is then a prompt of its own, so that marks and sentence starts fall on frame
+        boundaries; plain text is one span (one per sentence with `timings`)."""
+        if lang is not None and lang not in LANGUAGES:
+            raise UsageError(f"lang {lang!r}: expected one of {', '.join(LANGUAGES)}")
+        markup = ssml if ssml is not None else ssml_module.is_ssml(text)
+        spans = ssml_module.parse(text, lang) if markup else ssml_module.plain(text, lang, sentences=timings)
+        script, rate, spoken = [], 1.0, False
+        for span in spans:
+            if isinstance(span, ssml_module.Break):
+                script.append(Silence(int(round(span.ms * self.sample_rate / 1000))))
+            elif isinstance(span, ssml_module.Mark):
+                script.append(Event("mark", span.name))
+            else:
+                words = self.spoken_text(span.text, voice, normalize=normalize, lang=span.lang, lexicon=lexicon,
+                                         empty_ok=len(spans) > 1)
+                if not words:
+                    continue
+                if span.sentence:
+                    script.append(Event("sentence", span.text.strip()))
+                if span.rate != rate:
+                    script.append(Event("rate", rate=span.rate))
+                    rate = span.rate
+                script.extend(self.pieces(words, voice))
+                spoken = True
+        if not spoken:
+            raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized")
+        return script
+
+    def spoken_text(self, text: str, voice: str, *, normalize: bool = True, lang: str | None = None,
+                    lexicon=None, empty_ok: bool = False) -> str:
         """What is spoken for `text`: `voxtral_edge.text.normalize(text, lang)` (lang None: the voice's
         language, see `voice_language`), or `text` itself when normalize is False. A text with nothing
         left to say is a UsageError."""
@@ -315,8 +369,10 @@ class Synthesizer:
         if not normalize:
             return text
         lang = voice_language(voice) if lang is None else lang
-        spoken = normalize_text(text, lang)
-        if not spoken.strip():
+        spoken = normalize_text(lexicon.apply(text, lang) if lexicon else text, lang)
+        if not any(c.isalnum() for c in spoken):
+            if empty_ok:
+                return ""
             raise UsageError(f"text {text[:40]!r}: nothing is left to speak once normalized ({lang}); "
                              f"pass normalize=False (--raw) to speak it as written")
         return spoken
@@ -324,7 +380,8 @@ class Synthesizer:
     def synthesize(self, text: str, voice: str, *, seed: int | None = None, steps: int | None = None,
                    cfg_alpha: float = defaults.CFG_ALPHA, max_frames: int | None = None,
                    noise: np.ndarray | None = None,
-                   normalize: bool = True, lang: str | None = None) -> Result:
+                   normalize: bool = True, lang: str | None = None, ssml: bool | None = None, lexicon=None,
+                   timings: bool = False) -> Result:
         """Speak `text` with a preset voice. The text is first normalized for `lang` (None: the voice's
         language; normalize=False speaks it as written); `Result.spoken_text` is what was spoken. Frame
         f's flow-matching noise is row f of `noise` when given, else drawn from `seed` (a random seed when
@@ -332,7 +389,7 @@ class Synthesizer:
         (see `pieces`)."""
         u = self.start(text, voice, chunk_frames=DECODE_CHUNK, first_chunk_frames=DECODE_CHUNK, seed=seed,
                        steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise,
-                       normalize=normalize, lang=lang)
+                       normalize=normalize, lang=lang, ssml=ssml, lexicon=lexicon, timings=timings)
         with self._lock:
             try:
                 while not u.done:
@@ -345,7 +402,8 @@ class Synthesizer:
                first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
                seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
                max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
-               lang: str | None = None) -> Iterator[np.ndarray]:
+               lang: str | None = None, ssml: bool | None = None, lexicon=None,
+               timings: bool = False) -> Iterator[np.ndarray]:
         """Speak `text`, yielding float32 audio as it is made: the first chunk after `first_chunk_frames`
         frames (80 ms each; small, so that sound starts early), then every `chunk_frames`; the chunks
         concatenate to what `synthesize` returns (normalize and lang as there). Stop early by closing the
@@ -353,7 +411,12 @@ class Synthesizer:
         text of what was made."""
         u = self.start(text, voice, chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames, seed=seed,
                        steps=steps, cfg_alpha=cfg_alpha, max_frames=max_frames, noise=noise, normalize=normalize,
-                       lang=lang)
+                       lang=lang, ssml=ssml, lexicon=lexicon, timings=timings)
+        return self.chunks(u)
+
+    def chunks(self, u: Utterance) -> Iterator[np.ndarray]:
+        """The audio of an utterance made by `start`, chunk by chunk, as `stream` yields it (the codec on its
+        own thread with `codec_pipeline`); `u.events` fills as marks and sentence starts are reached."""
         pool = self._codec_pool()
         with self._lock:
             try:
@@ -385,7 +448,7 @@ class Synthesizer:
               first_chunk_frames: int = defaults.FIRST_CHUNK_FRAMES,
               seed: int | None = None, steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA,
               max_frames: int | None = None, noise: np.ndarray | None = None, normalize: bool = True,
-              lang: str | None = None) -> Utterance:
+              lang: str | None = None, ssml: bool | None = None, lexicon=None, timings: bool = False) -> Utterance:
         """Check a request and return its utterance, not yet begun: each `step` makes one frame of it.
         The arguments are those of `stream`; a bad one raises UsageError here, before any work."""
         if chunk_frames < 1 or first_chunk_frames < 1:
@@ -396,8 +459,9 @@ class Synthesizer:
         check_request(text, steps, cfg_alpha, max_frames, seed)  # the text as given: its errors name its positions
         self.voice(voice)
         run, rng = _Run(), None
-        text = run.spoken_text = run.time("tokenize_ms", lambda: self.spoken_text(text, voice, normalize=normalize,
-                                                                                  lang=lang))
+        script = run.time("tokenize_ms", lambda: self.script(text, voice, normalize=normalize, lang=lang, ssml=ssml,
+                                                         lexicon=lexicon, timings=timings))
+        run.spoken_text = " ".join(p for p in script if isinstance(p, str))
         if noise is not None:
             noise = np.asarray(noise, dtype=f32)
             if noise.ndim != 2 or noise.shape[1] != n_acoustic:
@@ -409,7 +473,7 @@ class Synthesizer:
             run.seed = secrets.randbits(63) if seed is None else int(seed)
             rng = np.random.default_rng(run.seed)
         left = defaults.MAX_FRAMES * 64 if max_frames is None else int(max_frames)  # the caller's total
-        pieces = run.time("tokenize_ms", self.pieces, text, voice)
+        pieces = script
         run.finished = True
         return Utterance(voice, pieces, steps, float(cfg_alpha), chunk_frames, first_chunk_frames, left, run,
                          noise, rng)
@@ -441,6 +505,15 @@ class Synthesizer:
             return np.zeros(0, dtype=f32)
         self._resume(u)
         if u.hidden is None:
+            silence = self._between(u)
+            if silence is not None:
+                if pool is not None and (u.chunks or u.decoding):  # in order behind the chunks being decoded
+                    done = Future()
+                    done.set_result(silence)
+                    u.decoding.append(done)
+                    return np.zeros(0, dtype=f32)
+                u.chunks.append(silence)
+                return silence
             self._begin_piece(u)
         frame = self._next_frame(u)
         if frame is not None:
@@ -458,6 +531,29 @@ class Synthesizer:
         if frame is None:  # the piece ended: its last frames were decoded with its own codec state
             self._end_piece(u)
         return chunk
+
+    def _events(self, u: Utterance) -> None:
+        """Record the events that come next in u's script; u is done when nothing is left."""
+        while u.piece + 1 < len(u.pieces) and isinstance(u.pieces[u.piece + 1], Event):
+            u.piece += 1
+            u.run.events.append(replace(u.pieces[u.piece], sample=u.samples))
+        if u.piece + 1 == len(u.pieces):
+            u.done = True
+            if self._holder is u:
+                self._holder = None
+
+    def _between(self, u: Utterance) -> np.ndarray | None:
+        """Between two pieces: the events up to the next prompt; a silence there is returned (the chunk of
+        this step), a prompt is left to `_begin_piece`."""
+        self._events(u)
+        if u.done or not isinstance(u.pieces[u.piece + 1], Silence):
+            return None
+        u.piece += 1
+        samples = u.pieces[u.piece].samples
+        u.samples += samples
+        u.silent += samples
+        self._events(u)
+        return np.zeros(samples, dtype=f32)
 
     def _begin_piece(self, u: Utterance) -> None:
         """Prefill u's next piece: its prompt, guard and codec state."""
@@ -495,24 +591,29 @@ class Synthesizer:
         acoustic = run.time("flow_ms", self.acoustic_codes, u.hidden, frame_noise, u.steps, u.cfg_alpha)
         frame = np.concatenate([[semantic - layout["n_specials"]], acoustic])
         run.frames.append(frame)
+        u.samples += self.samples_per_frame
         u.made, u.left, u.fed = u.made + 1, u.left - 1, False
         return frame
 
     def _end_piece(self, u: Utterance) -> None:
-        run, last = u.run, u.piece == len(u.pieces) - 1
+        run, last = u.run, not any(isinstance(p, (str, Silence)) for p in u.pieces[u.piece + 1:])
         run.finished = run.finished and u.ended
         if not u.ended and u.made == u.guard:  # stopped by the guard, not by the caller's max_frames
             warnings.warn(RunawayWarning(
-                f"piece {u.piece + 1} of {len(u.pieces)} did not end after {u.guard} frames ({u.guard * 0.08:.1f} s, "
-                f"no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"), stacklevel=4)
+                f"piece {sum(isinstance(p, str) for p in u.pieces[:u.piece + 1])} of "
+                f"{sum(isinstance(p, str) for p in u.pieces)} did not end after {u.guard} frames "
+                f"({u.guard * 0.08:.1f} s, no END_AUDIO for its {u.text_tokens} text tokens); stopped it there"),
+                stacklevel=4)
         if u.left <= 0:
             run.finished = run.finished and last
         u.hidden = u.logits = u.codec = None
         u.position = 0
-        if last or u.left <= 0:
+        if u.left <= 0:
             u.done = True
             if self._holder is u:
                 self._holder = None
+        elif last:
+            self._events(u)
 
     def _suspend(self, u: Utterance) -> None:
         if self._holder is u:
@@ -539,7 +640,7 @@ class Synthesizer:
             u.run.finished, u.done = False, True
         audio = np.concatenate(u.chunks) if u.chunks else np.zeros(0, dtype=f32)
         return u.run.result(audio, self.audio_layout["num_codebooks"], self.sample_rate,
-                            frames_heard=len(audio) // self.samples_per_frame)
+                            frames_heard=(len(audio) - u.silent) // self.samples_per_frame)
 
 
 @dataclass(eq=False)
@@ -549,7 +650,7 @@ class Utterance:
     frame; while another utterance has the KV cache, `kv` holds the rows this one has written."""
 
     voice: str
-    pieces: list[str]  # the prompts it is spoken in (see Synthesizer.pieces)
+    pieces: list  # its script: prompts (str, see Synthesizer.pieces), Silences and Events, in order
     steps: int
     cfg_alpha: float
     chunk_frames: int
@@ -574,6 +675,13 @@ class Utterance:
     decoding: deque[Future] = field(default_factory=deque)  # chunks on the codec thread, in order
     kv: list[np.ndarray] | None = None  # its KV rows [:position] per layer while set aside
     done: bool = False
+    samples: int = 0  # samples of audio made so far (frames and silences): where the next event falls
+    silent: int = 0  # ... of which silence
+
+    @property
+    def events(self) -> list[Event]:
+        """The marks, sentence starts and rate changes reached so far."""
+        return self.run.events
 
 
 
@@ -616,6 +724,7 @@ class _Run:
         self.prompt_tokens = 0
         self.finished = False
         self.spoken_text = ""
+        self.events: list[Event] = []
 
     def time(self, key: str, fn, *args):
         t0 = time.perf_counter()
@@ -629,7 +738,7 @@ class _Run:
         codes = np.array(frames, dtype=np.int32).reshape(-1, n_codebooks)
         timings = dict(self.timings, total_ms=1e3 * (time.perf_counter() - self.start), frames=float(len(codes)))
         return Result(audio, codes, sample_rate, self.seed, self.prompt_tokens, self.finished, timings,
-                      self.spoken_text)
+                      self.spoken_text, list(self.events))
 
 
 class CodecStream:

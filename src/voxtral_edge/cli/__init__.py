@@ -2,7 +2,8 @@
 
 Each command lives beside the function that builds its parser (`add_<command>`), in the module of its
 part: `speak` (say, voices, demo), `serve`, `render`, `model` (normalize, export, quantize, quality,
-make-checkpoint, tokens, prompt) and `measure` (bench, devices, verify, optimize); `common` holds what
+make-checkpoint, tokens, prompt), `measure` (bench, devices, verify, optimize) and `interfaces` (wyoming,
+speechd-config, speechd-speak); `common` holds what
 they share. Errors a user can act on print one line and exit 1 (2 for bad usage); `--debug` shows the
 traceback. Commands that need the exporter import it when they run, so the runtime never loads it.
 """
@@ -14,9 +15,10 @@ import sys
 
 from .. import __version__
 from ..errors import UsageError, VoxtralEdgeError
-from . import measure, model, render, serve, speak
+from . import interfaces, measure, model, render, serve, speak
 
-COMMANDS = [*speak.COMMANDS, *serve.COMMANDS, *render.COMMANDS, *model.COMMANDS, *measure.COMMANDS]
+COMMANDS = [*speak.COMMANDS, *serve.COMMANDS, *render.COMMANDS, *model.COMMANDS, *measure.COMMANDS,
+            *interfaces.COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ def devices(args: argparse.Namespace) -> int:
     from ..profiles import list_profiles
 
     for p in list_profiles():
-        print(f"{p.name:20s} {p.plan:8s} {p.threads:2d} threads  {p.memory_bandwidth_gbs:6.1f} GB/s  "
+        print(f"{p.name:24s} {p.plan:8s} {p.threads:2d} threads  {p.memory_bandwidth_gbs:6.1f} GB/s  "
               f"{', '.join(p.providers):10s} {p.description}")
     return 0
 
@@ -39,29 +39,10 @@ def bench(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
     if args.estimate:
-        from ..estimate import estimate_frame, estimate_profiles
-        from ..manifest import Manifest
-        from ..profiles import list_profiles, load_profile
+        from ..bench import BenchRun
 
-        manifest = Manifest.load(args.bundle, verify=False).data
-        here = load_profile(args.here)
-        by_test = {r.test.split(" (")[0]: r.median for r in rows}
-        measured = {"backbone_step": by_test["backbone"], "flow_head": by_test["flow head step"],
-                    "codec_decoder": by_test["codec"]}
-        targets = [load_profile(args.estimate)] if args.estimate != "all" else list_profiles()
-        factors, estimates = estimate_profiles(manifest, here, measured, targets, steps=info["steps"],
-                                               chunk_frames=info["chunk_frames"])
-        fitted = estimate_frame(manifest, here, steps=info["steps"], calibration=factors,
-                                chunk_frames=info["chunk_frames"])
-        print(f"\ncalibrated on this machine ({here.name}): factors "
-              + ", ".join(f"{k} {v:.2f}" for k, v in factors.items())
-              + f"; reproduces the measured frame: {fitted['frame_ms']:.1f} ms")
-        print("\n| profile | backbone ms | flow ms/step | flow ms/frame | codec ms | frame ms | rtf |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name, e in estimates.items():
-            print(f"| {name} | {e['backbone_ms']:.1f} | {e['flow_step_ms']:.1f} | {e['flow_ms']:.1f} | "
-                  f"{e['codec_ms']:.1f}{' (beside)' if e['codec_pipeline'] else ''} | {e['frame_ms']:.1f} | "
-                  f"{e['rtf']:.2f} |")
+        run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
+        print_estimates([run], args.estimate, out=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -71,8 +52,8 @@ def add_bench(sub) -> None:
         "Open a bundle and synthesize a fixed sentence several times; print one row per measure with its "
         "median and spread: load time, prefill tok/s, backbone / flow head / codec ms per frame, flow head ms "
         "per Euler step, time to first audio, real-time factor, peak RSS; with the machine, thread count, "
-        "onnxruntime version, bundle plan and git commit. With --estimate, calibrate the roofline model "
-        "on this run and predict a frame's time on another device profile.",
+        "onnxruntime version, bundle plan and git commit. With --estimate, estimate a frame's time on device "
+        "profiles for this bundle, plan and steps, as `voxtral-edge estimate` does from a saved run.",
         "examples:\n  voxtral-edge bench --bundle voxtral-int4\n"
         "  voxtral-edge bench --bundle voxtral-int4 --json --plot frame.png\n"
         "  voxtral-edge bench --bundle voxtral-int4 --estimate raspberry-pi-5   (or --estimate all)")
@@ -81,10 +62,119 @@ def add_bench(sub) -> None:
     p.add_argument("--repeats", type=positive(int), default=3, help="runs (default: 3)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a markdown table")
     p.add_argument("--plot", metavar="FILE.png", help="also draw where a frame's time goes (needs matplotlib)")
-    p.add_argument("--estimate", metavar="PROFILE|all", help="predict a frame's time on this device profile")
-    p.add_argument("--here", default="x86-avx512", metavar="PROFILE",
-                   help="the profile of this machine, for the calibration (default: x86-avx512)")
+    p.add_argument("--estimate", metavar="PROFILE|all",
+                   help="also estimate a frame's time on this device profile (or all), see `voxtral-edge estimate`")
     add_bundle_options(p)
+
+
+def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json_lines=False, sources=False,
+                    plot_path=None, out=None) -> list:
+    """Estimate every run on `device` (a profile name or file, or "all") and print them to `out`; returns them."""
+    import json
+
+    from ..errors import UsageError
+    from ..estimate import estimate_all, kernel_ratios, plot, to_markdown
+    from ..profiles import list_profiles, load_profile
+
+    profiles = list_profiles() if device == "all" else [load_profile(device)]
+    chosen = [r for r in runs if not plans or r.plan in plans or f"{r.plan}@{r.steps}" in plans]
+    if not chosen:
+        raise UsageError(f"--plan {' '.join(plans)}: the runs are of {', '.join(f'{r.plan}@{r.steps}' for r in runs)}")
+    out = out or sys.stdout
+    estimates = []
+    for run in chosen:
+        fresh = fresh_isa = None
+        if llama is not None:
+            fresh_isa = isa or run.isa
+            if not fresh_isa:
+                raise UsageError(f"{run.source}: the run does not say its instruction set (saved before issue 24): "
+                                 f"give --isa with --llama")
+            fresh = kernel_ratios(run, llama)
+            print(f"{run.plan}@{run.steps}: kernel ratios on this host ({fresh_isa}), ours / llama.cpp's: "
+                  + ", ".join(f"{g} {k:.2f}" for g, k in fresh.items()), file=sys.stderr)
+        estimates += estimate_all(run, profiles, fresh_kappa=fresh, fresh_isa=fresh_isa)
+    if json_lines:
+        for e in estimates:
+            print(json.dumps(e.as_dict()), file=out)
+    else:
+        print(to_markdown(estimates, sources=sources), file=out)
+    if plot_path:
+        print(f"wrote {plot(estimates, plot_path)}", file=sys.stderr)
+    return estimates
+
+
+def estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..bench import read_runs
+    from ..estimate import read_llama, validate
+
+    if args.validate:
+        from ..profiles import list_profiles, reference_devices
+
+        rows = validate([p.hardware for p in list_profiles()] + reference_devices())
+        if args.json:
+            for r in rows:
+                print(json.dumps(r))
+            return 0
+        print("| device | model | threads | published tok/s | predicted (range) | error | bound | status, source |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
+        for r in rows:
+            flag = "" if abs(r["error"]) <= 0.2 else " **fail**"
+            print(f"| {r['device']} | {r['model']} | {r['threads']} | {r['published']:.2f} | {r['predicted']:.2f} "
+                  f"({r['low']:.2f}..{r['high']:.2f}) | {r['error']:+.0%}{flag} | {r['bound']} | {r['status']}, "
+                  f"{r['source']} |")
+        inside = sum(abs(r["error"]) <= 0.2 for r in rows)
+        print(f"\n{inside} of {len(rows)} within 20 %; "
+              f"{sum(r['low'] <= r['published'] <= r['high'] for r in rows)} of {len(rows)} inside their range")
+        return 0
+    if not args.runs:
+        from ..errors import UsageError
+
+        raise UsageError("estimate: give --from BENCH.json (a saved `voxtral-edge bench --json` run), or --validate")
+    runs = [run for path in args.runs for run in read_runs(path)]
+    llama = read_llama(args.llama) if args.llama else None
+    print_estimates(runs, args.device, plans=args.plan, llama=llama, isa=args.isa, json_lines=args.json,
+                    sources=args.sources, plot_path=args.plot)
+    return 0
+
+
+def add_estimate(sub) -> None:
+    from ..profiles import ISAS
+
+    p = add_command(
+        sub, "estimate", estimate, "a frame's time on device profiles, from a saved bench run, as a range",
+        "Estimate the time of one 80 ms frame, and the real-time factor, on device profiles for the bundle, plan, "
+        "Euler steps and chunk size of a saved `voxtral-edge bench --json` run; no bundle is needed. Each estimate "
+        "is a range (low..high) with its middle, the stage that dominates and whether it is memory- or "
+        "compute-bound, and where every figure comes from (--sources). The device's speed comes from its "
+        "datasheet and the llama.cpp runs published for it, or for devices of its class: the machine that ran "
+        "bench does not enter, so runs from different machines give the same estimates. With --llama (the "
+        "llama.cpp yardstick measured on the same machine as the run) the run also measures how our kernels "
+        "compare with llama.cpp's on its instruction set, which the devices of that set then use. "
+        "--validate prints the held-out check instead: each device with a published llama.cpp run predicted "
+        "from the other devices alone. The model and its limits: voxtral_edge.estimate and benchmarks/README.md.",
+        "examples:\n  voxtral-edge bench --bundle voxtral-int4 --json > int4.jsonl\n"
+        "  voxtral-edge estimate --from int4.jsonl                    (every shipped profile)\n"
+        "  voxtral-edge estimate --from int4.jsonl --device qualcomm-sa8295p --sources\n"
+        "  voxtral-edge estimate --from runs.jsonl --plan int4-all@4 --json\n"
+        "  voxtral-edge estimate --from int4.jsonl --llama llama.json --plot frames.png\n"
+        "  voxtral-edge estimate --validate")
+    p.add_argument("--from", dest="runs", action="append", metavar="BENCH.json",
+                   help="a file of `voxtral-edge bench --json` lines (one run or several; runs saved before this "
+                        "version read too); may be repeated")
+    p.add_argument("--device", default="all", metavar="PROFILE|all",
+                   help="a shipped profile's name or a profile file (default: all shipped profiles)")
+    p.add_argument("--plan", nargs="+", metavar="PLAN[@STEPS]",
+                   help="only the runs of these plans (e.g. int4 int4-all@4)")
+    p.add_argument("--llama", metavar="FILE", help="llama.cpp on the same machine as the run: the output of "
+                   "benchmarks/llama_cpp_baseline.py --json, or WORK/llama.json or results.json of benchmarks/run.py")
+    p.add_argument("--isa", choices=ISAS, help="the run's instruction set, for a run saved before it was recorded")
+    p.add_argument("--json", action="store_true", help="one JSON line per device and plan instead of a table")
+    p.add_argument("--sources", action="store_true", help="list where each estimate's figures come from")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw frame time by device and plan with the 80 ms line "
+                   "(needs matplotlib)")
+    p.add_argument("--validate", action="store_true", help="print the held-out check of the device model instead")
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -133,4 +223,4 @@ def add_optimize(sub) -> None:
     p.add_argument("--threads", type=positive(int), help="onnxruntime threads")
 
 
-COMMANDS = [add_bench, add_devices, add_verify, add_optimize]
+COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize]

@@ -7,6 +7,8 @@ import sys
 import warnings
 
 from .. import defaults
+from ..chain import SAMPLE_RATES, SPEED_RANGE
+from ..chain.loudness import LOUDNESS_RANGE
 from .common import add_command, positive
 
 
@@ -14,7 +16,8 @@ def render(args: argparse.Namespace) -> int:
     from ..render import Settings, render as run
 
     settings = Settings(format=args.format, steps=args.steps, cfg=defaults.CFG_ALPHA if args.cfg is None else args.cfg,
-                        max_frames=args.max_frames, max_context=args.max_context, normalize=not args.raw)
+                        max_frames=args.max_frames, max_context=args.max_context, normalize=not args.raw,
+                        sample_rate=args.sample_rate, speed=args.speed, loudness=args.loudness)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_, **__: print(f"voxtral-edge: warning: {message}", file=sys.stderr)
@@ -60,9 +63,15 @@ def add_render(sub) -> None:
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="render on a Ray cluster (needs voxtral-edge[fleet]): ADDRESS as ray.init takes it (auto, "
                         "HOST:6379, ray://HOST:10001); without one, RAY_ADDRESS or a new local cluster")
-    p.add_argument("--format", choices=["wav", "pcm", "flac"], default="wav",
-                   help="wav (16-bit mono), pcm (raw signed 16-bit little-endian), or flac (needs "
-                        "voxtral-edge[flac]); default: wav")
+    p.add_argument("--format", choices=["wav", "pcm", "flac", "opus", "mp3"], default="wav",
+                   help="wav (16-bit mono), pcm (raw signed 16-bit little-endian), flac, opus (Ogg Opus: 8000, "
+                        "16000, 24000 or 48000 Hz) or mp3 (the last three need voxtral-edge[audio]); default: wav")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, metavar="HZ",
+                   help=f"clip rate: {', '.join(map(str, SAMPLE_RATES))} (default: 24000, the model's)")
+    p.add_argument("--speed", type=positive(float, *SPEED_RANGE), default=1.0,
+                   help=f"speaking rate, {SPEED_RANGE[0]:g} to {SPEED_RANGE[1]:g}, the pitch kept (default: 1)")
+    p.add_argument("--loudness", type=positive(float, *LOUDNESS_RANGE), metavar="LUFS",
+                   help="bring each clip to this loudness (ITU-R BS.1770; true peak <= -1 dBTP); needs [audio]")
     p.add_argument("--steps", type=positive(int, 1, defaults.MAX_STEPS),
                    help="Euler steps for items without a steps column (default: the model's, 7)")
     p.add_argument("--cfg", type=positive(float, 0, defaults.MAX_CFG), metavar="ALPHA",

@@ -6,12 +6,14 @@ import argparse
 import os
 from pathlib import Path
 
+from ..chain.resample import SAMPLE_RATES
 from ..errors import UsageError
 from .common import add_bundle_options, add_command, apply_profile, bundle_settings, positive
 
 
 def serve(args: argparse.Namespace) -> int:
     from ..serve.server import default_cache_dir, serve as run
+    from ..text.lexicon import load_lexicon
 
     apply_profile(args)
     try:
@@ -28,7 +30,7 @@ def serve(args: argparse.Namespace) -> int:
         chunk_frames=args.chunk_frames,
         cache_dir=None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         cache_bytes=int(args.cache_mb * (1 << 20)), queue_limit=args.queue_limit,
-        max_body_bytes=args.max_body_kb << 10,
+        max_body_bytes=args.max_body_kb << 10, sample_rate=args.sample_rate, lexicon=load_lexicon(args.lexicon),
         aging={c: n for c, n in {**AGING_FRAMES, **dict(args.aging)}.items() if n},  # 0: never
         deadlines={c: ms for c, ms in {**DEADLINES_MS, **dict(args.deadline)}.items() if ms},
         memory_reserve=int(args.memory_reserve_mb * (1 << 20)))
@@ -52,18 +54,19 @@ def class_value(text: str, top: bool = True) -> tuple[str, int]:
 def add_serve(sub) -> None:
     p = add_command(
         sub, "serve", serve, "run the speech service (OpenAI-compatible HTTP API, priorities, phrase cache)",
-        "Serve a bundle over HTTP: POST /v1/audio/speech (OpenAI's speech API; wav or pcm, streamed as it is "
-        "made), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, GET /health (503 while the bundle "
-        "loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
+        "Serve a bundle over HTTP: POST /v1/audio/speech (OpenAI's speech API; wav, pcm, flac, opus or mp3, "
+        "streamed as it is made; the body's sample_rate, speed and loudness as say's options; SSML input, see the "
+        "README), GET /v1/audio/marks/ID (where the marks and sentences of a request are heard: the address is in "
+        "its response's X-Marks header), GET /v1/audio/voices, GET /v1/models, POST /v1/audio/prefetch, "
+        "GET /health (503 while the bundle loads) and a test page at /. Requests have a priority (navigation, assistant, message, media, "
         "background): a higher one preempts a lower one at the next 80 ms frame, which then resumes where it "
         "stopped; a class that has waited its --aging bound competes one class higher, so none starves. "
         "Identical requests in flight share one synthesis; a request's deadline_ms (default per class, "
         "--deadline) bounds the wait for its first audio (else 504). Finished audio is kept in a phrase cache on "
         "disk; a cache folder that turns read-only or full costs no request. GET /metrics answers in Prometheus' "
         "text format. A bundle file changed while serving and memory near its limit are answered with 503s, not "
-        "a dead process. SIGTERM "
-        "ends every stream at the next frame with valid audio. Binds to 127.0.0.1; any other address needs "
-        "--api-key. Needs the [serve] extra.",
+        "a dead process. SIGTERM ends every stream at the next frame with valid audio. Binds to 127.0.0.1; any "
+        "other address needs --api-key. Needs the [serve] extra.",
         "examples:\n  voxtral-edge serve --bundle voxtral-int4 --profile raspberry-pi-5\n"
         "  curl -s localhost:8000/v1/audio/speech -H 'Content-Type: application/json' \\\n"
         "       -d '{\"input\": \"Turn left.\", \"voice\": \"casual_male\", \"priority\": \"navigation\"}' -o turn.wav")
@@ -76,6 +79,12 @@ def add_serve(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $VOXTRAL_EDGE_API_KEY)")
     p.add_argument("--seed", type=positive(int, 0, 2**63 - 1), default=0,
                    help="seed of requests that give none (default: 0: a prompt always sounds the same)")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, metavar="HZ",
+                   help=f"output rate of requests that give no sample_rate: {', '.join(map(str, SAMPLE_RATES))} "
+                        f"(default: 24000, the model's)")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="pronunciation overrides for every request (TOML, see the README; default: "
+                        "~/.config/voxtral-edge/lexicon.toml when it exists)")
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the model id of /v1/models and requests (default: the bundle's checkpoint folder name)")
     p.add_argument("--cache-dir", metavar="DIR",

@@ -4,6 +4,7 @@ downloaded weights."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -12,15 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from .. import defaults
+from ..chain import SAMPLE_FORMATS, SAMPLE_RATES, SPEED_RANGE
+from ..chain.loudness import LOUDNESS_RANGE
+from ..files import replace_file
 from ..errors import VoxtralEdgeError
 from ..text.tables import LANGUAGES
 from .common import add_bundle_options, add_command, apply_profile, bundle_settings, positive, read_text, report, \
     save_npy
 
 
+CONTAINERS = {".wav": "wav", ".flac": "flac", ".ogg": "opus", ".opus": "opus", ".mp3": "mp3"}
+
+
 def say(args: argparse.Namespace) -> int:
     from ..audio import WavWriter
+    from ..chain import Output
     from ..runtime import Synthesizer
+    from ..speech import Speech
+    from ..text.lexicon import load_lexicon
 
     apply_profile(args)
     text = read_text(args.text)
@@ -30,16 +40,36 @@ def say(args: argparse.Namespace) -> int:
             noise = np.load(args.noise, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise VoxtralEdgeError(f"{args.noise}: cannot read a .npy array ({e})") from None
+    to_file = args.output not in (None, "-")
+    container = CONTAINERS.get(Path(args.output).suffix.lower(), "wav") if to_file else "pcm"
+    # a file alone is normalized as a whole; a stream (stdout, speakers) takes its voice's stored gain
+    whole = to_file and not args.play
+    output = Output(args.sample_rate, args.speed, args.loudness, container if whole else "pcm", args.format)
+    lexicon = load_lexicon(args.lexicon)
     synth = Synthesizer.open(args.bundle, **bundle_settings(args))
     synth.voice(args.voice)  # an unknown voice fails before any file is created
-    wav = WavWriter(args.output, synth.sample_rate) if args.output not in (None, "-") else None
+    speech = Speech(synth, text, args.voice, output, stream=not whole, chunk_frames=args.chunk_frames,
+                    seed=args.seed, steps=args.steps, cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise,
+                    normalize=not args.raw, lang=args.lang, ssml=True if args.ssml else None, lexicon=lexicon,
+                    timings=bool(args.marks))
+    wav = WavWriter(args.output, args.sample_rate) if to_file and container == "wav" else None
+    encoder = None
+    if to_file and container != "wav":
+        from ..chain.encode import Encoder
+
+        encoder = Encoder(container, args.sample_rate, stream=False)
+    stdout = None
+    if args.output == "-":
+        from ..chain.encode import Encoder
+
+        stdout = Encoder("pcm", args.sample_rate, args.format)
     player = None
     try:
         if args.play:
             from ..playback import Player
 
-            player = Player(synth.sample_rate, prebuffer_s=float("inf"))  # set from the first chunk's pace
-        interrupted = _speak(synth, text, args, wav, player, noise)
+            player = Player(args.sample_rate, prebuffer_s=float("inf"))  # set from the first chunk's pace
+        interrupted = _speak(speech, text, args, wav, encoder, stdout, player)
     except BaseException:
         if wav:
             wav.discard()
@@ -48,9 +78,13 @@ def say(args: argparse.Namespace) -> int:
         raise
     if wav:
         wav.close()
-    result = synth.last_result
+    if encoder:
+        replace_file(args.output, encoder.finish())
+    result = speech.result or synth.last_result
     if args.dump_codes:
         save_npy(args.dump_codes, result.codes.astype(np.int32))
+    if args.marks:
+        replace_file(args.marks, (json.dumps([t.as_dict() for t in speech.timings], indent=1) + "\n").encode())
     print(report(result, args.output or "the speakers"), file=sys.stderr)
     if player:
         print(f"playback: {player.played_s:.2f} s played, started after {player.started_after_s or 0:.2f} s, "
@@ -62,14 +96,12 @@ def say(args: argparse.Namespace) -> int:
     return 0
 
 
-def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bool:
-    """Stream the speech to the WAV file, stdout and/or the player; True if Ctrl-C stopped it."""
-    from ..audio import to_pcm16
+def _speak(speech, text: str, args: argparse.Namespace, wav, encoder, stdout, player) -> bool:
+    """Stream the speech to the WAV file, an encoder, stdout and/or the player; True if Ctrl-C stopped it."""
     from ..runtime import RunawayWarning
 
-    chunks = synth.stream(text, args.voice, chunk_frames=args.chunk_frames, seed=args.seed, steps=args.steps,
-                          cfg_alpha=args.cfg, max_frames=args.max_frames, noise=noise, normalize=not args.raw,
-                          lang=args.lang)
+    rate = args.sample_rate
+    chunks = speech.audio()
     previous = None  # when the last chunk arrived: the pace is measured past the first (which holds the prefill)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RunawayWarning)
@@ -77,16 +109,18 @@ def _speak(synth, text: str, args: argparse.Namespace, wav, player, noise) -> bo
             for chunk in chunks:
                 if wav:
                     wav.write(chunk)
-                if args.output == "-":
-                    sys.stdout.buffer.write(to_pcm16(chunk))
+                if encoder:
+                    encoder.feed(chunk)
+                if stdout:
+                    sys.stdout.buffer.write(stdout.feed(chunk))
                     sys.stdout.buffer.flush()
                 if player:
                     now = time.perf_counter()
                     if previous is not None and player.prebuffer_s == float("inf"):  # margin for the pace seen
                         from ..playback import choose_prebuffer
 
-                        frame_ms = 1e3 * (now - previous) / (len(chunk) // synth.samples_per_frame)
-                        expected = args.max_frames or 10 * len(synth.tokenizer.encode(text).ids)
+                        frame_ms = 1e3 * (now - previous) / max(len(chunk) / rate / 0.08, 1e-9)
+                        expected = args.max_frames or 10 * len(speech.synth.tokenizer.encode(text).ids)
                         player.prebuffer_s = choose_prebuffer(frame_ms, args.chunk_frames, expected)
                     previous = now
                     player.write(chunk)
@@ -115,8 +149,29 @@ def add_say(sub) -> None:
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder made by `voxtral-edge export`")
     p.add_argument("--voice", required=True, metavar="NAME", help="preset voice (see `voxtral-edge voices`)")
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="WAV file to write (written as the audio is made; Ctrl-C leaves a valid file of what was "
-                        "made), or '-' for raw signed 16-bit little-endian mono PCM on stdout, as it is made")
+                   help="file to write: .wav (written as the audio is made; Ctrl-C leaves a valid file of what was "
+                        "made), or .flac, .ogg/.opus (Ogg Opus) or .mp3 (written at the end; need the [audio] "
+                        "extra); or '-' for raw little-endian mono PCM on stdout (see --format), as it is made")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=24000, metavar="HZ",
+                   help=f"output rate: {', '.join(map(str, SAMPLE_RATES))} (default: 24000, the model's; others are "
+                        f"resampled with libsoxr)")
+    p.add_argument("--format", choices=SAMPLE_FORMATS, default="s16",
+                   help="raw PCM on stdout: s16 (signed 16-bit) or f32 (32-bit float); default: s16")
+    p.add_argument("--speed", type=positive(float, *SPEED_RANGE), default=1.0,
+                   help=f"speaking rate, {SPEED_RANGE[0]:g} to {SPEED_RANGE[1]:g}, the pitch kept (default: 1)")
+    p.add_argument("--loudness", type=positive(float, *LOUDNESS_RANGE), metavar="LUFS",
+                   help="loudness target (ITU-R BS.1770), e.g. -16 or -23: a file is normalized as a whole; a "
+                        "stream (stdout, --play) takes the gain its voice needs, measured once and kept in the "
+                        "user cache; never above -1 dBTP (a true-peak limiter). Default: as made. Needs [audio]")
+    p.add_argument("--ssml", action="store_true",
+                   help="TEXT is SSML (the default when it starts with <speak); see the README for the subset")
+    p.add_argument("--marks", metavar="FILE.json",
+                   help="write where each <mark> and each sentence starts: [{name, kind, sample, time_s}], at the "
+                        "output's rate and speed, exact to the 80 ms frame (each sentence is then spoken as a "
+                        "piece of its own)")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="pronunciation overrides (TOML, see the README; default: ~/.config/voxtral-edge/"
+                        "lexicon.toml when it exists)")
     p.add_argument("--play", action="store_true",
                    help="play through the speakers as the audio is made (needs sounddevice and PortAudio)")
     p.add_argument("--seed", type=positive(int, 0, 2**63 - 1),

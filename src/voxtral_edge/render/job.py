@@ -15,17 +15,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from .. import __version__, defaults
-from ..audio import encode_wav, to_pcm16
+from ..chain import Output
 from ..errors import BundleError, UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST, Manifest
 from ..machine import rss_bytes
 from ..runtime import RunawayWarning, Synthesizer
 from .catalog import Item
 
-FORMATS = ("wav", "pcm", "flac")
+FORMATS = ("wav", "pcm", "flac", "opus", "mp3")
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,9 @@ class Settings:
     max_frames: int | None = None  # None: until the model ends the utterance (or the runaway guard)
     max_context: int | None = None  # None: the bundle's
     normalize: bool = True  # False: the texts are spoken as written (see voxtral_edge.text)
+    sample_rate: int | None = None  # None: the model's
+    speed: float = 1.0
+    loudness: float | None = None  # LUFS; None: as made
 
 
 def bundle_identity(bundle: str | Path) -> str:
@@ -56,11 +58,12 @@ def runtime_identity() -> dict:
     return {"voxtral_edge": __version__, "onnxruntime": onnxruntime.__version__}
 
 
-def flac_encoder_version() -> str:
+def encoder_version(format: str) -> str:
     try:
         import soundfile
     except ImportError:
-        raise UsageError("--format flac needs the soundfile package: pip install 'voxtral-edge[flac]'") from None
+        raise UsageError(f"--format {format} needs the soundfile package: pip install 'voxtral-edge[audio]'") \
+            from None
     return soundfile.__libsndfile_version__
 
 
@@ -72,9 +75,13 @@ def make_job(item: Item, settings: Settings, manifest: Manifest, bundle_id: str,
     max_context = settings.max_context or manifest["model"]["backbone"]["max_context"]
     job_settings = {"steps": int(steps), "cfg": float(item.cfg if item.cfg is not None else settings.cfg),
                     "max_frames": settings.max_frames, "max_context": int(max_context),
-                    "normalize": settings.normalize, "format": settings.format, "sample_rate": int(manifest["audio"]["sample_rate"])}
-    if settings.format == "flac":
-        job_settings["libsndfile"] = flac_encoder_version()
+                    "normalize": settings.normalize, "format": settings.format,
+                    "sample_rate": int(settings.sample_rate or manifest["audio"]["sample_rate"])}
+    if settings.speed != 1 or settings.loudness is not None:  # only then: older records stay up to date
+        job_settings.update(speed=settings.speed, loudness=settings.loudness)
+    Output(job_settings["sample_rate"], settings.speed, settings.loudness, settings.format)  # refused here if bad
+    if settings.format in ("flac", "opus", "mp3"):
+        job_settings["libsndfile"] = encoder_version(settings.format)
     return {"id": item.id, "file": f"{item.id}.{settings.format}", "voice": item.voice, "lang": item.lang,
             "seed": item.effective_seed, "text": item.text, "settings": job_settings, "bundle": bundle_id,
             "runtime": runtime}
@@ -102,7 +109,7 @@ class ItemRenderer:
         except VoxtralEdgeError as e:
             return {"id": job["id"], "error": str(e)}
         self.rendered += 1
-        return {"id": job["id"], "data": encode(result.audio, result.sample_rate, s["format"]),
+        return {"id": job["id"], "data": encode(result, s),
                 "duration": round(result.duration, 6), "frames": int(len(result.codes)),
                 "finished": bool(result.finished), "spoken_text": result.spoken_text}
 
@@ -111,22 +118,13 @@ class ItemRenderer:
         return {"node": socket.gethostname(), "pid": os.getpid(), "rss": rss_bytes()}
 
 
-def encode(audio: np.ndarray, sample_rate: int, format: str) -> bytes:
-    """16-bit mono audio as a WAV file, raw little-endian PCM, or FLAC."""
-    if format == "wav":
-        return encode_wav(audio, sample_rate)
-    if format == "pcm":
-        return to_pcm16(audio)
-    if format == "flac":
-        import io
+def encode(result, settings: dict) -> bytes:
+    """A clip's file: the utterance through the audio chain (rate, speed, loudness of the whole clip) into
+    WAV, raw 16-bit PCM, FLAC, Ogg Opus or MP3."""
+    from ..speech import encode_whole
 
-        import soundfile
-
-        buffer = io.BytesIO()
-        samples = np.frombuffer(to_pcm16(audio), dtype="<i2")
-        soundfile.write(buffer, samples, int(sample_rate), format="FLAC", subtype="PCM_16")
-        return buffer.getvalue()
-    raise UsageError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
+    output = Output(settings["sample_rate"], settings.get("speed", 1.0), settings.get("loudness"), settings["format"])
+    return encode_whole(result, output)[0]
 
 
 # -- memory ----------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ What the service cannot do now is a 503 that says why (loading, the bundle chang
 shutting down) or a 429 (a class's queue is full), a request that cannot start speaking before its
 deadline a 504; the process itself stays up.
 A streamed WAV has an unknown length: its RIFF and data sizes are 0xFFFFFFFF, as OpenAI's streamed WAV
-(read it to the end of the stream; `pcm` is the same samples without the 44-byte header).
+(read it to the end of the stream; `pcm` is the same samples without the 44-byte header). flac, opus and
+mp3 go through the audio chain's encoders, streamed too (see `voxtral_edge.chain.encode`); `sample_rate`,
+`speed` and `loudness` are the chain's. Where each <mark> and sentence start is heard (SSML input) is at
+GET /v1/audio/marks/{id}, the address the response's X-Marks header gives.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hmac
 import json
 import logging
 import math
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -33,11 +38,14 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from .. import __version__
-from ..audio import wav_header
+from ..chain import FORMATS, Output, check_speed
+from ..chain.loudness import check_target
+from ..chain.resample import check_rate
 from ..defaults import CFG_ALPHA, CHUNK_FRAMES, FIRST_CHUNK_FRAMES, MAX_CFG, MAX_FRAMES, MAX_STEPS
 from ..errors import UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST
 from ..runtime import Synthesizer
+from ..speech import Timeline, chain_for
 from .cache import PhraseCache, cache_key
 from .guards import BundleWatch, MemoryGuard
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -48,10 +56,10 @@ from .scheduler import (AGING_FRAMES, DEFAULT_PRIORITY, PRIORITIES, DeadlineMiss
 log = logging.getLogger("voxtral_edge.serve")
 
 MAX_INPUT_CHARS = 4096  # as OpenAI's speech endpoint
-FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"}
+MARKS_KEPT = 256  # the last requests whose marks can be read
 MAX_HEADER_BYTES = 16 << 10  # a request's headers, together
-FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "seed", "steps",
-          "cfg", "priority", "max_frames", "deadline_ms")
+FIELDS = ("model", "input", "voice", "response_format", "speed", "sample_rate", "loudness", "stream_format",
+          "instructions", "seed", "steps", "cfg", "priority", "max_frames", "deadline_ms")
 DEADLINES_MS = {"navigation": 5000}  # a request of these classes without deadline_ms gets this one
 MAX_DEADLINE_MS = 3_600_000
 
@@ -73,6 +81,8 @@ class ServiceConfig:
     max_body_bytes: int = 64 << 10
     chunk_frames: int = CHUNK_FRAMES
     first_chunk_frames: int = FIRST_CHUNK_FRAMES
+    sample_rate: int | None = None  # of requests that give none (default: the model's)
+    lexicon: object = None  # a voxtral_edge.text.lexicon.Lexicon applied to every request
     aging: dict[str, int] = field(default_factory=lambda: dict(AGING_FRAMES))  # frames, per class (see scheduler)
     deadlines: dict[str, int] = field(default_factory=lambda: dict(DEADLINES_MS))  # ms, per class
     memory_reserve: int = 256 << 20  # new syntheses wait (503) while less remains under the memory limit
@@ -102,6 +112,7 @@ class Service:
         self.scheduler: Scheduler | None = None
         self.cache: PhraseCache | None = None
         self.created = int(time.time())
+        self.marks: dict[str, dict] = {}  # request id -> its marks (the last MARKS_KEPT requests)
         self.on_failure = lambda: None  # called (from the loading thread) when the bundle cannot be opened
         self.metrics = Metrics(self)
         self.memory = MemoryGuard(config.memory_reserve)
@@ -189,7 +200,7 @@ class Service:
         try:
             return self.synth.start(r.text, r.voice, chunk_frames=self.config.chunk_frames,
                                     first_chunk_frames=self.config.first_chunk_frames, seed=r.seed, steps=r.steps,
-                                    cfg_alpha=r.cfg, max_frames=r.max_frames)
+                                    cfg_alpha=r.cfg, max_frames=r.max_frames, lexicon=self.config.lexicon)
         except UsageError as e:
             raise ApiError(400, str(e), param="input", code="invalid_value") from None
         except OSError as e:  # a voice file gone since the bundle was opened
@@ -197,21 +208,38 @@ class Service:
             raise ApiError(503, f"the bundle cannot be read ({e})", type="server_error", code="bundle_changed") \
                 from None
 
+    def chain(self, r: "SpeechRequest", utterance):
+        """The request's audio chain (its voice's loudness is measured first, once, when a target is asked)."""
+        try:
+            return chain_for(self.synth, utterance, r.output)
+        except UsageError as e:
+            raise ApiError(400, str(e), param="loudness", code="invalid_value") from None
+
+    def keep_marks(self, key: str, record: dict) -> None:
+        self.marks[key] = record
+        while len(self.marks) > MARKS_KEPT:
+            self.marks.pop(next(iter(self.marks)))
+
     async def call(self, fn, *args):
         """fn(*args) on the service's own threads."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def synthesis(self, r: "SpeechRequest", key: str, listener: Listener | None) -> Job:
-        """The job in flight under `key` with `listener` (None: a prefetch's keep) added, else a new one
-        (429 when its class is full, 503 when memory is low or the service stops, 504 when the listener's
-        deadline is nearer than its first audio can be)."""
+    async def synthesis(self, r: "SpeechRequest", key: str | None, listener: Listener | None, utterance=None) -> Job:
+        """The job in flight under `key` with `listener` (None: a prefetch's keep) added, else a new one of
+        `utterance` (started here when None; closed unused when a job is joined); 429 when its class is full,
+        503 when memory is low or the service stops, 504 when the listener's deadline is nearer than its first
+        audio can be. A key of None shares nothing."""
         try:
-            job = self.scheduler.join(key, listener)
+            job = self.scheduler.join(key, listener) if key is not None else None
+            if job is not None and utterance is not None:
+                self.synth.close(utterance)
             if job is None:
                 low = self.memory.check()
                 if low:
+                    if utterance is not None:
+                        self.synth.close(utterance)
                     raise ApiError(503, low, type="server_error", code="memory_low", headers={"Retry-After": "1"})
-                utterance = await self.call(self.start, r)
+                utterance = utterance or await self.call(self.start, r)
                 try:
                     job = self.scheduler.submit(Job(utterance, r.priority, [listener] if listener else [],
                                                     keep=listener is None, cache_key=key))
@@ -232,7 +260,7 @@ class Service:
 class SpeechRequest:
     text: str
     voice: str
-    response_format: str
+    output: Output  # response_format, sample_rate, speed, loudness
     seed: int
     steps: int | None
     cfg: float
@@ -297,12 +325,21 @@ def parse_speech(body, service: Service, priority: str | None = None) -> SpeechR
                        code="invalid_value")
     fmt = _string(body, "response_format", "wav")
     if fmt not in FORMATS:
-        raise ApiError(400, f"response_format {fmt!r} is not supported: use wav or pcm (16-bit mono, "
-                            f"{service.synth.sample_rate} Hz)", param="response_format", code="invalid_value")
-    speed = _number(body, "speed", 1.0)
-    if speed != 1.0:
-        raise ApiError(400, f"speed must be 1.0 (the model speaks at its own pace), found {speed:g}", param="speed",
-                       code="invalid_value")
+        raise ApiError(400, f"response_format {fmt!r} is not supported: use {', '.join(FORMATS)}",
+                       param="response_format", code="invalid_value")
+    values = {"sample_rate": _integer(body, "sample_rate", 1, 10**6, service.config.sample_rate or
+                                      service.synth.sample_rate),
+              "speed": _number(body, "speed", 1.0), "loudness": _number(body, "loudness", None)}
+    for name, check in (("sample_rate", check_rate), ("speed", check_speed), ("loudness", check_target)):
+        try:
+            if values[name] is not None:
+                check(values[name])
+        except UsageError as e:
+            raise ApiError(400, str(e), param=name, code="invalid_value") from None
+    try:
+        output = Output(values["sample_rate"], values["speed"], values["loudness"], fmt)
+    except UsageError as e:  # a format the rate does not allow
+        raise ApiError(400, str(e), param="response_format", code="invalid_value") from None
     if _string(body, "stream_format", "audio") != "audio":
         raise ApiError(400, "stream_format must be 'audio' (raw audio bytes); 'sse' is not supported",
                        param="stream_format", code="invalid_value")
@@ -317,7 +354,7 @@ def parse_speech(body, service: Service, priority: str | None = None) -> SpeechR
         raise ApiError(400, f"priority must be one of {', '.join(PRIORITIES)}, found {chosen!r}", param="priority",
                        code="invalid_value")
     priority = priority or chosen
-    return SpeechRequest(text, voice, fmt, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
+    return SpeechRequest(text, voice, output, _integer(body, "seed", 0, 2**63 - 1, service.config.seed),
                          _integer(body, "steps", 1, MAX_STEPS, service.config.steps), cfg,
                          priority, _integer(body, "max_frames", 1, MAX_FRAMES * 64, None),
                          _integer(body, "deadline_ms", 1, MAX_DEADLINE_MS, service.config.deadlines.get(priority)))
@@ -492,21 +529,45 @@ async def speech(request: Request) -> Response:
 
 
 async def _speak(request: Request, service: Service, r: SpeechRequest, arrived: float) -> Response:
-    rate = service.synth.sample_rate
-    header = wav_header(rate) if r.response_format == "wav" else b""
-    headers = {"X-Sample-Rate": str(rate), "X-Priority": r.priority}
-    key = service.speech_key(r)
-    pcm = await service.call(service.cache.get, key) if service.cache is not None else None
-    if pcm is not None:
-        service.metrics.first_audio.labels(r.priority).observe(time.monotonic() - arrived)
+    utterance = await service.call(service.start, r)
+    chain = await service.call(service.chain, r, utterance)
+    marks_id = secrets.token_hex(8)
+    marks = {"id": marks_id, "sample_rate": r.output.sample_rate, "done": False, "marks": []}
+    service.keep_marks(marks_id, marks)
+    headers = {"X-Sample-Rate": str(r.output.sample_rate), "X-Priority": r.priority,
+               "X-Marks": f"/v1/audio/marks/{marks_id}"}
+    media = r.output.media_type
 
-        async def cached():
-            yield header + pcm
-        return StreamingResponse(cached(), media_type=FORMATS[r.response_format], headers={**headers, "X-Cache": "hit"})
+    def out(timeline: Timeline, pcm: bytes) -> bytes:
+        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32767  # the int16 samples exactly, as floats
+        timeline.before(len(audio))
+        data = chain.feed(audio)
+        marks["marks"] = [t.as_dict() for t in timeline.timings]
+        return data
+
+    def tail(timeline: Timeline) -> bytes:
+        timeline.end()
+        data = chain.finish()
+        marks["marks"], marks["done"] = [t.as_dict() for t in timeline.timings], True
+        return data
+
+    key = service.speech_key(r)
+    markup = any(e.kind != "sentence" for e in utterance.pieces if hasattr(e, "kind")) or \
+        sum(isinstance(p, str) for p in utterance.pieces) > 1  # marks, breaks, rates, several sentences
+    cached = await service.call(service.cache.get, key) if service.cache is not None and not markup else None
+    if cached is not None:
+        service.synth.close(utterance)
+        service.metrics.first_audio.labels(r.priority).observe(time.monotonic() - arrived)
+        timeline = Timeline(utterance, chain)
+
+        async def from_cache():
+            yield await service.call(lambda: out(timeline, cached) + tail(timeline))
+        return StreamingResponse(from_cache(), media_type=media, headers={**headers, "X-Cache": "hit"})
 
     deadline = arrived + r.deadline_ms / 1e3 if r.deadline_ms else None
     listener = Listener(r.priority, deadline)
-    job = await service.synthesis(r, key, listener)
+    job = await service.synthesis(r, None if markup else key, listener, utterance)
+    timeline = Timeline(listener.utterance, chain)  # (a shared synthesis's: its events are reached there)
     reader = Reader(service, job, listener)
     try:
         outcome = await reader.first(request, deadline)
@@ -528,14 +589,28 @@ async def _speak(request: Request, service: Service, r: SpeechRequest, arrived: 
 
     async def audio():
         try:
-            yield header + (await reader.next() or b"")
             while (chunk := await reader.next()) is not None:
-                yield chunk
+                data = out(timeline, chunk)
+                if data:
+                    yield data
+            yield tail(timeline)
         finally:  # the client left (starlette cancels this) or the job ended: either way it costs nothing more
             reader.close()
 
-    return StreamingResponse(audio(), media_type=FORMATS[r.response_format],
+    return StreamingResponse(audio(), media_type=media,
                              headers={**headers, "X-Cache": "shared" if listener.shared else "miss"})
+
+
+async def speech_marks(request: Request) -> Response:
+    """GET /v1/audio/marks/{id}: where each <mark> and sentence start of a request is heard, at its output's
+    rate and speed: {"id", "sample_rate", "done", "marks": [{"name", "kind", "sample", "time_s"}]}, filled as
+    the audio is made (`done` once it is all out)."""
+    service = _service(request)
+    marks = service.marks.get(request.path_params["id"])
+    if marks is None:
+        raise ApiError(404, f"no marks for {request.path_params['id']!r}: ids come from a speech response's X-Marks "
+                            f"header, and the last {MARKS_KEPT} are kept", code="not_found")
+    return JSONResponse(marks)
 
 
 async def prefetch(request: Request) -> Response:
@@ -602,7 +677,8 @@ def create_app(service: Service) -> Starlette:
     app = Starlette(routes=[
         Route("/", page), Route("/health", health), Route("/v1/models", models),
         Route("/v1/audio/voices", voices), Route("/v1/audio/speech", speech, methods=["POST"]),
-        Route("/v1/audio/prefetch", prefetch, methods=["POST"]), Route("/metrics", metrics),
+        Route("/v1/audio/prefetch", prefetch, methods=["POST"]), Route("/v1/audio/marks/{id}", speech_marks),
+        Route("/metrics", metrics),
     ], exception_handlers={ApiError: _api_error, HTTPException: _http_error}, lifespan=lifespan,
         middleware=[Middleware(HeaderLimit)])
     app.state.service = service

@@ -103,7 +103,8 @@ class Listener:
     deadline: float | None = None
     wake: Callable[[], None] = _ignore
     error: Exception | None = None
-    recording: Recording | None = None  # set when it is queued or joins: what it reads
+    recording: Recording | None = None  # set when it is queued or joins: what it reads ...
+    utterance: Utterance | None = None  # ... and the utterance that makes it (its events are reached there)
     shared: bool = False  # it joined a synthesis already in flight
 
 
@@ -189,7 +190,7 @@ class Scheduler:
             for listener in job.listeners:
                 self._check_deadline(listener, job)
             for listener in job.listeners:
-                listener.recording = job.recording
+                listener.recording, listener.utterance = job.recording, job.utterance
             self._next_id += 1
             job.id, job.submitted_step = self._next_id, self.counters["steps"]
             job.since, job.submitted_at = job.submitted_step, time.perf_counter()
@@ -223,7 +224,7 @@ class Scheduler:
         if job.first_audio_at is None:
             self._check_deadline(listener, job)
         job.listeners.append(listener)
-        listener.recording, listener.shared = job.recording, True
+        listener.recording, listener.utterance, listener.shared = job.recording, job.utterance, True
         self._reclass(job)
         self.counters["joined"] += 1
         self._wake.notify_all()
@@ -401,7 +402,7 @@ class Scheduler:
 
     def _step(self, job: Job) -> None:
         u = job.utterance
-        prefill = u.hidden is None  # this step begins a piece: its prompt goes through the backbone first
+        between = u.hidden is None  # between pieces: this step prefills the next one (or makes a silence)
         start = time.perf_counter()
         try:
             chunk = self.synth.step(u)
@@ -414,9 +415,10 @@ class Scheduler:
             self.served[job.priority] = self.counters["steps"]
             job.compute_seconds += seconds
             self.counters["compute_seconds"] += seconds
-            kind = "prefill" if prefill else "frame"
-            self.pace[kind] = seconds if not self.pace[kind] else \
-                (1 - PACE_WEIGHT) * self.pace[kind] + PACE_WEIGHT * seconds
+            kind = "frame" if not between else "prefill" if u.hidden is not None else None  # (None: a silence)
+            if kind is not None:
+                self.pace[kind] = seconds if not self.pace[kind] else \
+                    (1 - PACE_WEIGHT) * self.pace[kind] + PACE_WEIGHT * seconds
             if len(chunk) or u.done:
                 job.held = None  # it made the chunk it rose for
         if len(chunk):

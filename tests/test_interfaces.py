@@ -1,0 +1,172 @@
+"""The standard interfaces end to end: Wyoming with the wyoming package's own client, speech-dispatcher with
+Debian's daemon and spd-say (its audio sent to a file by ALSA's file plugin), and the command its generic
+module runs, through the service and without it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from voxtral_edge.chain import Output
+from voxtral_edge.runtime import Synthesizer
+from voxtral_edge.speechd import module_config, speak, speed_of_rate
+
+CLI = [sys.executable, "-m", "voxtral_edge.cli"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle_dirs):
+    return tiny_bundle_dirs[0]
+
+
+@pytest.fixture(scope="module")
+def synth(bundle):
+    return Synthesizer.open(bundle)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(bundle, text, *args) -> bytes:
+    """What `voxtral-edge say -o -` writes (the oracle: another process, the command line's path)."""
+    return subprocess.run([*CLI, "say", text, "--bundle", str(bundle), "--voice", "casual_male", "--seed", "0",
+                           "-o", "-", *args], capture_output=True, check=True, timeout=300).stdout
+
+
+# -- Wyoming ----------------------------------------------------------------------------------------------
+def test_wyoming_with_its_own_client(synth, bundle):
+    from wyoming.audio import AudioChunk, AudioStart
+    from wyoming.client import AsyncTcpClient
+    from wyoming.error import Error
+    from wyoming.info import Describe, Info
+    from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
+
+    from voxtral_edge.wyoming import WyomingConfig, serve
+
+    config = WyomingConfig("casual_male", Output(16000, format="pcm"), seed=0, options={"max_frames": 12})
+
+    async def reply(client, until):
+        events = []
+        while True:
+            event = await asyncio.wait_for(client.read_event(), 120)
+            events.append(event)
+            if event.type in until:
+                return events
+
+    async def session():
+        port, ready = free_port(), asyncio.Event()
+        server = asyncio.create_task(serve(synth, config, f"tcp://127.0.0.1:{port}", ready))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            async with AsyncTcpClient("127.0.0.1", port) as client:
+                await client.write_event(Describe().event())
+                info = Info.from_event((await reply(client, {"info"}))[0])
+                voices = {v.name: v.languages for v in info.tts[0].voices}
+                await client.write_event(Synthesize("Turn left.", voice=SynthesizeVoice(name="casual_male")).event())
+                single = await reply(client, {"audio-stop"})
+                for event in (SynthesizeStart(voice=SynthesizeVoice(language="en")), SynthesizeChunk("Turn left. The"),
+                              SynthesizeChunk("n right."), Synthesize("Turn left. Then right."), SynthesizeStop()):
+                    await client.write_event(event.event())
+                streamed = await reply(client, {"synthesize-stopped"})
+                await client.write_event(Synthesize("Hi.", voice=SynthesizeVoice(name="nobody")).event())
+                error = (await reply(client, {"error"}))[-1]
+            return voices, single, streamed, error
+        finally:
+            server.cancel()
+
+    voices, single, streamed, error = asyncio.run(session())
+    assert voices == {"casual_male": ["en"], "fr_female": ["fr"], "neutral_female": ["en"]}
+    start = AudioStart.from_event(single[0])
+    assert (single[0].type, single[-1].type, start.rate, start.width, start.channels) == (
+        "audio-start", "audio-stop", 16000, 2, 1)
+    chunks = [AudioChunk.from_event(e) for e in single[1:-1]]
+    assert len(chunks) > 1 and all(c.rate == 16000 for c in chunks)  # streamed as made, not one block
+    first = say(bundle, "Turn left.", "--max-frames", "12", "--sample-rate", "16000")
+    assert b"".join(c.audio for c in chunks) == first
+    kinds = [e.type for e in streamed]
+    assert kinds[0] == "audio-start" and kinds[-2:] == ["audio-stop", "synthesize-stopped"]
+    assert kinds.count("audio-start") == 1 and kinds.count("audio-stop") == 1
+    audio = b"".join(AudioChunk.from_event(e).audio for e in streamed if e.type == "audio-chunk")
+    both = say(bundle, "Turn left.", "--max-frames", "12", "--sample-rate", "16000") + \
+        say(bundle, "Then right.", "--max-frames", "12", "--sample-rate", "16000")
+    assert audio == both  # the first sentence spoken when it was complete, the rest at the stop
+    assert "unknown voice 'nobody'" in Error.from_event(error).text
+
+
+# -- speech-dispatcher --------------------------------------------------------------------------------------
+def test_module_config_lists_voices_and_languages(bundle):
+    text = module_config(bundle, ["casual_male", "fr_female", "neutral_female"], service=None)
+    assert 'AddVoice "en" "MALE1" "casual_male"' in text and 'AddVoice "fr" "FEMALE1" "fr_female"' in text
+    assert 'AddVoice "en" "FEMALE1" "neutral_female"' in text and 'DefaultVoice "casual_male"' in text
+    assert 'GenericLanguage "de" "de" "utf-8"' in text and "--service" not in text
+    assert [speed_of_rate(r) for r in (-100, 0, 50, 100, 300)] == [0.5, 1.0, 2 ** 0.5, 2.0, 2.0]
+
+
+def wav_samples(data: bytes) -> np.ndarray:
+    """The samples of a streamed WAV (sizes 0xFFFFFFFF): everything after the 44-byte header."""
+    assert data[:4] == b"RIFF" and data[8:16] == b"WAVEfmt "
+    return np.frombuffer(data[44:], "<i2")
+
+
+def test_speechd_speak_asks_the_service_then_the_bundle(bundle, tmp_path):
+    from test_serve import running
+
+    from voxtral_edge.serve.app import ServiceConfig
+
+    text, rate = "Turn left.", 50  # speed 2^0.5
+    with running(ServiceConfig(bundle=bundle, model_name="tiny", cache_dir=None)) as (url, _):
+        out = io.BytesIO()
+        assert speak(text, "casual_male", bundle=bundle, rate=rate, service=url, out=out) == "service"
+    alone = io.BytesIO()
+    assert speak(text, "casual_male", bundle=bundle, rate=rate, service=f"http://127.0.0.1:{free_port()}",
+                 out=alone) == "bundle"
+    served, opened = wav_samples(out.getvalue()).astype(int), wav_samples(alone.getvalue()).astype(int)
+    assert len(served) == len(opened) and np.abs(served - opened).max() <= 1  # the service hands 16-bit samples on
+    plain = np.frombuffer(say(bundle, text), "<i2")
+    assert len(wav_samples(alone.getvalue())) == round(len(plain) / 2 ** 0.5)
+
+
+def test_spd_say_speaks_through_voxtral_edge(bundle, tmp_path):
+    assert shutil.which("spd-say") and shutil.which("aplay"), "this test needs speech-dispatcher and aplay (Debian: " \
+        "apt-get install speech-dispatcher alsa-utils; .ci/run installs them)"
+    home, run = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    run.mkdir(mode=0o700)
+    raw = tmp_path / "played.raw"
+    # the sound card: ALSA's file plugin writes what aplay ($PLAY_COMMAND of the alsa backend) plays
+    (home / ".asoundrc").write_text(f'pcm.!default {{ type file; slave.pcm "null"; file "{raw}"; format "raw" }}\n')
+    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(run), "XDG_CONFIG_HOME": str(home / ".config")}
+    subprocess.run([*CLI, "speechd-config", "--bundle", str(bundle), "--no-service", "--install", "--default"],
+                   env=env, check=True, capture_output=True, timeout=60)
+    conf = home / ".config" / "speech-dispatcher" / "speechd.conf"
+    with open(conf, "a") as f:
+        f.write('AudioOutputMethod "alsa"\nLogDir "{}"\n'.format(tmp_path))
+    try:
+        listed = subprocess.run(["spd-say", "-o", "voxtral-edge", "-L"], env=env, capture_output=True, text=True,
+                                timeout=60)
+        spoken = subprocess.run(["spd-say", "-w", "-o", "voxtral-edge", "-y", "casual_male", "Turn left."], env=env,
+                                capture_output=True, text=True, timeout=240)
+    finally:
+        pid = run / "speech-dispatcher" / "pid" / "speech-dispatcher.pid"
+        if pid.exists():
+            os.kill(int(pid.read_text().split()[0]), signal.SIGTERM)
+    assert spoken.returncode == 0, spoken.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert ["casual_male", "en", "MALE1"] in rows and ["fr_female", "fr", "FEMALE1"] in rows
+    played = np.frombuffer(raw.read_bytes(), "<i2")
+    expected = np.frombuffer(say(bundle, "Turn left."), "<i2")
+    # aplay pads the last ALSA period with silence
+    assert len(played) >= len(expected) and np.array_equal(played[:len(expected)], expected)
+    assert not np.any(played[len(expected):])
