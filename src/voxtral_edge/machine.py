@@ -5,10 +5,12 @@ benchmarks make (Linux first; elsewhere each answers what the platform tells, or
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -33,6 +35,60 @@ def cpu_flags() -> list[str]:
         if line.startswith(("flags", "Features")):
             return sorted(line.split(":", 1)[1].split())
     return []
+
+
+# The features that choose onnxruntime's (MLAS, KleidiAI) kernels. Arm: Linux's AT_HWCAP (16) and AT_HWCAP2
+# (26) bits, which is what onnxruntime's cpuinfo reads there (and what qemu-user sets per QEMU_CPU);
+# x86: /proc/cpuinfo's flags (from cpuid, as onnxruntime reads them).
+ARM_HWCAPS = {"asimd": (16, 1), "asimdhp": (16, 10), "asimddp": (16, 20), "sve": (16, 22), "sve2": (26, 1),
+              "i8mm": (26, 13), "bf16": (26, 14), "sme": (26, 23), "sme2": (26, 37)}
+# macOS names them in sysctl's hw.optional.*
+DARWIN_FEATURES = {"asimd": "hw.optional.AdvSIMD", "asimddp": "hw.optional.arm.FEAT_DotProd",
+                   "i8mm": "hw.optional.arm.FEAT_I8MM", "bf16": "hw.optional.arm.FEAT_BF16",
+                   "sme": "hw.optional.arm.FEAT_SME", "sme2": "hw.optional.arm.FEAT_SME2"}
+X86_FEATURES = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU features that choose onnxruntime's kernels, as the kernel (or qemu-user) reports them."""
+
+    machine: str  # platform.machine(): x86_64, aarch64, arm64
+    features: tuple[str, ...]  # those present, in the order of ARM_HWCAPS / X86_FEATURES
+    absent: tuple[str, ...]
+    raw: str  # everything the kernel reports (the HWCAP words, or the whole flags line): a fingerprint
+
+    def describe(self) -> str:
+        return f"{self.machine} with {' '.join(self.features) or 'none of ' + ' '.join(self.absent)}"
+
+
+def cpu_features() -> CpuFeatures:
+    """This CPU's kernel-choosing features (on an OS that reports none, all count as absent)."""
+    machine = platform.machine()
+    if machine in ("aarch64", "arm64") and sys.platform.startswith("linux"):
+        getauxval = ctypes.CDLL(None).getauxval
+        getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+        words = {16: getauxval(16), 26: getauxval(26)}
+        have = {name: bool(words[word] >> bit & 1) for name, (word, bit) in ARM_HWCAPS.items()}
+        raw = f"hwcap {words[16]:#x} hwcap2 {words[26]:#x}"
+    elif machine == "arm64" and sys.platform == "darwin":
+        have = {name: _sysctl_int(key) == 1 for name, key in DARWIN_FEATURES.items()}
+        raw = " ".join(f"{key}={_sysctl_int(key)}" for key in DARWIN_FEATURES.values())
+    else:
+        flags = cpu_flags()
+        have = {name: name in flags for name in X86_FEATURES}
+        raw = " ".join(flags) or platform.processor()
+    return CpuFeatures(machine, tuple(n for n, on in have.items() if on), tuple(n for n, on in have.items() if not on),
+                       raw)
+
+
+def _sysctl_int(name: str) -> int | None:
+    value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
+    try:
+        failed = ctypes.CDLL(None).sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0)
+    except (OSError, AttributeError):
+        return None
+    return None if failed else value.value
 
 
 def usable_cores() -> int:

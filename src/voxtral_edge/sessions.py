@@ -7,6 +7,9 @@ and never branches on a provider in its frame loop.
     create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
     session_options(threads)           the options every session starts from
     optimize_bundle(bundle, threads)   make (or check) this machine's saved graphs (`voxtral-edge optimize`)
+    KERNELS                            this process's known-answer verdicts of the quantized kernels
+                                       (`voxtral_edge.kernelcheck`): a graph whose kernel is wrong on this
+                                       CPU opens with the session options of a fallback that passes, or not
 
 Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory and
 binds it in place, so only providers that compute in host memory can run its graphs; today that is the
@@ -26,7 +29,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
+from .kernelcheck import FALLBACK_KEYS, Family, KernelCheck, family_report, graph_families
 from .manifest import Manifest
+from .onnxfile import MalformedOnnx
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
 
 # Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
@@ -55,8 +60,11 @@ class SessionSettings:
     def graph_threads(self, graph: str) -> int | None:
         return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
 
-    def options(self, graph: str) -> ort.SessionOptions:
+    def options(self, graph: str, config: dict[str, str] | None = None) -> ort.SessionOptions:
+        """`graph`'s session options, with `config` entries added (a kernel fallback's)."""
         options = session_options(self.graph_threads(graph))
+        for key, value in (config or {}).items():
+            options.add_session_config_entry(key, value)
         if self.profiling is not None:
             options.enable_profiling = True
             options.profile_file_prefix = f"{self.profiling}{graph}"
@@ -94,11 +102,15 @@ def onnxruntime_providers(names: Sequence[str]) -> list[str]:
     return chosen
 
 
-def create_session(path: str | Path, options: ort.SessionOptions | None = None,
+def create_session(model: str | Path | bytes, options: ort.SessionOptions | None = None,
                    providers: Sequence[str] = ("cpu",)) -> ort.InferenceSession:
-    """A session for one graph file (the one place onnxruntime sessions are created)."""
-    return ort.InferenceSession(str(path), options if options is not None else session_options(),
+    """A session for one graph file, or a serialized model (the one place onnxruntime sessions are created)."""
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                options if options is not None else session_options(),
                                 providers=onnxruntime_providers(providers))
+
+
+KERNELS = KernelCheck(create_session)
 
 
 def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path) -> ort.InferenceSession:
@@ -115,14 +127,16 @@ def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
+def load_session(manifest: Manifest, name: str, settings: SessionSettings,
+                 config: dict[str, str] | None = None) -> ort.InferenceSession:
     """A session for one of the bundle's graphs, from this machine's saved graph where `settings` allow
     (made again when it no longer matches the machine, the bundle or its own record), else from the
-    bundle's graph."""
+    bundle's graph. `config`: session config entries of a kernel fallback; such a session is made from the
+    bundle's graph (a saved graph holds weights packed for the kernels the fallback avoids)."""
     plain = manifest.path(manifest["graphs"][name]["file"])
     use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
-    if not use_saved:
-        return create_session(plain, settings.options(name), settings.providers)
+    if config or not use_saved:
+        return create_session(plain, settings.options(name, config), settings.providers)
     folders = cache_folders(manifest.bundle)
     for folder in folders:
         path = saved_graph(manifest, name, folder)
@@ -154,15 +168,66 @@ def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> or
     return create_session(plain, settings.options(name), settings.providers)
 
 
+def graph_kernels(manifest: Manifest, name: str) -> tuple[Family, ...]:
+    """The quantized kernel families one of the bundle's graphs uses (BundleError when unreadable)."""
+    path = manifest.path(manifest["graphs"][name]["file"])
+    try:
+        return graph_families(path)
+    except (MalformedOnnx, OSError) as e:
+        raise BundleError(f"{path}: cannot read its nodes ({e})") from None
+
+
+def kernel_config(manifest: Manifest, name: str, settings: SessionSettings) -> dict[str, str]:
+    """The session config entries that `name`'s quantized kernels need on this CPU: {} when they all give
+    the known answers with the bundle's options, else a fallback's (KernelError when none helps)."""
+    families = graph_kernels(manifest, name)
+    if not families:
+        return {}
+    threads = settings.graph_threads(name)
+    return KERNELS.session_config(name, manifest.path(manifest["graphs"][name]["file"]), families,
+                                  lambda: session_options(threads), threads, settings.providers)
+
+
+def kernel_report(families: dict[Family, list[str]], threads: int | None = None,
+                  providers: Sequence[str] = ("cpu",)) -> list[dict]:
+    """`voxtral-edge doctor`'s verdicts: each family (-> the graphs using it) solved now with the session
+    options a bundle's graph gets with `threads`, then with each fallback while it fails."""
+    onnxruntime_providers(providers)
+    return family_report(KERNELS, families, lambda: session_options(threads), threads, providers)
+
+
+def bundle_kernels(manifest: Manifest) -> dict[Family, list[str]]:
+    """The quantized kernel families of a bundle's graphs -> the graphs using each."""
+    found: dict[Family, list[str]] = {}
+    for name in manifest["graphs"]:
+        for family in graph_kernels(manifest, name):
+            found.setdefault(family, []).append(name)
+    return found
+
+
+def kernel_fallback(session: ort.InferenceSession) -> dict[str, str]:
+    """The kernel fallback's config entries a session was made with ({} for none), read from the session."""
+    options, found = session.get_session_options(), {}
+    for key in FALLBACK_KEYS:
+        try:
+            found[key] = options.get_session_config_entry(key)
+        except Exception:  # onnxruntime raises when the entry was never set
+            pass
+    return found
+
+
 def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSettings()) -> dict[str, ort.InferenceSession]:
     """One session per graph of the bundle, each with the inputs and outputs its manifest lists
-    (BundleError naming the file otherwise; UsageError for providers that cannot be used)."""
+    (BundleError naming the file otherwise; UsageError for providers that cannot be used), each of its
+    quantized kernels checked against known answers first (`kernel_config`; KernelError when wrong and
+    no fallback helps)."""
     onnxruntime_providers(settings.providers)  # refused before any graph is read
     sessions = {}
     for name, graph in manifest["graphs"].items():
         path = manifest.path(graph["file"])
+        config = kernel_config(manifest, name, settings)
         try:
-            session = load_session(manifest, name, settings)
+            session = load_session(manifest, name, settings, config)
         except VoxtralEdgeError:
             raise
         except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
