@@ -1,5 +1,5 @@
 """What this machine is and what this process holds: the CPU, its features, the cores it may use, the
-memory free and resident. One home for the checks that bench, rendering, saved graphs and the
+memory free and resident, and how much more it may take before a limit (RLIMIT_AS, its cgroup) stops it. One home for the checks that bench, rendering, saved graphs and the
 benchmarks make (Linux first; elsewhere each answers what the platform tells, or a stated fallback).
 """
 
@@ -142,7 +142,60 @@ def _maxrss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: the kernel's high-water mark, or the resident memory now when
-    that is higher (the mark is updated lazily, so it can lag behind the pages just touched)."""
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """A process's peak resident memory: the kernel's high-water mark (VmHWM; this process's getrusage where
+    /proc has none), or the resident memory now when that is higher (the mark is updated lazily, so it can
+    lag behind the pages just touched). Never below an rss_bytes() read before it."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return max(int(line.split()[1]) * 1024, rss_bytes(pid))
+    except OSError:
+        pass
     return max(_maxrss(), rss_bytes())
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def memory_cgroup(proc: Path = Path("/proc/self"), root: Path = Path("/sys/fs/cgroup")) -> tuple[str, Path] | None:
+    """("v2" | "v1", the folder of a process's memory cgroup), or None (no cgroup with a memory controller)."""
+    for line in (_read(proc / "cgroup") or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":  # v2, the unified hierarchy
+            for base in (root, root / "unified"):
+                for folder in (base / rel, base):  # (in a cgroup namespace its own cgroup is the root)
+                    if (folder / "memory.max").exists():
+                        return "v2", folder
+        elif "memory" in controllers.split(","):
+            for folder in (root / "memory" / rel, root / "memory"):
+                if (folder / "memory.limit_in_bytes").exists():
+                    return "v1", folder
+    return None
+
+
+def memory_headroom(proc: Path = Path("/proc/self"), cgroup: tuple[str, Path] | None = None) -> tuple[int, str] | None:
+    """(bytes, which limit): how much more memory a process may take before the kernel refuses it (RLIMIT_AS
+    minus its address space; this process's limit) or its cgroup's OOM killer ends it (memory.max, v1
+    memory.limit_in_bytes, minus what the cgroup uses; inactive file pages can be dropped, so they do not
+    count); the tightest of those, or None when there is no limit."""
+    room = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        pages = int((_read(proc / "statm") or "0").split()[0])
+        room.append((soft - pages * resource.getpagesize(), "RLIMIT_AS"))
+    if cgroup is not None:
+        version, folder = cgroup
+        names = ("memory.max", "memory.current", "inactive_file") if version == "v2" else \
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        limit, used = _read(folder / names[0]), _read(folder / names[1])
+        stat = dict(line.split(" ", 1) for line in (_read(folder / "memory.stat") or "").splitlines() if " " in line)
+        if limit and limit != "max" and used and int(limit) < 1 << 60:  # v1 writes "no limit" as nearly 2^63
+            room.append((int(limit) - int(used) + int(stat.get(names[2], 0)), f"cgroup {folder} ({version})"))
+    return min(room) if room else None
