@@ -335,3 +335,57 @@ def test_a_profile_sets_the_batch_and_the_command_line_wins(tmp_path):
     path.write_text(shipped.replace("[runtime]\n", "[runtime]\nbatch = 0\n", 1), encoding="utf-8")
     with pytest.raises(ConfigError, match="'runtime.batch' = 0 is not a positive integer"):
         load_profile(path)
+
+
+def test_with_aging_a_risen_job_shares_the_rows_and_no_job_in_progress_is_interrupted(tiny_bundle_dirs):
+    """Two rows, a navigation line never short of work (two prompts in progress, one waiting): under strict
+    priority media would wait for ever; with aging it rises and takes the row the next finished prompt
+    leaves, beside the prompt in progress, within the bounds it has without batching; no navigation prompt
+    is interrupted, and every stream is what its request gives alone."""
+    from test_serve import LONG, alone as streamed_alone, wait_for
+
+    from voxtral_edge.serve.scheduler import Job, Scheduler
+
+    bundle = tiny_bundle_dirs[0]
+    synth = Synthesizer.open(bundle, batch=2)
+    stepped, original = [], synth.step_many
+    synth.step_many = lambda us: (stepped.append(sorted((u.voice, u.run.seed) for u in us)), original(us))[1]
+    aging = {"assistant": 3, "message": 4, "media": 5, "background": 6}
+    rise, nav_frames, chunk_frames = 5 + 4 + 3, 4, 4
+    flooding, navs, heard, media_chunks = threading.Event(), [], [], []
+    scheduler = Scheduler(synth, queue_limit=8, aging=aging)
+
+    def submit():
+        job = Job(synth.start("Turn left now.", "casual_male", seed=len(navs), max_frames=nav_frames), "navigation",
+                  keep=True)
+        navs.append(scheduler.submit(job))
+        heard.append(job.recording)
+
+    scheduler.on_end = lambda job: submit() if job.priority == "navigation" and flooding.is_set() else None
+    flooding.set()
+    media = Job(synth.start(LONG, "neutral_female", seed=7, max_frames=12), "media", keep=True)
+    recording = media.recording
+    recording.wakers.add(lambda: media_chunks.append(scheduler.counters["steps"]))
+    with scheduler.hold():  # all queued before the first frame
+        for _ in range(3):
+            submit()
+        scheduler.submit(media)
+    wait_for(lambda: media.state == "done", what="the media job")
+    flooding.clear()
+    wait_for(lambda: all(not j.active for j in navs), what="the flood to end")
+    scheduler.stop()
+    starts = [media.submitted_step] + media_chunks[:-1]  # (the last wake is the end)
+    gaps = [b - a for a, b in zip(starts, media_chunks)]
+    assert media_chunks[0] - media.submitted_step >= rise  # strict priority until it rose
+    assert gaps[0] <= rise + nav_frames + 1
+    assert all(gap <= rise + nav_frames + chunk_frames for gap in gaps[1:]), gaps
+    assert all(j.suspensions == 0 for j in navs)  # no prompt was interrupted
+    voices = [[voice for voice, _ in step] for step in stepped]
+    assert ["casual_male", "casual_male"] in voices and ["casual_male", "neutral_female"] in voices
+    assert ["neutral_female"] not in voices  # it never had a step for itself: the flood never stopped
+    assert media.risen == len(gaps) - 1
+    assert b"".join(recording.chunks) == streamed_alone(bundle, LONG, "neutral_female", 7, 12)
+    beside_media = {seed for step in stepped if len(step) == 2 and step[1][0] == "neutral_female"
+                    for voice, seed in step if voice == "casual_male"}
+    for seed in {0} | beside_media:  # beside another prompt all along; beside media
+        assert b"".join(heard[seed].chunks) == streamed_alone(bundle, "Turn left now.", "casual_male", seed, nav_frames)

@@ -40,9 +40,10 @@ from tokenizers import Tokenizer
 
 from . import defaults
 from .errors import BundleError, UsageError, VoxtralEdgeError
+from .htp import HtpBackbone, HtpCodec, HtpFlow, is_htp
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
-from .sessions import SessionSettings, open_sessions
+from .sessions import SessionSettings, kernel_fallback, open_sessions
 from .text import LANGUAGES, split_text, voice_language
 from .text import ssml as ssml_module
 from .text import normalize as normalize_text
@@ -112,11 +113,15 @@ class Synthesizer:
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
-                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, batch: int = 1):
+                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, allow_fallback: bool = False,
+                 soc: str | None = None, record: dict | None = None, batch: int = 1):
         self.manifest = m = manifest
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise UsageError(f"batch must be an integer >= 1, found {batch!r}")
         if batch > 1 and not m.batched:
+            if any(is_htp(m, graph) for graph in ("backbone_step", "flow_head")):
+                raise BundleError(f"{m.bundle}: its graphs in the NPU form take one utterance per call; use batch 1 "
+                                  f"(batch {batch} asked)")
             shape = m["graphs"]["backbone_step"]["inputs"]["inputs_embeds"]["shape"]
             raise BundleError(f"{m.bundle}: its graphs take one utterance per call (exported before batching: "
                               f"backbone_step's inputs_embeds is {shape}); re-export it for batch {batch}, or use "
@@ -134,7 +139,7 @@ class Synthesizer:
         self._pool: ThreadPoolExecutor | None = None
         self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, SessionSettings(
             threads=threads, codec_threads=codec_threads, providers=tuple(providers), saved_graphs=saved_graphs,
-            profiling=profiling))
+            profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record))
         self.tokenizer = Tokenizer.from_file(str(m.path(m["tokenizer"]["file"])))
         self.ids = SpeechSpecialIds.from_dict(m["special_ids"])
         self.text_embeddings = EmbeddingTable(m.path(m["embeddings"]["text"]["file"]), m["embeddings"]["text"]["dtype"])
@@ -146,6 +151,10 @@ class Synthesizer:
         self._kv_arrays: list[np.ndarray] = []
         self._kv_pages: list[mmap.mmap] = []
         self._bindings: dict[tuple[int, int], tuple[ort.IOBinding, list[ort.OrtValue]]] = {}
+        # graphs exported in the NPU form are called through their own conventions (voxtral_edge.htp)
+        self._htp_backbone = HtpBackbone(self.sessions["backbone_step"], m, self.max_context) \
+            if is_htp(m, "backbone_step") else None
+        self._htp_flow = HtpFlow(self.sessions["flow_head"], m) if is_htp(m, "flow_head") else None
         self._prefix_cache: dict[str, list[np.ndarray]] = {}
         self._rows: list[Utterance | None] = [None] * batch  # the utterance holding each row of the KV cache
         self._steps = 0  # batched steps made: each utterance records its last, the least recent is set aside first
@@ -156,20 +165,31 @@ class Synthesizer:
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
-             profiling: str | None = None, batch: int = 1) -> "Synthesizer":
+             profiling: str | None = None, allow_fallback: bool = False, soc: str | None = None,
+             record: dict | None = None, batch: int = 1) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
         `voxtral-edge optimize` made them (saved_graphs None), making them (True) or never (False).
         `threads` is the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's
-        (default: the same); `providers` the execution providers by short name; `profiling` a path prefix
-        for onnxruntime's per-node profiles. With `codec_pipeline`, `stream` decodes audio on a second
-        thread while the next frames are computed (same audio). `batch` is the number of utterances that can
-        make their frames together (`step_many`, `run_many`): the KV cache has that many rows, fixed for the
-        session (a bundle exported before batching takes 1)."""
+        (default: the same); `providers` the execution providers by short name (`qnn`, `qnn:flow,codec`:
+        Qualcomm's NPU, see `voxtral_edge.sessions`; `allow_fallback` lets nodes it cannot run go to the CPU;
+        `soc` names the SoC, whose compiled graphs only are accepted); `profiling` a path prefix for
+        onnxruntime's per-node profiles; `record` collects the inputs of every call of a graph in the NPU
+        form (calibration). With `codec_pipeline`, `stream` decodes audio on a second thread while the next
+        frames are computed (same audio). `batch` is the number of utterances that can make their frames
+        together (`step_many`, `run_many`): the KV cache has that many rows, fixed for the session (a bundle
+        exported before batching, or with graphs in the NPU form, takes 1)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
-                   providers=providers, profiling=profiling, batch=batch)
+                   providers=providers, profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record,
+                   batch=batch)
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, dict[str, str]]:
+        """The graphs opened with a kernel fallback because a quantized kernel gave wrong answers on this CPU
+        (`voxtral_edge.kernelcheck`), each with the session config entries it was opened with."""
+        return {name: config for name, session in self.sessions.items() if (config := kernel_fallback(session))}
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -202,7 +222,10 @@ class Synthesizer:
         """The KV cache: one preallocated float32 array [batch, kv_heads, max_context, head_dim] per layer and
         kind (layer 0's keys, its values, layer 1's keys, ...), row r an utterance's, bound in place as both
         past and present of the backbone, so that writing an array writes the cache (allocated on first use).
-        Its pages are anonymous memory without huge pages: only the positions written become resident."""
+        Its pages are anonymous memory without huge pages: only the positions written become resident. In a
+        bundle in the NPU form: one row, uint16 when it quantized the cache, and [.., the compiled positions, ..]."""
+        if self._htp_backbone is not None:
+            return self._htp_backbone.arrays
         if not self._kv_arrays:
             b = self.manifest["model"]["backbone"]
             shape = (self.batch, b["n_kv_heads"], self.max_context, b["head_dim"])
@@ -254,6 +277,9 @@ class Synthesizer:
         if positions.min() < 0 or positions.max() + t > self.max_context:
             raise VoxtralEdgeError(f"context full: {int(positions.max()) + t} positions needed, max_context is "
                                    f"{self.max_context}")
+        if self._htp_backbone is not None:  # one row (batch 1), called through its own conventions
+            hidden, logits = self._htp_backbone.run(x[0], int(positions[0]))
+            return hidden[None], logits[None]
         io = self._binding(first_row, first_row + n)
         io.bind_cpu_input("inputs_embeds", x)
         io.bind_cpu_input("past_length", positions)
@@ -300,6 +326,9 @@ class Synthesizer:
         weights = np.array([[1.0] if unguided[0] else [a, 1 - a] for a in alphas], dtype=f32)
         h = np.asarray(h, dtype=f32).reshape(len(alphas), -1)
         noise = np.asarray(noise, dtype=f32).reshape(len(alphas), -1)
+        if self._htp_flow is not None:  # one utterance per call (batch 1)
+            return tuple(np.concatenate(parts) for parts in zip(*(
+                self._htp_flow.run(h[i], noise[i], steps, a) for i, a in enumerate(alphas))))
         timesteps = np.linspace(0, 1, steps + 1, dtype=f32)
         if not self.manifest.batched:  # a bundle from before batching: cfg_weights [R], one utterance per call
             return tuple(np.concatenate(parts) for parts in zip(*(self.sessions["flow_head"].run(["codes", "latent"], {
@@ -316,10 +345,16 @@ class Synthesizer:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [frames, n_codebooks] -> float32 audio, whole utterance (decoded in chunks that carry
         state, which gives the same samples and bounds the attention's memory)."""
-        codec = CodecStream(self)
+        codec = self.codec_stream()
         codes = np.asarray(codes, dtype=np.int64)
         parts = [codec.decode(codes[i:i + DECODE_CHUNK]) for i in range(0, len(codes), DECODE_CHUNK)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=f32)
+
+    def codec_stream(self) -> CodecStream | HtpCodec:
+        """A new codec stream (its carried state at the start of an utterance): feed it frames in order."""
+        if is_htp(self.manifest, "codec_decoder"):
+            return HtpCodec(self.sessions["codec_decoder"], self.manifest)
+        return CodecStream(self)
 
     def teacher_forced(self, text: str, voice: str, codes: np.ndarray, noise: np.ndarray, *,
                        steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA) -> np.ndarray:
@@ -777,7 +812,7 @@ class Synthesizer:
         run.prompt_tokens += len(prompt)
         hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice, u.row)
         u.hidden, u.logits, u.position = hidden[-1], logits, len(prompt)
-        u.made, u.fed, u.ended, u.codec = 0, True, False, CodecStream(self)
+        u.made, u.fed, u.ended, u.codec = 0, True, False, self.codec_stream()
 
     def _next_frames(self, utterances: list[Utterance]) -> dict[Utterance, np.ndarray | None]:
         """Each utterance's next frame of codes (without specials), or None when its piece has ended

@@ -66,13 +66,28 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
     p.add_argument("--batch", type=positive(int, 1, 64), metavar="B",
                    help="utterances that make their frames together, 1..64 (default: the profile's, else 1): one "
                         "backbone and flow-head pass serves B of them, each as it would sound alone; the KV cache "
-                        "has B rows (only the positions used take memory)")
+                        "has B rows (only the positions used take memory); a bundle exported before batching, or "
+                        "in the NPU form, takes 1")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of files changed since they were last verified (sizes are still "
                         "checked; see `voxtral-edge verify`)")
     p.add_argument("--no-saved-graphs", action="store_true",
                    help="build the sessions from the bundle's graphs, neither using nor saving this machine's "
                         "optimized graphs (see `voxtral-edge optimize`)")
+    add_npu_options(p)
+
+
+def add_npu_options(p: argparse.ArgumentParser) -> None:
+    """--ep, --allow-fallback, --soc: where the graphs run (see voxtral_edge.sessions and docs/deploy-qnn.md)."""
+    p.add_argument("--ep", metavar="PROVIDERS",
+                   help="execution providers: cpu (default), qnn (all three graphs on Qualcomm's NPU through "
+                        "onnxruntime-qnn: pip install 'voxtral-edge[qnn]'), or qnn:GRAPHS for only those of "
+                        "backbone,flow,codec (the others on the CPU); default: the profile's")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="on the NPU, run the nodes it cannot on the CPU (reported) instead of refusing the graph")
+    p.add_argument("--soc", metavar="SOC",
+                   help="the SoC this runs on (sa8295p, sa8255p, sa8775p, x-elite): a bundle compiled for another "
+                        "is refused (default: the profile's, else the one the kernel names)")
 
 
 def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
@@ -83,6 +98,10 @@ def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
         from ..profiles import load_profile
 
         profile = load_profile(args.profile)
+    if getattr(args, "ep", None) is not None:
+        args.providers = (args.ep,)
+    if hasattr(args, "soc") and args.soc is None and profile is not None and profile.npu is not None:
+        args.soc = profile.npu.soc
     fill = {"threads": None, "steps": None, "cfg": defaults.CFG_ALPHA, "max_context": None, "codec_threads": None,
             "chunk_frames": defaults.CHUNK_FRAMES, "providers": ("cpu",), "batch": 1}
     for option, default in fill.items():
@@ -98,6 +117,7 @@ def bundle_settings(args: argparse.Namespace) -> dict:
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
             "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
+            "allow_fallback": getattr(args, "allow_fallback", False), "soc": getattr(args, "soc", None),
             "batch": args.batch}
 
 
@@ -143,4 +163,5 @@ def report(result, output: str) -> str:
     return (f"wrote {where}: {result.duration:.2f} s of audio ({len(result.codes)} frames, {ended}{seed}) in "
             f"{t['total_ms'] / 1e3:.2f} s, real-time factor {t['total_ms'] / 1e3 / max(result.duration, 1e-9):.2f}; "
             f"per frame: backbone {t['backbone_ms'] / frames:.1f} ms, flow head {t['flow_ms'] / frames:.1f} ms, "
-            f"codec {t['codec_ms'] / frames:.1f} ms; prefill {t['prefill_ms']:.0f} ms for {result.prompt_tokens} tokens")
+            f"codec {t['codec_ms'] / frames:.1f} ms; prefill {t['prefill_ms']:.0f} ms for {result.prompt_tokens} "
+            f"tokens")

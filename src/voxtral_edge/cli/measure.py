@@ -1,5 +1,5 @@
 """Measuring and checking: `bench` (llama-bench-style rows, device estimates), `devices`, `verify`,
-`optimize`."""
+`optimize`, `doctor` (this machine, onnxruntime, and whether its quantized kernels give the known answers)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,16 @@ def bench(args: argparse.Namespace) -> int:
     if args.estimate:
         from ..bench import BenchRun
 
-        run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
-        print_estimates([run], args.estimate, out=sys.stderr if args.json else sys.stdout)
+        from ..manifest import Manifest
+        from ..profiles import list_profiles, load_profile
+
+        out = sys.stderr if args.json else sys.stdout
+        manifest = Manifest.load(args.bundle, verify=False).data
+        if not any("htp" in g for g in manifest["graphs"].values()):  # the CPU estimate knows no NPU-form graph
+            run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
+            print_estimates([run], args.estimate, out=out)
+        targets = list_profiles() if args.estimate == "all" else [load_profile(args.estimate)]
+        print_npu_estimates(manifest, targets, steps=info["steps"], out=out)
     return 0
 
 
@@ -104,6 +112,25 @@ def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json
     if plot_path:
         print(f"wrote {plot(estimates, plot_path)}", file=sys.stderr)
     return estimates
+
+
+def print_npu_estimates(manifest: dict, targets: list, steps: int, out=None) -> None:
+    """For the profiles with an [npu] section, a frame's estimated time on the NPU (voxtral_edge.estimate_npu):
+    every graph there, and the flow head and codec there beside the CPU backbone estimated above."""
+    from ..estimate_npu import npu_frame_estimate
+
+    with_npu = [t for t in targets if t.npu is not None]
+    if not with_npu:
+        return
+    out = out or sys.stdout
+    print("\nNPU, an estimate from a published decoder measurement on the same HTP class (not measured here):", file=out)
+    print("\n| profile | placement | backbone ms | flow ms/frame | codec ms | frame ms | rtf | rests on |", file=out)
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
+    for t in with_npu:
+        for e in npu_frame_estimate(manifest, t, steps=steps, chunk_frames=t.chunk_frames).values():
+            backbone = "(CPU)" if e["backbone_ms"] is None else f"{e['backbone_ms']:.1f}"
+            print(f"| {t.name} | {e['where']} | {backbone} | {e['flow_ms']:.1f} | {e['codec_ms']:.1f} | "
+                  f"{e['frame_ms']:.1f} | {e['rtf']:.2f} | {e['reference']}, {e['ms_per_gb']:.0f} ms/GB |", file=out)
 
 
 def estimate(args: argparse.Namespace) -> int:
@@ -226,4 +253,134 @@ def add_optimize(sub) -> None:
     p.add_argument("--threads", type=positive(int), help="onnxruntime threads")
 
 
-COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize]
+def plan_kernels() -> dict:
+    """The quantized kernel families of the named plans -> "plan graph" names using each."""
+    from ..kernelcheck import Family
+    from ..manifest import BATCHED_GRAPHS
+    from ..quant.plans import GRAPHS, NAMED_PLANS
+
+    found: dict = {}
+    for plan in NAMED_PLANS.values():
+        for graph in GRAPHS:
+            g = plan.graph(graph)
+            for spec in ([g.spec] if g.spec else []) + [spec for _, spec in g.overrides]:
+                if spec.method == "qdq":  # the NPU form: no CPU kernel of these families
+                    continue
+                if spec.method == "dynamic-int8":  # quantized per utterance in the graphs with a batch dimension
+                    family = Family("MatMulInteger" if graph in BATCHED_GRAPHS else "DynamicQuantizeMatMul")
+                else:
+                    family = Family("MatMulNBits", spec.bits, spec.block_size, spec.accuracy_level,
+                                    not spec.symmetric)
+                users = found.setdefault(family, [])
+                if f"{plan.name} {graph}" not in users:
+                    users.append(f"{plan.name} {graph}")
+    return dict(sorted(found.items(), key=lambda item: (item[0].op_type, item[0].bits, item[0].block_size,
+                                                        item[0].accuracy_level, item[0].zero_points)))
+
+
+def doctor(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    import onnxruntime as ort
+
+    from .. import __version__
+    from ..kernelcheck import TOLERANCE
+    from ..machine import cpu_features, cpu_model, usable_cores
+    from ..manifest import Manifest
+    from ..sessions import KERNELS, bundle_kernels, kernel_report
+
+    if args.bundle:
+        families, source = bundle_kernels(Manifest.load(args.bundle, verify=False)), f"the bundle {args.bundle}"
+    else:
+        families, source = plan_kernels(), "the named plans"
+    cpu = cpu_features()
+    spent = KERNELS.seconds
+    rows = kernel_report(families, threads=args.threads)
+    spent = KERNELS.seconds - spent
+    build = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
+    usable = all(any(t["passed"] for t in row["tried"]) for row in rows)
+    if args.json:
+        print(json.dumps({"voxtral_edge": __version__, "python": platform.python_version(), "system": platform.system(),
+                          "cpu": cpu_model(), "cores": usable_cores(), "machine": cpu.machine,
+                          "features": list(cpu.features), "absent": list(cpu.absent), "cpu_raw": cpu.raw,
+                          "onnxruntime": ort.__version__, "onnxruntime_build": build,
+                          "providers": ort.get_available_providers(), "threads": args.threads, "tolerance": TOLERANCE,
+                          "families_of": source, "kernels": rows, "seconds": spent}, indent=1))
+        return 0 if usable else 1
+    print(f"voxtral-edge {__version__}, Python {platform.python_version()}, {platform.system()} {cpu.machine}")
+    print(f"cpu          {cpu_model()} ({usable_cores()} usable cores)")
+    print(f"features     {' '.join(cpu.features) or 'none'}; lacks {' '.join(cpu.absent) or 'none'}")
+    print(f"onnxruntime  {ort.__version__} ({build or 'no build info'}); providers {', '.join(ort.get_available_providers())}")
+    print(f"kernels      of {source}: known answers, max error / peak, tolerance {TOLERANCE:g}, "
+          f"{f'{args.threads} thread' + ('s' if args.threads > 1 else '') if args.threads else 'the default threads'}")
+    if not rows:
+        print("  (no quantized kernel)")
+    for row in rows:
+        first = row["tried"][0]
+        verdict = "ok" if first["passed"] else "WRONG"
+        error = "failed" if first["error"] is None else f"{first['error']:.1e}"
+        line = f"  {verdict:5s} {row['family']:72s} error {error:8s} {', '.join(row['graphs'])}"
+        if not first["passed"]:
+            line += f"\n        on {first['detail']}"
+            for t in row["tried"][1:]:
+                result = "failed" if t["error"] is None else f"error {t['error']:.1e}"
+                line += f"\n        with {t['options']} ({', '.join(f'{k}={v}' for k, v in t['config'].items())}): " \
+                        f"{'ok' if t['passed'] else 'WRONG'}, {result}"
+            if not any(t["passed"] for t in row["tried"]):
+                line += "\n        nothing passes: a bundle using it refuses to open on this machine"
+        print(line)
+    if rows:
+        print(f"             {sum(len(r['tried']) for r in rows)} known-answer checks in {spent * 1000:.0f} ms")
+    return 0 if usable else 1
+
+
+def add_doctor(sub) -> None:
+    p = add_command(
+        sub, "doctor", doctor, "check this machine: CPU features, onnxruntime, and its quantized kernels",
+        "Print this machine's CPU and the features that choose onnxruntime's kernels (AVX2, AVX-512 VNNI; NEON, "
+        "dot product, i8mm, SVE, SME), onnxruntime's version and build, and for each quantized kernel family "
+        "(DynamicQuantizeMatMul; MatMulInteger, the batched graphs' dynamic int8; MatMulNBits per bits, block "
+        "size, accuracy level) whether it gives the exact "
+        "answers of a few small problems here, solved now. A family that does not is solved again with each "
+        "fallback the runtime would use (KleidiAI disabled, weight prepacking disabled). Opening a bundle runs "
+        "the same checks (cached per CPU and onnxruntime build) and opens a graph whose kernel is wrong with "
+        "the first fallback that passes, or refuses. Without --bundle, the families of the named plans. "
+        "Exit status 1 when some family passes with no fallback.",
+        "examples:\n  voxtral-edge doctor\n  voxtral-edge doctor --bundle voxtral-int4 --threads 4\n"
+        "  voxtral-edge doctor --json")
+    p.add_argument("--bundle", metavar="DIR", help="check the kernels of this bundle's graphs")
+    p.add_argument("--threads", type=positive(int, 1, 256), metavar="N", help="onnxruntime threads, as the bundle will run "
+                   "(default: onnxruntime's choice)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
+
+def compile_command(args: argparse.Namespace) -> int:
+    from ..qnn import compile_bundle
+
+    report = compile_bundle(args.bundle, args.soc, args.out, force=args.force)
+    for name, r in report.items():
+        print(f"{name}: {r['context_bytes'] / 1e6:.1f} MB context binary, compiled in {r['seconds']:.1f} s")
+    print(f"wrote {args.out} for {args.soc}")
+    return 0
+
+
+def add_compile(sub) -> None:
+    from ..qnn import SOCS
+
+    p = add_command(
+        sub, "compile", compile_command, "compile a bundle's NPU graphs ahead for a Qualcomm SoC",
+        "Copy BUNDLE (exported with an NPU plan: w8a16, w4a16 or int4-w8a16) to OUT with each graph in the NPU "
+        "form compiled by onnxruntime's QNN execution provider for the SoC's Hexagon NPU: an EP context model "
+        "<graph>.onnx and its binary <graph>_qnn.bin, which the head unit opens without compiling. The manifest "
+        "records the SoC, its HTP architecture and the QNN version; opening OUT for another SoC or with another "
+        "QNN version is refused. Needs onnxruntime-qnn (pip install 'voxtral-edge[qnn]'); runs on an x86 host.",
+        "SoCs (HTP architecture):\n" + "".join(f"  {s.name:9s} v{s.htp_arch}\n" for s in SOCS.values())
+        + "\nexample:\n  voxtral-edge compile --bundle voxtral-w8a16 --soc sa8255p --out voxtral-w8a16-sa8255p")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle exported with an NPU plan")
+    p.add_argument("--soc", required=True, choices=sorted(SOCS), metavar="SOC", help="the SoC to compile for")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+
+
+COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize, add_doctor, add_compile]
