@@ -53,7 +53,8 @@ def test_model_bytes_is_the_model_onnx_reads():
     assert {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[1].attribute} == {"n": -3, "x": 0.5}
     got = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert np.array_equal(got["B"], weight) and got["s"].tolist() == [0.25]
-    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*model.graph.input, *model.graph.output)]
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*model.graph.input, *model.graph.output)]
     assert dims == [["M", 3], ["M", 4]]
     assert {o.domain: o.version for o in model.opset_import} == {"": 17, "com.microsoft": 1}
 
@@ -76,7 +77,8 @@ def test_graph_nodes_are_the_nodes_onnx_reads_subgraphs_included(int4_bundle):
     # the flow head's MatMulInteger nodes live in its Loop's body
     assert graph_families(int4_bundle / "flow_head.onnx") == (Family("MatMulInteger"),)
     assert graph_families(int4_bundle / "codec_decoder.onnx") == (Family("DynamicQuantizeMatMul"),)
-    assert graph_families(int4_bundle / "backbone_step.onnx") == (Family("MatMulNBits", 4, 32, 4), Family("MatMulNBits", 8, 32, 4))
+    assert graph_families(int4_bundle / "backbone_step.onnx") == (Family("MatMulNBits", 4, 32, 4),
+                                                                   Family("MatMulNBits", 8, 32, 4))
 
 
 @settings(max_examples=30, deadline=None)
@@ -264,13 +266,13 @@ def test_verdicts_are_kept_per_machine_and_onnxruntime(tmp_path, monkeypatch):
     path = tmp_path / "verdicts.json"
     first = KernelCheck(wrong_kernel(), cache_path=path)
     with pytest.warns(KernelWarning):
-        assert first.session_config("flow_head", tmp_path / "flow_head.onnx", [Family("DynamicQuantizeMatMul")], options, 1) \
-            == {"mlas.disable_kleidiai": "1"}
+        assert first.session_config("flow_head", tmp_path / "flow_head.onnx", [Family("DynamicQuantizeMatMul")],
+                                    options, 1) == {"mlas.disable_kleidiai": "1"}
     assert first.solved == 2 and json.loads(path.read_text())["format"] == "voxtral-edge-kernel-verdicts"
     again = KernelCheck(wrong_kernel(), cache_path=path)  # the next process: nothing solved again
     with pytest.warns(KernelWarning):
-        assert again.session_config("flow_head", tmp_path / "x.onnx", [Family("DynamicQuantizeMatMul")], options, 1) \
-            == {"mlas.disable_kleidiai": "1"}
+        assert again.session_config("flow_head", tmp_path / "x.onnx", [Family("DynamicQuantizeMatMul")], options,
+                                    1) == {"mlas.disable_kleidiai": "1"}
     assert again.solved == 0
     from voxtral_edge import kernelcheck
 

@@ -124,7 +124,8 @@ def node_family(node: Node) -> Family | None:
         return Family("DynamicQuantizeMatMul")
     if node.op_type == "MatMulNBits":
         a = node.attributes
-        return Family("MatMulNBits", int(a.get("bits", 4)), int(a.get("block_size", 0)), int(a.get("accuracy_level", 0)),
+        return Family("MatMulNBits", int(a.get("bits", 4)), int(a.get("block_size", 0)),
+                      int(a.get("accuracy_level", 0)),
                       zero_points=len(node.inputs) > 3 and bool(node.inputs[3]))
     return None
 
@@ -348,13 +349,15 @@ class KernelCheck:
         KernelError naming the file, the kernels, the CPU and what was tried when none does."""
         tried = []
         for label, config in FALLBACKS:
-            failed = [v for v in (self.verdict(f, options, config, threads, providers) for f in families) if not v.passed]
+            verdicts = (self.verdict(f, options, config, threads, providers) for f in families)
+            failed = [v for v in verdicts if not v.passed]
             if not failed:
                 if config:
                     self._say(graph, tried[0][1], label, config)
                 return dict(config)
             tried.append((label, failed))
-        attempts = "; ".join(f"with {label}: " + ", ".join(f"{v.family.describe()} off by {v.error:.2g}" for v in failed)
+        attempts = "; ".join(f"with {label}: "
+                             + ", ".join(f"{v.family.describe()} off by {v.error:.2g}" for v in failed)
                              for label, failed in tried)
         raise KernelError(f"{path}: onnxruntime {ort.__version__} computes its quantized kernels wrongly on this CPU "
                           f"({cpu_features().describe()}) with every session option tried ({attempts}): refusing to "

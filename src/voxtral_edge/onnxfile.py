@@ -28,7 +28,8 @@ MODEL_IR_VERSION, MODEL_PRODUCER_NAME, MODEL_GRAPH, MODEL_OPSET_IMPORT = 1, 2, 7
 OPSET_DOMAIN, OPSET_VERSION = 1, 2
 GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_SPARSE_INITIALIZER = 1, 2, 5, 11, 12, 15
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
-ATTRIBUTE_NAME, ATTRIBUTE_F, ATTRIBUTE_I, ATTRIBUTE_T, ATTRIBUTE_G, ATTRIBUTE_TENSORS, ATTRIBUTE_GRAPHS = 1, 2, 3, 5, 6, 10, 11
+ATTRIBUTE_NAME, ATTRIBUTE_F, ATTRIBUTE_I, ATTRIBUTE_T = 1, 2, 3, 5
+ATTRIBUTE_G, ATTRIBUTE_TENSORS, ATTRIBUTE_GRAPHS = 6, 10, 11
 ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_FLOAT, ATTRIBUTE_TYPE_INT = 20, 1, 2
 ATTRIBUTE_S = 4
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
@@ -235,12 +236,14 @@ def _bytes_field(number: int, value: bytes | str) -> bytes:
 
 def _tensor(name: str, array: np.ndarray) -> bytes:
     array = np.ascontiguousarray(array)
-    return (b"".join(_int_field(TENSOR_DIMS, d) for d in array.shape) + _int_field(TENSOR_DATA_TYPE, ELEM_TYPES[array.dtype])
+    return (b"".join(_int_field(TENSOR_DIMS, d) for d in array.shape)
+            + _int_field(TENSOR_DATA_TYPE, ELEM_TYPES[array.dtype])
             + _bytes_field(TENSOR_NAME, name) + _bytes_field(TENSOR_RAW_DATA, array.tobytes()))
 
 
 def _value_info(name: str, dtype, shape: tuple[int | str, ...]) -> bytes:
-    dims = b"".join(_bytes_field(SHAPE_DIM, _int_field(DIM_VALUE, d) if isinstance(d, int) else _bytes_field(DIM_PARAM, d))
+    dims = b"".join(_bytes_field(SHAPE_DIM, _int_field(DIM_VALUE, d) if isinstance(d, int)
+                                 else _bytes_field(DIM_PARAM, d))
                     for d in shape)
     tensor_type = _int_field(TYPE_TENSOR_ELEM_TYPE, ELEM_TYPES[np.dtype(dtype)]) + _bytes_field(TYPE_TENSOR_SHAPE, dims)
     return _bytes_field(VALUE_INFO_NAME, name) + _bytes_field(VALUE_INFO_TYPE, _bytes_field(TYPE_TENSOR, tensor_type))
@@ -248,7 +251,8 @@ def _value_info(name: str, dtype, shape: tuple[int | str, ...]) -> bytes:
 
 def _attribute(name: str, value: int | float) -> bytes:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return _bytes_field(ATTRIBUTE_NAME, name) + _int_field(ATTRIBUTE_I, int(value)) + _int_field(ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_INT)
+        return (_bytes_field(ATTRIBUTE_NAME, name) + _int_field(ATTRIBUTE_I, int(value))
+                + _int_field(ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_INT))
     if isinstance(value, float):
         return (_bytes_field(ATTRIBUTE_NAME, name) + _key(ATTRIBUTE_F, 5) + struct.pack("<f", value)
                 + _int_field(ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_FLOAT))

@@ -123,7 +123,8 @@ def print_npu_estimates(manifest: dict, targets: list, steps: int, out=None) -> 
     if not with_npu:
         return
     out = out or sys.stdout
-    print("\nNPU, an estimate from a published decoder measurement on the same HTP class (not measured here):", file=out)
+    print("\nNPU, an estimate from a published decoder measurement on the same HTP class (not measured here):",
+          file=out)
     print("\n| profile | placement | backbone ms | flow ms/frame | codec ms | frame ms | rtf | rests on |", file=out)
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
     for t in with_npu:
@@ -311,7 +312,8 @@ def doctor(args: argparse.Namespace) -> int:
     print(f"voxtral-edge {__version__}, Python {platform.python_version()}, {platform.system()} {cpu.machine}")
     print(f"cpu          {cpu_model()} ({usable_cores()} usable cores)")
     print(f"features     {' '.join(cpu.features) or 'none'}; lacks {' '.join(cpu.absent) or 'none'}")
-    print(f"onnxruntime  {ort.__version__} ({build or 'no build info'}); providers {', '.join(ort.get_available_providers())}")
+    print(f"onnxruntime  {ort.__version__} ({build or 'no build info'}); "
+          f"providers {', '.join(ort.get_available_providers())}")
     print(f"kernels      of {source}: known answers, max error / peak, tolerance {TOLERANCE:g}, "
           f"{f'{args.threads} thread' + ('s' if args.threads > 1 else '') if args.threads else 'the default threads'}")
     if not rows:
@@ -350,8 +352,8 @@ def add_doctor(sub) -> None:
         "examples:\n  voxtral-edge doctor\n  voxtral-edge doctor --bundle voxtral-int4 --threads 4\n"
         "  voxtral-edge doctor --json")
     p.add_argument("--bundle", metavar="DIR", help="check the kernels of this bundle's graphs")
-    p.add_argument("--threads", type=positive(int, 1, 256), metavar="N", help="onnxruntime threads, as the bundle will run "
-                   "(default: onnxruntime's choice)")
+    p.add_argument("--threads", type=positive(int, 1, 256), metavar="N",
+                   help="onnxruntime threads, as the bundle will run (default: onnxruntime's choice)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
 
