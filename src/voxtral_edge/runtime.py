@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from . import defaults
 from .errors import UsageError, VoxtralEdgeError
+from .machine import trim_heap, zeroed_buffer
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .sessions import SessionSettings, open_sessions
@@ -107,7 +108,8 @@ class Synthesizer:
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
-                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None):
+                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, release_mapped: bool = True,
+                 parallel_open: bool = False):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
         self.sample_rate = int(self.audio_layout["sample_rate"])
@@ -119,10 +121,19 @@ class Synthesizer:
         # the codec may have its own thread budget: on its own thread (codec_pipeline) it runs beside the others
         self.codec_pipeline = bool(codec_pipeline)
         self._pool: ThreadPoolExecutor | None = None
-        self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, SessionSettings(
-            threads=threads, codec_threads=codec_threads, providers=tuple(providers), saved_graphs=saved_graphs,
-            profiling=profiling))
-        self.tokenizer = Tokenizer.from_file(str(m.path(m["tokenizer"]["file"])))
+        settings = SessionSettings(threads=threads, codec_threads=codec_threads, providers=tuple(providers),
+                                   saved_graphs=saved_graphs, profiling=profiling, release_mapped=release_mapped,
+                                   parallel_open=parallel_open)
+        tokenizer_file = str(m.path(m["tokenizer"]["file"]))
+        if parallel_open:
+            with ThreadPoolExecutor(1) as pool:
+                tokenizer = pool.submit(Tokenizer.from_file, tokenizer_file)
+                self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, settings)
+                self.tokenizer = tokenizer.result()
+        else:  # the tokenizer first: its parse temporaries come and go while the process is still small
+            self.tokenizer = Tokenizer.from_file(tokenizer_file)
+            trim_heap()
+            self.sessions = open_sessions(m, settings)
         self.ids = SpeechSpecialIds.from_dict(m["special_ids"])
         self.text_embeddings = EmbeddingTable(m.path(m["embeddings"]["text"]["file"]), m["embeddings"]["text"]["dtype"])
         self.audio_embeddings = EmbeddingTable(m.path(m["embeddings"]["audio"]["file"]),
@@ -141,18 +152,23 @@ class Synthesizer:
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
-             profiling: str | None = None) -> "Synthesizer":
+             profiling: str | None = None, release_mapped: bool = True,
+             parallel_open: bool = False) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
         `voxtral-edge optimize` made them (saved_graphs None), making them (True) or never (False).
         `threads` is the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's
         (default: the same); `providers` the execution providers by short name; `profiling` a path prefix
-        for onnxruntime's per-node profiles. With `codec_pipeline`, `stream` decodes audio on a second
-        thread while the next frames are computed (same audio)."""
+        for onnxruntime's per-node profiles. `release_mapped` gives back the data-file pages onnxruntime
+        keeps mapped once a session is made; `parallel_open` loads the tokenizer and makes the codec's
+        session on a second thread (shorter open, higher peak memory; see `voxtral_edge.sessions`). With
+        `codec_pipeline`, `stream` decodes audio on a second thread while the next frames are computed
+        (same audio)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
-                   providers=providers, profiling=profiling)
+                   providers=providers, profiling=profiling, release_mapped=release_mapped,
+                   parallel_open=parallel_open)
 
     # -- inputs ----------------------------------------------------------------------------------
     @property
@@ -198,8 +214,9 @@ class Synthesizer:
         if self._kv is None:
             b = self.manifest["model"]["backbone"]
             shape = (1, b["n_kv_heads"], self.max_context, b["head_dim"])
-            # each OrtValue wraps its numpy array's memory: writing the array writes the cache
-            self._kv_arrays = [np.zeros(shape, f32) for _ in range(2 * b["n_layers"])]
+            # each OrtValue wraps its numpy array's memory: writing the array writes the cache; on small
+            # pages, only the positions written are resident
+            self._kv_arrays = [zeroed_buffer(shape, f32) for _ in range(2 * b["n_layers"])]
             self._kv = [ort.OrtValue.ortvalue_from_numpy(a) for a in self._kv_arrays]
             self._io = self.sessions["backbone_step"].io_binding()
             for i in range(b["n_layers"]):

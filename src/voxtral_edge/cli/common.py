@@ -69,6 +69,9 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
     p.add_argument("--no-saved-graphs", action="store_true",
                    help="build the sessions from the bundle's graphs, neither using nor saving this machine's "
                         "optimized graphs (see `voxtral-edge optimize`)")
+    p.add_argument("--parallel-open", action="store_true",
+                   help="load the tokenizer and make the codec's session on a second thread while the backbone's "
+                        "and flow head's are made: a shorter open on two cores or more, for a higher peak memory")
 
 
 def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
@@ -93,7 +96,8 @@ def bundle_settings(args: argparse.Namespace) -> dict:
     """Synthesizer.open's keyword arguments from the bundle options (after apply_profile)."""
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
-            "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers)}
+            "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
+            "parallel_open": args.parallel_open}
 
 
 def add_normalize_options(p: argparse.ArgumentParser, default: str) -> None:

@@ -34,7 +34,7 @@ def bench(args: argparse.Namespace) -> int:
                                    max_context=args.max_context, verify=not args.no_verify,
                                    saved_graphs=False if args.no_saved_graphs else None,
                                    codec_threads=args.codec_threads, codec_pipeline=args.codec_pipeline,
-                                   providers=tuple(args.providers))
+                                   providers=tuple(args.providers), parallel_open=args.parallel_open)
     print(measure.to_json_lines(info, rows) if args.json else measure.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
