@@ -21,7 +21,9 @@ Variants (default: default no-release parallel-open):
     before             the code of --before CHECKOUT (a checkout of an earlier commit), for a before/after
                        in one run
 
-Every open is a second open: the bundle is hashed (verified stamp) before the first run. Rounds interleave
+"open CPU s" is the CPU time of making the Synthesizer (every thread), "run CPU s" that of everything bench
+does after it (warm-up, prefills, the streamed runs): the same work in every variant, so a ratio of CPU
+seconds compares speed even on a busy machine. Every open is a second open: the bundle is hashed (verified stamp) before the first run. Rounds interleave
 the variants (round 1: every variant, then round 2: ...), so a busy machine's load falls on all of them
 alike. Memory does not depend on the load; times do: compare them within one run only.
 """
@@ -49,14 +51,16 @@ OPEN = {"no-release": {"release_mapped": False}, "parallel-open": {"parallel_ope
 VARIANTS = ["default", "before", *OPEN, *CONFIG]
 
 CHILD = r"""
-import hashlib, inspect, json, sys
+import hashlib, inspect, json, sys, time
 import numpy as np
 from voxtral_edge import bench, runtime, sessions
-opened = []  # the Synthesizer bench opens, for the codes of its last run (an earlier checkout has no codes hash)
+opened, cpu = [], {}  # the Synthesizer bench opens (the codes of its last run) and the CPU time of its opening
 init = runtime.Synthesizer.__init__
 def recording_init(self, *args, **kwargs):
     opened.append(self)
+    start = time.process_time()
     init(self, *args, **kwargs)
+    cpu["open"], cpu["opened_at"] = time.process_time() - start, time.process_time()
 runtime.Synthesizer.__init__ = recording_init
 bundle, options, config = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 if config:  # every session starts from session_options: add the variant's onnxruntime settings there
@@ -73,6 +77,7 @@ accepted = inspect.signature(bench.run_bench).parameters  # an earlier checkout 
 info, rows = bench.run_bench(bundle, **{k: v for k, v in options.items() if k in accepted})
 codes = np.ascontiguousarray(opened[-1].last_result.codes, dtype=np.int64)
 info["codes_sha256"] = hashlib.sha256(codes).hexdigest()[:16]
+info["open_cpu_s"], info["run_cpu_s"] = cpu["open"], time.process_time() - cpu["opened_at"]
 print(json.dumps({"info": info, "rows": {r.test.split(" (")[0].split(" pp")[0]: r.median for r in rows}}))
 """
 
@@ -138,18 +143,19 @@ def main() -> None:
           f"{max(x['loadavg'] for v in results.values() for x in v):.1f}; max context {args.max_context}, "
           f"{args.frames} frames x {args.repeats}, {args.rounds} rounds (median (min-max))\n")
     print("| bundle | plan | variant | peak RSS MB | anonymous MB | file MB | open s | open CPU s | frame ms | "
-          "disk GB | codes |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "run CPU s | disk GB | codes |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for (bundle, variant), runs in results.items():
         rows = [x["rows"] for x in runs]
         codes = {x["info"].get("codes_sha256", "?") for x in runs}
         reference = {x["info"].get("codes_sha256") for x in results.get((bundle, "default"), [])}
         same = "same as default" if variant != "default" and codes == reference else ", ".join(sorted(codes))
-        cpu = [r["load: CPU"] for r in rows if "load: CPU" in r]
-        print(f"| {Path(bundle).name} | {runs[0]['info']['plan']} | {variant} | {spread([r['peak RSS'] for r in rows], 0)} | "
+        infos = [x["info"] for x in runs]
+        print(f"| {Path(bundle).name} | {infos[0]['plan']} | {variant} | {spread([r['peak RSS'] for r in rows], 0)} | "
               f"{spread([r['RSS anonymous'] for r in rows], 0)} | {spread([r['RSS file'] for r in rows], 0)} | "
-              f"{spread([r['load'] for r in rows], 2)} | {spread(cpu, 2) if cpu else '-'} | "
-              f"{spread([r['frame'] for r in rows], 1)} | {disk_gb(Path(bundle), variant):.2f} | {same} |")
+              f"{spread([r['load'] for r in rows], 2)} | {spread([i['open_cpu_s'] for i in infos], 2)} | "
+              f"{spread([r['frame'] for r in rows], 1)} | {spread([i['run_cpu_s'] for i in infos], 1)} | "
+              f"{disk_gb(Path(bundle), variant):.2f} | {same} |")
 
 
 if __name__ == "__main__":
