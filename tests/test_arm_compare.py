@@ -113,3 +113,22 @@ def test_teacher_forced_codes_count_each_difference_once():
     assert c.passes()  # the free-running codes agree; the teacher-forced count is reported beside them
     assert "teacher-forced 11/12" in compare.format_line("tiny", "int4", "max", c)
     assert compare.relative_error(np.array([2.0, -4.0]), np.array([2.0, -3.0])) == 0.25
+
+
+def test_a_quantized_plan_is_close_within_the_probe_tolerance_and_forced_agreement():
+    codes, audio = run(10)
+    other = codes.copy()
+    other[3:, 0] += 1  # free-running: apart from frame 3 on
+    forced = codes.copy()
+    forced[3, 0] += 1  # teacher-forced: one code of 30 differs (97 %)
+    c = compare.compare_runs(codes, audio, other, audio, codes, forced)
+    assert not c.passes()
+    assert compare.close(c, {"latent": 0.02, "codec": 0.001})
+    assert compare.format_line("tiny", "int4", "max", c, probe_errors={"latent": 0.02}).endswith("close")
+    assert not compare.close(c, {"latent": 0.5})  # a graph off by more than the tolerance
+    assert compare.format_line("tiny", "int4", "max", c, probe_errors={"latent": 0.5}).endswith("DIFFERS")
+    forced[4:6, 0] += 1  # 3 of 30 differ: 90 % still holds, 4 do not
+    assert compare.close(compare.compare_runs(codes, audio, other, audio, codes, forced), {})
+    forced[6, 0] += 1
+    assert not compare.close(compare.compare_runs(codes, audio, other, audio, codes, forced), {})
+    assert compare.format_line("tiny", "fp32", "max", c).endswith("DIFFERS")  # no probes given: not close

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import ctypes
 import glob
 import hashlib
 import json
@@ -38,6 +37,11 @@ THREADS = 1
 # An Arm result passes when its codes equal x86's and its audio is within this of x86's (absolute, on
 # float audio in [-1, 1]; 16-bit PCM's step is 3.1e-5).
 AUDIO_TOLERANCE = 1e-4
+# A quantized plan runs other integer kernels per CPU, so it is "close" instead: each graph's output within
+# this of x86's (max rel. error; legitimate differences measured 0.2-3 %) and at least this share of the
+# teacher-forced codes equal (measured 93-100 % on cortex-a53).
+PROBE_TOLERANCE = 0.1
+FORCED_AGREEMENT = 0.9
 
 
 # -- comparing two runs (unit-tested in tests/test_arm_compare.py) -------------------------------------
@@ -90,13 +94,23 @@ def compare_runs(ref_codes: np.ndarray, ref_audio: np.ndarray, codes: np.ndarray
                       audio_peak=float(np.abs(ref_audio).max()) if len(ref_audio) else 0.0)
 
 
-def format_line(bundle: str, plan: str, variant: str, c: Comparison, tolerance: float = AUDIO_TOLERANCE) -> str:
-    """One report line: bundle, plan, CPU variant, frames compared, code agreement, max audio error, verdict."""
+def close(c: Comparison, probe_errors: dict[str, float]) -> bool:
+    """Whether a quantized plan's run is within what its kernels may differ by: every graph probe within
+    PROBE_TOLERANCE of x86's, at least FORCED_AGREEMENT of the teacher-forced codes equal."""
+    forced = c.forced_equal / c.forced_total if c.forced_total else 0.0
+    return forced >= FORCED_AGREEMENT and all(e <= PROBE_TOLERANCE for e in probe_errors.values())
+
+
+def format_line(bundle: str, plan: str, variant: str, c: Comparison, tolerance: float = AUDIO_TOLERANCE,
+                probe_errors: dict[str, float] | None = None) -> str:
+    """One report line: bundle, plan, CPU variant, frames compared, code agreement, max audio error, verdict
+    (ok: identical; close: not, but `close` with `probe_errors`; DIFFERS)."""
     frames = f"{c.frames}" if c.frames_reference == c.frames_candidate else \
         f"{c.frames} (x86 {c.frames_reference}, arm {c.frames_candidate})"
     share = 100.0 * c.codes_equal / c.codes_total if c.codes_total else 100.0
     codes = "identical" if c.identical_codes else f"first differ at frame {c.first_differing_frame}"
-    verdict = "ok" if c.passes(tolerance) else "DIFFERS"
+    verdict = ("ok" if c.passes(tolerance) else
+               "close" if probe_errors is not None and close(c, probe_errors) else "DIFFERS")
     forced = f"  teacher-forced {c.forced_equal}/{c.forced_total}" if c.forced_total is not None else ""
     return (f"{bundle:5s} {plan:8s} {variant:10s}  frames {frames:>3s}  codes {c.codes_equal}/{c.codes_total} "
             f"({share:.1f}%, {codes}){forced}  max audio error {c.max_audio_error:.2e} (peak {c.audio_peak:.2f})  "
@@ -140,25 +154,11 @@ def runtime_test_files(tests: Path) -> list[Path]:
 
 # -- speaking --------------------------------------------------------------------------------------------
 def cpu_features() -> dict:
-    """This CPU's features that select onnxruntime's kernels (as the kernel, or qemu, reports them)."""
-    machine = platform.machine()
-    if machine in ("aarch64", "arm64"):
-        getauxval = ctypes.CDLL(None).getauxval
-        getauxval.restype = ctypes.c_ulong
-        hwcap, hwcap2 = getauxval(16), getauxval(26)  # AT_HWCAP, AT_HWCAP2
-        bits = {"asimd (NEON)": hwcap >> 1 & 1, "asimdhp (fp16)": hwcap >> 10 & 1, "asimddp (dot product)": hwcap >> 20 & 1,
-                "sve": hwcap >> 22 & 1, "i8mm": hwcap2 >> 13 & 1, "bf16": hwcap2 >> 14 & 1, "sve2": hwcap2 >> 1 & 1,
-                "sme": hwcap2 >> 23 & 1, "sme2": hwcap2 >> 37 & 1}
-    else:
-        flags = set()
-        if os.path.exists("/proc/cpuinfo"):
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-        bits = {f: int(f in flags) for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni")}
-    return {"machine": machine, "features": [name for name, on in bits.items() if on],
-            "absent": [name for name, on in bits.items() if not on]}
+    """This CPU's kernel-choosing features (`voxtral_edge.machine.cpu_features`), as JSON."""
+    from voxtral_edge.machine import cpu_features as features
+
+    f = features()
+    return {"machine": f.machine, "features": list(f.features), "absent": list(f.absent), "raw": f.raw}
 
 
 def kernels_run(profile: Path) -> set[str]:
@@ -210,7 +210,7 @@ def speak(data: Path, variant: str) -> None:
     profiles = out / "profiles"
 
     info = {"cpu": cpu_features(), "onnxruntime": ort.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "kernels": {}}
+            "python": platform.python_version(), "kernels": {}, "fallbacks": {}}
     jobs = json.loads((data / "jobs.json").read_text())
     for job in jobs:
         name = job["name"]
@@ -229,6 +229,7 @@ def speak(data: Path, variant: str) -> None:
         for graph, session in synth.sessions.items():
             kernels[graph] = sorted(kernels_run(Path(session.end_profiling())))
         info["kernels"][name] = kernels
+        info["fallbacks"][name] = synth.kernel_fallbacks
         tmp = out / f".{name}.partial.npz"
         np.savez(tmp, codes=result.codes, audio=result.audio, forced=forced, **probes)
         os.replace(tmp, out / f"{name}.npz")
@@ -328,14 +329,18 @@ def report(data: Path, wheels: Path | None = None) -> bool:
         for variant in VARIANTS:
             got = np.load(data / "results" / variant / f"{job['name']}.npz")
             c = compare_runs(ref["codes"], ref["audio"], got["codes"], got["audio"], ref.get("forced"), got.get("forced"))
+            errors = {name.removeprefix("probe_"): relative_error(ref[name], got[name])
+                      for name in ("probe_hidden", "probe_logits", "probe_velocity", "probe_latent", "probe_codec")
+                      if name in got and name in ref}
             # fp32 runs the same float kernels' arithmetic everywhere and must agree; the quantized plans run
-            # different integer kernels per CPU (see benchmarks/arm/README.md), reported, not failed
-            ok &= c.passes() or job["plan"] != "fp32"
-            probes = "  graphs vs x86 (max rel. error): " + ", ".join(
-                f"{name.removeprefix('probe_')} {relative_error(ref[name], got[name]):.1e}"
-                for name in ("probe_hidden", "probe_logits", "probe_velocity", "probe_latent", "probe_codec")
-                if name in got and name in ref)
-            print(format_line(job["size"], job["plan"], variant, c) + probes)
+            # different integer kernels per CPU (see benchmarks/arm/README.md) and must be close
+            ok &= c.passes() or (job["plan"] != "fp32" and close(c, errors))
+            probes = "  graphs vs x86 (max rel. error): " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items())
+            fallbacks = infos[variant].get("fallbacks", {}).get(job["name"]) or {}
+            opened = "; ".join(f"{graph} with {', '.join(f'{k}={v}' for k, v in config.items())}"
+                               for graph, config in fallbacks.items())
+            print(format_line(job["size"], job["plan"], variant, c, probe_errors=None if job["plan"] == "fp32" else errors)
+                  + probes + (f"  kernel fallback: {opened}" if opened else ""))
     print("# onnxruntime's compute kernels run (from its profiles; the same op types on x86 and both Arm CPUs "
           "unless listed):")
     for job in jobs:

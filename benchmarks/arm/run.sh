@@ -150,6 +150,13 @@ as_cpu cortex-a53 /opt/venv/bin/python -c "import voxtral_edge.runtime, onnxrunt
 print('root:', platform.machine(), 'python', platform.python_version(), 'onnxruntime', onnxruntime.__version__, \
 'numpy', numpy.__version__, 'tokenizers', tokenizers.__version__)"
 
+# -- the kernels' known answers inside the root ----------------------------------------------------------
+for cpu in cortex-a53 max; do
+    step "voxtral-edge doctor inside the root, QEMU_CPU=$cpu: the quantized kernels against their known answers"
+    as_cpu "$cpu" /opt/venv/bin/voxtral-edge doctor --threads 1 \
+        || echo "run.sh: a quantized kernel is wrong on $cpu with every fallback (bundles using it will refuse)" >&2
+done
+
 # -- the runtime's tests inside the root ------------------------------------------------------------
 if [ "$run_tests" = 1 ]; then
     # the tests' tools, and what their oracle needs (the numpy reference reads BF16 safetensors checkpoints)

@@ -35,3 +35,7 @@ class BundlePathError(BundleError, UsageError):
 
 class UnknownNameError(ConfigError, UsageError):
     """A plan, profile or voice name that does not exist."""
+
+
+class KernelError(VoxtralEdgeError):
+    """onnxruntime computes a quantized kernel wrongly on this CPU, and no fallback it offers helps."""

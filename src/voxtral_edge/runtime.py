@@ -38,7 +38,7 @@ from .errors import UsageError, VoxtralEdgeError
 from .machine import trim_heap, zeroed_buffer
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
-from .sessions import SessionSettings, open_sessions
+from .sessions import SessionSettings, kernel_fallback, open_sessions
 from .text import LANGUAGES, split_text, voice_language
 from .text import normalize as normalize_text
 from .text import ssml as ssml_module
@@ -169,6 +169,12 @@ class Synthesizer:
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
                    providers=providers, profiling=profiling, release_mapped=release_mapped,
                    parallel_open=parallel_open)
+
+    @property
+    def kernel_fallbacks(self) -> dict[str, dict[str, str]]:
+        """The graphs opened with a kernel fallback because a quantized kernel gave wrong answers on this CPU
+        (`voxtral_edge.kernelcheck`), each with the session config entries it was opened with."""
+        return {name: config for name, session in self.sessions.items() if (config := kernel_fallback(session))}
 
     # -- inputs ----------------------------------------------------------------------------------
     @property

@@ -2,11 +2,14 @@
 this machine's saved optimized graphs. The runtime asks for "the bundle's graphs with these settings"
 and never branches on a provider in its frame loop.
 
-    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling)
+    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, release_mapped, parallel_open)
     open_sessions(manifest, settings)  -> {graph: InferenceSession}, each checked against the manifest
     create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
     session_options(threads)           the options every session starts from
     optimize_bundle(bundle, threads)   make (or check) this machine's saved graphs (`voxtral-edge optimize`)
+    KERNELS                            this process's known-answer verdicts of the quantized kernels
+                                       (`voxtral_edge.kernelcheck`): a graph whose kernel is wrong on this
+                                       CPU opens with the session options of a fallback that passes, or not
 
 Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory and
 binds it in place, so only providers that compute in host memory can run its graphs; today that is the
@@ -41,8 +44,10 @@ from pathlib import Path
 import onnxruntime as ort
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
+from .kernelcheck import FALLBACK_KEYS, Family, KernelCheck, family_report, graph_families
 from .machine import file_mappings, release_file_pages, trim_heap
 from .manifest import Manifest
+from .onnxfile import MalformedOnnx
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
 
 # Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
@@ -91,8 +96,11 @@ class SessionSettings:
     def graph_threads(self, graph: str) -> int | None:
         return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
 
-    def options(self, graph: str) -> ort.SessionOptions:
+    def options(self, graph: str, config: dict[str, str] | None = None) -> ort.SessionOptions:
+        """`graph`'s session options, with `config` entries added (a kernel fallback's)."""
         options = session_options(self.graph_threads(graph))
+        for key, value in (config or {}).items():
+            options.add_session_config_entry(key, value)
         if self.profiling is not None:
             options.enable_profiling = True
             options.profile_file_prefix = f"{self.profiling}{graph}"
@@ -130,11 +138,15 @@ def onnxruntime_providers(names: Sequence[str]) -> list[str]:
     return chosen
 
 
-def create_session(path: str | Path, options: ort.SessionOptions | None = None,
+def create_session(model: str | Path | bytes, options: ort.SessionOptions | None = None,
                    providers: Sequence[str] = ("cpu",)) -> ort.InferenceSession:
-    """A session for one graph file (the one place onnxruntime sessions are created)."""
-    return ort.InferenceSession(str(path), options if options is not None else session_options(),
+    """A session for one graph file, or a serialized model (the one place onnxruntime sessions are created)."""
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                options if options is not None else session_options(),
                                 providers=onnxruntime_providers(providers))
+
+
+KERNELS = KernelCheck(create_session)
 
 
 def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path) -> ort.InferenceSession:
@@ -151,14 +163,16 @@ def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
+def load_session(manifest: Manifest, name: str, settings: SessionSettings,
+                 config: dict[str, str] | None = None) -> ort.InferenceSession:
     """A session for one of the bundle's graphs, from this machine's saved graph where `settings` allow
     (made again when it no longer matches the machine, the bundle or its own record), else from the
-    bundle's graph."""
+    bundle's graph. `config`: session config entries of a kernel fallback; such a session is made from the
+    bundle's graph (a saved graph holds weights packed for the kernels the fallback avoids)."""
     plain = manifest.path(manifest["graphs"][name]["file"])
     use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
-    if not use_saved:
-        return create_session(plain, settings.options(name), settings.providers)
+    if config or not use_saved:
+        return create_session(plain, settings.options(name, config), settings.providers)
     folders = cache_folders(manifest.bundle)
     for folder in folders:
         path = saved_graph(manifest, name, folder)
@@ -190,6 +204,54 @@ def load_session(manifest: Manifest, name: str, settings: SessionSettings) -> or
     return create_session(plain, settings.options(name), settings.providers)
 
 
+def graph_kernels(manifest: Manifest, name: str) -> tuple[Family, ...]:
+    """The quantized kernel families one of the bundle's graphs uses (BundleError when unreadable)."""
+    path = manifest.path(manifest["graphs"][name]["file"])
+    try:
+        return graph_families(path)
+    except (MalformedOnnx, OSError) as e:
+        raise BundleError(f"{path}: cannot read its nodes ({e})") from None
+
+
+def kernel_config(manifest: Manifest, name: str, settings: SessionSettings) -> dict[str, str]:
+    """The session config entries that `name`'s quantized kernels need on this CPU: {} when they all give
+    the known answers with the bundle's options, else a fallback's (KernelError when none helps)."""
+    families = graph_kernels(manifest, name)
+    if not families:
+        return {}
+    threads = settings.graph_threads(name)
+    return KERNELS.session_config(name, manifest.path(manifest["graphs"][name]["file"]), families,
+                                  lambda: session_options(threads), threads, settings.providers)
+
+
+def kernel_report(families: dict[Family, list[str]], threads: int | None = None,
+                  providers: Sequence[str] = ("cpu",)) -> list[dict]:
+    """`voxtral-edge doctor`'s verdicts: each family (-> the graphs using it) solved now with the session
+    options a bundle's graph gets with `threads`, then with each fallback while it fails."""
+    onnxruntime_providers(providers)
+    return family_report(KERNELS, families, lambda: session_options(threads), threads, providers)
+
+
+def bundle_kernels(manifest: Manifest) -> dict[Family, list[str]]:
+    """The quantized kernel families of a bundle's graphs -> the graphs using each."""
+    found: dict[Family, list[str]] = {}
+    for name in manifest["graphs"]:
+        for family in graph_kernels(manifest, name):
+            found.setdefault(family, []).append(name)
+    return found
+
+
+def kernel_fallback(session: ort.InferenceSession) -> dict[str, str]:
+    """The kernel fallback's config entries a session was made with ({} for none), read from the session."""
+    options, found = session.get_session_options(), {}
+    for key in FALLBACK_KEYS:
+        try:
+            found[key] = options.get_session_config_entry(key)
+        except Exception:  # onnxruntime raises when the entry was never set
+            pass
+    return found
+
+
 def data_files(manifest: Manifest, name: str) -> list[Path]:
     """The files a session of this graph may map: the bundle's data file and this machine's saved ones."""
     graph = manifest["graphs"][name]
@@ -197,16 +259,17 @@ def data_files(manifest: Manifest, name: str) -> list[Path]:
     return files + [folder / f"{name}.onnx.data" for folder in cache_folders(manifest.bundle)]
 
 
-def _lean_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
+def _lean_session(manifest: Manifest, name: str, settings: SessionSettings,
+                  config: dict[str, str]) -> ort.InferenceSession:
     """`load_session`, then the footprint's clean-up: the pages of the data file this session mapped and
     no longer reads (`release_mapped`), the C heap's free pages."""
     if not settings.release_mapped:
-        session = load_session(manifest, name, settings)
+        session = load_session(manifest, name, settings, config)
     else:
         files = data_files(manifest, name)
         with _file_lock(files):
             before = file_mappings(files)  # other sessions' mappings of the same files are left alone
-            session = load_session(manifest, name, settings)
+            session = load_session(manifest, name, settings, config)
             release_file_pages(files, keep=before)
     trim_heap()
     return session
@@ -215,23 +278,29 @@ def _lean_session(manifest: Manifest, name: str, settings: SessionSettings) -> o
 def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSettings()) -> dict[str, ort.InferenceSession]:
     """One session per graph of the bundle (made in `OPEN_ORDER`, returned in the manifest's), each with
     the inputs and outputs its manifest lists (BundleError naming the file otherwise; UsageError for
-    providers that cannot be used)."""
+    providers that cannot be used), each of its quantized kernels checked against known answers first
+    (`kernel_config`; KernelError when wrong and no fallback helps). The checks all run before the first
+    session is made, on this thread: a wrong kernel is refused before any weight is packed, and their
+    small sessions come and go while the process is still small."""
     onnxruntime_providers(settings.providers)  # refused before any graph is read
     graphs = manifest["graphs"]
     order = sorted(graphs, key=lambda g: OPEN_ORDER.index(g) if g in OPEN_ORDER else -1)
+    configs = {name: kernel_config(manifest, name, settings) for name in order}
     beside = [g for g in order if g in BESIDE] if settings.parallel_open else []
     with ThreadPoolExecutor(1) if beside else nullcontext() as pool:
-        later = {name: pool.submit(_checked_session, manifest, name, settings) for name in beside}
-        made = {name: _checked_session(manifest, name, settings) for name in order if name not in later}
+        later = {name: pool.submit(_checked_session, manifest, name, settings, configs[name]) for name in beside}
+        made = {name: _checked_session(manifest, name, settings, configs[name]) for name in order if name not in later}
         made.update({name: future.result() for name, future in later.items()})
     return {name: made[name] for name in graphs}
 
 
-def _checked_session(manifest: Manifest, name: str, settings: SessionSettings) -> ort.InferenceSession:
-    """The session of one graph, with the inputs and outputs its manifest lists."""
+def _checked_session(manifest: Manifest, name: str, settings: SessionSettings,
+                     config: dict[str, str]) -> ort.InferenceSession:
+    """The session of one graph (with a kernel fallback's `config` entries), with the inputs and outputs
+    its manifest lists."""
     graph, path = manifest["graphs"][name], manifest.path(manifest["graphs"][name]["file"])
     try:
-        session = _lean_session(manifest, name, settings)
+        session = _lean_session(manifest, name, settings, config)
     except VoxtralEdgeError:
         raise
     except Exception as e:  # onnxruntime raises its own types for a graph it cannot load

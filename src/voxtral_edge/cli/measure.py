@@ -1,5 +1,5 @@
 """Measuring and checking: `bench` (llama-bench-style rows, device estimates), `devices`, `verify`,
-`optimize`."""
+`optimize`, `doctor` (this machine, onnxruntime, and whether its quantized kernels give the known answers)."""
 
 from __future__ import annotations
 
@@ -223,4 +223,99 @@ def add_optimize(sub) -> None:
     p.add_argument("--threads", type=positive(int), help="onnxruntime threads")
 
 
-COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize]
+def plan_kernels() -> dict:
+    """The quantized kernel families of the named plans -> "plan graph" names using each."""
+    from ..kernelcheck import Family
+    from ..quant.plans import GRAPHS, NAMED_PLANS
+
+    found: dict = {}
+    for plan in NAMED_PLANS.values():
+        for graph in GRAPHS:
+            g = plan.graph(graph)
+            for spec in ([g.spec] if g.spec else []) + [spec for _, spec in g.overrides]:
+                family = (Family("DynamicQuantizeMatMul") if spec.method == "dynamic-int8" else
+                          Family("MatMulNBits", spec.bits, spec.block_size, spec.accuracy_level, not spec.symmetric))
+                users = found.setdefault(family, [])
+                if f"{plan.name} {graph}" not in users:
+                    users.append(f"{plan.name} {graph}")
+    return dict(sorted(found.items(), key=lambda item: (item[0].op_type, item[0].bits, item[0].block_size,
+                                                        item[0].accuracy_level, item[0].zero_points)))
+
+
+def doctor(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    import onnxruntime as ort
+
+    from .. import __version__
+    from ..kernelcheck import TOLERANCE
+    from ..machine import cpu_features, cpu_model, usable_cores
+    from ..manifest import Manifest
+    from ..sessions import KERNELS, bundle_kernels, kernel_report
+
+    if args.bundle:
+        families, source = bundle_kernels(Manifest.load(args.bundle, verify=False)), f"the bundle {args.bundle}"
+    else:
+        families, source = plan_kernels(), "the named plans"
+    cpu = cpu_features()
+    spent = KERNELS.seconds
+    rows = kernel_report(families, threads=args.threads)
+    spent = KERNELS.seconds - spent
+    build = ort.get_build_info() if hasattr(ort, "get_build_info") else ""
+    usable = all(any(t["passed"] for t in row["tried"]) for row in rows)
+    if args.json:
+        print(json.dumps({"voxtral_edge": __version__, "python": platform.python_version(), "system": platform.system(),
+                          "cpu": cpu_model(), "cores": usable_cores(), "machine": cpu.machine,
+                          "features": list(cpu.features), "absent": list(cpu.absent), "cpu_raw": cpu.raw,
+                          "onnxruntime": ort.__version__, "onnxruntime_build": build,
+                          "providers": ort.get_available_providers(), "threads": args.threads, "tolerance": TOLERANCE,
+                          "families_of": source, "kernels": rows, "seconds": spent}, indent=1))
+        return 0 if usable else 1
+    print(f"voxtral-edge {__version__}, Python {platform.python_version()}, {platform.system()} {cpu.machine}")
+    print(f"cpu          {cpu_model()} ({usable_cores()} usable cores)")
+    print(f"features     {' '.join(cpu.features) or 'none'}; lacks {' '.join(cpu.absent) or 'none'}")
+    print(f"onnxruntime  {ort.__version__} ({build or 'no build info'}); providers {', '.join(ort.get_available_providers())}")
+    print(f"kernels      of {source}: known answers, max error / peak, tolerance {TOLERANCE:g}, "
+          f"{f'{args.threads} thread' + ('s' if args.threads > 1 else '') if args.threads else 'the default threads'}")
+    if not rows:
+        print("  (no quantized kernel)")
+    for row in rows:
+        first = row["tried"][0]
+        verdict = "ok" if first["passed"] else "WRONG"
+        error = "failed" if first["error"] is None else f"{first['error']:.1e}"
+        line = f"  {verdict:5s} {row['family']:72s} error {error:8s} {', '.join(row['graphs'])}"
+        if not first["passed"]:
+            line += f"\n        on {first['detail']}"
+            for t in row["tried"][1:]:
+                result = "failed" if t["error"] is None else f"error {t['error']:.1e}"
+                line += f"\n        with {t['options']} ({', '.join(f'{k}={v}' for k, v in t['config'].items())}): " \
+                        f"{'ok' if t['passed'] else 'WRONG'}, {result}"
+            if not any(t["passed"] for t in row["tried"]):
+                line += "\n        nothing passes: a bundle using it refuses to open on this machine"
+        print(line)
+    if rows:
+        print(f"             {sum(len(r['tried']) for r in rows)} known-answer checks in {spent * 1000:.0f} ms")
+    return 0 if usable else 1
+
+
+def add_doctor(sub) -> None:
+    p = add_command(
+        sub, "doctor", doctor, "check this machine: CPU features, onnxruntime, and its quantized kernels",
+        "Print this machine's CPU and the features that choose onnxruntime's kernels (AVX2, AVX-512 VNNI; NEON, "
+        "dot product, i8mm, SVE, SME), onnxruntime's version and build, and for each quantized kernel family "
+        "(DynamicQuantizeMatMul; MatMulNBits per bits, block size, accuracy level) whether it gives the exact "
+        "answers of a few small problems here, solved now. A family that does not is solved again with each "
+        "fallback the runtime would use (KleidiAI disabled, weight prepacking disabled). Opening a bundle runs "
+        "the same checks (cached per CPU and onnxruntime build) and opens a graph whose kernel is wrong with "
+        "the first fallback that passes, or refuses. Without --bundle, the families of the named plans. "
+        "Exit status 1 when some family passes with no fallback.",
+        "examples:\n  voxtral-edge doctor\n  voxtral-edge doctor --bundle voxtral-int4 --threads 4\n"
+        "  voxtral-edge doctor --json")
+    p.add_argument("--bundle", metavar="DIR", help="check the kernels of this bundle's graphs")
+    p.add_argument("--threads", type=positive(int, 1, 256), metavar="N", help="onnxruntime threads, as the bundle will run "
+                   "(default: onnxruntime's choice)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
+
+COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize, add_doctor]
