@@ -23,9 +23,10 @@ Variants (default: default no-release parallel-open):
 
 "open CPU s" is the CPU time of making the Synthesizer (every thread), "run CPU s" that of everything bench
 does after it (warm-up, prefills, the streamed runs): the same work in every variant, so a ratio of CPU
-seconds compares speed even on a busy machine. Every open is a second open: the bundle is hashed (verified stamp) before the first run. Rounds interleave
-the variants (round 1: every variant, then round 2: ...), so a busy machine's load falls on all of them
-alike. Memory does not depend on the load; times do: compare them within one run only.
+seconds compares speed even on a busy machine. Every open is a second open: the bundle is hashed (verified
+stamp) and its quantized kernels checked (the verdicts cached, `voxtral_edge.kernelcheck`) before the first
+run. Rounds interleave the variants (round 1: every variant, then round 2: ...), so a busy machine's load
+falls on all of them alike. Memory does not depend on the load; times do: compare them within one run only.
 """
 
 from __future__ import annotations
@@ -122,14 +123,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="bench repeats inside each run (default: 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-context", type=int, default=2048)
-    parser.add_argument("--before", metavar="CHECKOUT", help="a checkout of an earlier commit, for the 'before' variant")
+    parser.add_argument("--before", metavar="CHECKOUT",
+                        help="a checkout of an earlier commit, for the 'before' variant")
     args = parser.parse_args()
     if "before" in args.variants and not args.before:
         parser.error("the 'before' variant needs --before CHECKOUT")
     from voxtral_edge.manifest import Manifest
+    from voxtral_edge.sessions import SessionSettings, kernel_config
 
-    for bundle in args.bundle:  # hashed here if its verified stamp is stale, so that no run's open pays it
-        Manifest.load(bundle)
+    for bundle in args.bundle:  # hashed and its kernels checked here, so that no run's open pays for it
+        manifest = Manifest.load(bundle)
+        for graph in manifest["graphs"]:
+            kernel_config(manifest, graph, SessionSettings(threads=args.threads))
     results: dict[tuple[str, str], list[dict]] = {}
     for r in range(args.rounds):
         for bundle in map(Path, args.bundle):
