@@ -192,7 +192,7 @@ def test_plans_from_toml(tmp_path):
 @pytest.mark.parametrize("toml, message", [
     ("[backbone_step]\nbits = 3\n", r"\[backbone_step\] bits: 3 is not supported"),
     ("[backbone_step]\nblock_size = 48\n", r"block_size: 48 is not one of"),
-    ("[flow_head]\nmethod = \"int2\"\n", r"method: 'int2' is not one of nbits, dynamic-int8, fp32"),
+    ("[flow_head]\nmethod = \"int2\"\n", r"method: 'int2' is not one of nbits, dynamic-int8, qdq, fp32"),
     ("[flow_head]\nbitz = 4\n", r"\[flow_head\] bitz: unknown key"),
     ("[decoder]\nbits = 4\n", r"unknown table or key \['decoder'\]"),
     ("[backbone_step]\nsymmetric = \"yes\"\n", r"symmetric: must be true or false"),

@@ -120,19 +120,23 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               chunk_frames: int = defaults.CHUNK_FRAMES, voice: str | None = None,
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
               saved_graphs: bool | None = None, codec_threads: int | None = None,
-              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",), release_mapped: bool = True,
+              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",), allow_fallback: bool = False,
+              soc: str | None = None, release_mapped: bool = True,
               parallel_open: bool = False) -> tuple[dict, list[Row]]:
-    """Measure a bundle; returns (provenance, rows)."""
+    """Measure a bundle; returns (provenance, rows). On the NPU (`providers` qnn...) the provenance counts the
+    nodes each graph runs on the CPU (none unless allow_fallback)."""
     from .manifest import Manifest
     from .prompt import voice_positions
     from .runtime import Synthesizer
+    from .sessions import nodes_on_cpu, npu_graphs
 
     start, start_cpu = time.perf_counter(), time.process_time()
     manifest = Manifest.load(bundle, verify=verify)
     verify_s = time.perf_counter() - start
     synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs,
                         codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers,
-                        release_mapped=release_mapped, parallel_open=parallel_open)
+                        allow_fallback=allow_fallback, soc=soc, release_mapped=release_mapped,
+                        parallel_open=parallel_open)
     load_s, load_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -182,6 +186,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     info.update(steps=steps, cfg=cfg_alpha, frames=frames, repeats=repeats, voice=voice, chunk_frames=chunk_frames,
                 first_audio_tokens=len(prompt) - voice_positions(prompt, synth.ids).stop - 1,
                 codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline,
+                providers=list(providers), nodes_on_cpu={g: len(nodes_on_cpu(s)) for g, s in synth.sessions.items()
+                                                         if g in npu_graphs(providers)},
                 parallel_open=parallel_open, release_mapped=release_mapped,
                 codes_sha256=hashlib.sha256(np.ascontiguousarray(runs[-1].codes, dtype=np.int64)).hexdigest()[:16])
     return info, rows
@@ -190,6 +196,9 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
 def to_markdown(info: dict, rows: list[Row]) -> str:
     head = (f"{info['cpu']}, {info['cores']} cores, threads {info['threads']}, onnxruntime {info['onnxruntime']}, "
             f"voxtral-edge {info['voxtral_edge']} ({info['commit']}), {info['date']}")
+    if info.get("providers", ["cpu"]) != ["cpu"]:  # on the NPU: where, and what did not run there
+        head += (f"; providers {', '.join(info['providers'])}, nodes on the CPU: "
+                 + (", ".join(f"{g} {n}" for g, n in info["nodes_on_cpu"].items()) or "none"))
     lines = [head, "", "| bundle | plan | size GB | steps | test | median | min | max | unit |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     name = Path(info["bundle"]).name

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .cache import bundle_key, file_stat, read_json, user_cache_dir, write_json_atomic
 from .errors import BundleError, BundlePathError
-from .onnxfile import MalformedOnnx, external_locations
+from .onnxfile import MalformedOnnx, ep_context_files, external_locations
 from .progress import Progress
 
 FORMAT = "voxtral-edge-bundle"
@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 # The named precision plans (defined in voxtral_edge.quant.plans; named here so the runtime can check them).
-PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast")
+PLAN_NAMES = ("fp32", "int8", "int4", "int4-all", "int4-fast", "int4-all-fast", "w8a16", "w4a16", "int4-w8a16")
 REQUIRED = ("format", "schema_version", "files", "graphs", "model", "audio", "special_ids", "embeddings",
             "voices", "tokenizer", "quantization")
 STAMP_FORMAT = "voxtral-edge-verified-stamp"
@@ -50,6 +50,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22, bar: Progress | None = None) -
             if bar is not None:
                 bar.advance(len(block), Path(path).name)
     return digest.hexdigest()
+
+
+def graph_units(graph: dict) -> list[dict]:
+    """The ONNX files a graph entry is made of, each {"file", "data", ...} (and "compiled" once compiled):
+    the entry itself, or the parts of a backbone split for the NPU (`htp.parts`, run one after the other)."""
+    return graph.get("htp", {}).get("parts") or [graph]
 
 
 def verified_stamp_path(bundle: Path) -> Path:
@@ -132,8 +138,9 @@ class Manifest:
 
     def _check_files(self) -> None:
         files = self.data["files"]
-        referenced = [g["file"] for g in self.data["graphs"].values()]
-        referenced += [g["data"] for g in self.data["graphs"].values() if g.get("data")]
+        units = [u for g in self.data["graphs"].values() for u in graph_units(g)]
+        referenced = [u["file"] for u in units] + [u["data"] for u in units if u.get("data")]
+        referenced += [u["compiled"]["context"] for u in units if "compiled" in u]
         referenced += [e["file"] for e in self.data["embeddings"].values()]
         referenced += [v["file"] for v in self.data["voices"].values()] + [self.data["tokenizer"]["file"]]
         for name in referenced:
@@ -149,7 +156,8 @@ class Manifest:
             size = path.stat().st_size
             if size != entry["size"]:
                 raise BundleError(f"{path}: {size} bytes, the manifest says {entry['size']} (damaged or replaced)")
-        for name, graph in self.data["graphs"].items():  # onnxruntime would open whatever path a graph names
+        for graph in [u for g in self.data["graphs"].values() for u in graph_units(g)]:
+            # onnxruntime would open whatever path a graph names
             path = self.path(graph["file"])
             try:
                 locations = set(external_locations(path))
@@ -159,6 +167,14 @@ class Manifest:
             if locations - allowed:
                 raise BundleError(f"{path}: tensor data is read from {sorted(locations - allowed)}, but the only "
                                   f"data file this graph may use is {sorted(allowed) or 'none'}")
+            try:  # a graph compiled for the NPU names its context binary; the QNN EP opens it
+                contexts = set(ep_context_files(path))
+            except (MalformedOnnx, UnicodeDecodeError) as e:
+                raise BundleError(f"{path}: not a valid ONNX file ({e})") from None
+            binary = {graph["compiled"]["context"]} if "compiled" in graph else set()
+            if contexts - binary:
+                raise BundleError(f"{path}: names the context binary {sorted(contexts - binary)}, but the only one "
+                                  f"this graph may use is {sorted(binary) or 'none'}")
 
     def _check_hashes(self, manifest_sha256: str, rehash: bool, progress: bool) -> None:
         """Every file's sha256 against the manifest, skipping those the stamp vouches for; then the stamp."""

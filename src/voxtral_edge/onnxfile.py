@@ -6,6 +6,10 @@ that path relative to the model. A hostile or damaged bundle could point it anyw
 and the tensors and subgraphs of node attributes) and returns every location it finds, so the runtime
 can refuse any that is not the data file its manifest lists.
 
+`ep_context_files` does the same for the context binaries an EP context model (a graph compiled for the
+NPU: one com.microsoft EPContext node whose `ep_cache_context` names a file when `embed_mode` is 0) makes
+the QNN execution provider open; `ep_context_nodes` reads those nodes' attributes.
+
 `graph_nodes` lists a model's nodes (op type, domain, inputs, integer attributes), subgraphs included;
 `model_bytes` writes a small model (nodes, initializers, typed inputs and outputs) that onnxruntime can
 load from memory: the kernel self-test's one-node graphs (`voxtral_edge.kernelcheck`).
@@ -26,6 +30,7 @@ GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_SPAR
 NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
 ATTRIBUTE_NAME, ATTRIBUTE_F, ATTRIBUTE_I, ATTRIBUTE_T, ATTRIBUTE_G, ATTRIBUTE_TENSORS, ATTRIBUTE_GRAPHS = 1, 2, 3, 5, 6, 10, 11
 ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_FLOAT, ATTRIBUTE_TYPE_INT = 20, 1, 2
+ATTRIBUTE_S = 4
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW_DATA, TENSOR_EXTERNAL_DATA = 1, 2, 8, 9, 13
 ENTRY_KEY, ENTRY_VALUE = 1, 2
@@ -169,6 +174,38 @@ def graph_nodes(path: str | Path) -> list[Node]:
         if number == MODEL_GRAPH:
             found += _graph_nodes(value)
     return found
+
+
+def ep_context_nodes(path: str | Path) -> list[dict[str, int | str]]:
+    """The attributes of each EPContext node of an ONNX file: ints as ints, strings decoded (the embedded
+    binary of embed_mode 1 is left out)."""
+    nodes = []
+    for field, graph in _fields(Path(path).read_bytes()):
+        if field != MODEL_GRAPH:
+            continue
+        for part, node in _fields(graph):
+            if part != GRAPH_NODE:
+                continue
+            fields = list(_fields(node))
+            if not any(f == NODE_OP_TYPE and v == b"EPContext" for f, v in fields):
+                continue
+            attributes: dict[str, int | str] = {}
+            for f, attribute in fields:
+                if f != NODE_ATTRIBUTE:
+                    continue
+                values = dict(_fields(attribute, varints=True))
+                name = values.get(ATTRIBUTE_NAME, b"").decode("utf-8", "replace")
+                if ATTRIBUTE_I in values:
+                    attributes[name] = values[ATTRIBUTE_I]
+                elif ATTRIBUTE_S in values and not (name == "ep_cache_context" and len(values[ATTRIBUTE_S]) > 4096):
+                    attributes[name] = values[ATTRIBUTE_S].decode("utf-8", "replace")
+            nodes.append(attributes)
+    return nodes
+
+
+def ep_context_files(path: str | Path) -> list[str]:
+    """The files the EPContext nodes of an ONNX file name (embed_mode 0), in the order found."""
+    return [str(n.get("ep_cache_context", "")) for n in ep_context_nodes(path) if n.get("embed_mode", 1) == 0]
 
 
 # -- writing -----------------------------------------------------------------------------------------

@@ -36,6 +36,19 @@ with the reason), in [[hardware.source]] and in each run's `status`:
     status = "measured"               # measured | published | assumed
     what = "cores, clock"             # which figures
     title = "..."                     # the document; url and date when it has them
+    [npu]                             # optional: a Qualcomm Hexagon NPU (voxtral_edge.qnn, voxtral_edge.estimate_npu)
+    soc = "sa8295p"                   # one of voxtral_edge.qnn.SOCS: what its bundles are compiled for
+    htp_arch = 68                     # the Hexagon (HTP) architecture
+    tops = 40.0                       # the vendor's AI TOPS figure
+    [[npu.source]]                    # as [[hardware.source]]
+    [[npu.run]]                       # a published decoder measurement on this HTP class; the first one
+    model = "Llama-v3.2-3B-Instruct w4"  # prices the NPU estimate (ms per GB read)
+    read_bytes = 1.61e9               # weight bytes read per token
+    tokens_per_s = 3.523
+    memory_bandwidth_gbs = 67.0       # the peak DRAM bandwidth of the device measured
+    device = "SA8295P ADP"
+    status = "published"              # measured | published | assumed; title, url, date, note as above
+    title = "..."
     [[llama_cpp]]                     # optional: llama.cpp runs on this device (llama-bench or the like)
     test = "tg"                       # tg: decode tokens/s; pp: prompt tokens/s
     model = "Llama-2-7B Q4_0"
@@ -68,7 +81,8 @@ from pathlib import Path
 from .errors import ConfigError, UnknownNameError
 from .files import parse_toml
 from .manifest import PLAN_NAMES
-from .sessions import PROVIDERS
+from .errors import UsageError
+from .sessions import PROVIDERS, npu_graphs
 
 STATUSES = ("measured", "published", "assumed")
 MEMORY_CLASSES = ("arm-soc", "arm-soc-old", "apple", "jetson", "x86-laptop", "x86-vm")
@@ -78,7 +92,8 @@ LEGACY_HARDWARE = ("cores", "fp32_gflops", "int8_gops")
 
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
 _BOOL, _ANY_TEXT = "true or false", "a string"
-_PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)}"
+_PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)} or qnn:GRAPHS"
+_SOC = "one of sa8295p, sa8255p, sa8775p, x-elite"
 _PLAN = f"one of {', '.join(PLAN_NAMES)}"
 
 
@@ -89,7 +104,7 @@ def _one_of(values) -> str:
 # table -> key -> what the value must be; a key in _OPTIONAL may be left out
 _SCHEMA = {
     "": {"name": _TEXT, "description": _TEXT, "runtime": "a table", "hardware": "a table",
-         "llama_cpp": "an array of tables"},
+         "llama_cpp": "an array of tables", "npu": "a table"},
     "runtime": {"threads": _POSITIVE_INT, "plan": _PLAN, "steps": _POSITIVE_INT, "cfg": _POSITIVE_NUMBER,
                 "max_context": _POSITIVE_INT, "providers": _PROVIDER_LIST, "chunk_frames": _POSITIVE_INT,
                 "codec_threads": _POSITIVE_INT, "codec_pipeline": _BOOL},
@@ -104,11 +119,18 @@ _SCHEMA = {
                   "file_bytes": _POSITIVE_NUMBER, "threads": _POSITIVE_INT, "tokens_per_s": _POSITIVE_NUMBER,
                   "status": _one_of(STATUSES), "title": _TEXT, "url": _ANY_TEXT, "date": _ANY_TEXT,
                   "build": _ANY_TEXT, "note": _ANY_TEXT, "regime": _one_of(("compute", "memory"))},
+    "npu": {"soc": _SOC, "htp_arch": _POSITIVE_INT, "tops": _POSITIVE_NUMBER, "source": "an array of tables",
+            "run": "an array of tables"},
+    "npu.source": {"status": _one_of(STATUSES), "what": _TEXT, "title": _TEXT, "url": _ANY_TEXT, "date": _ANY_TEXT},
+    "npu.run": {"model": _TEXT, "read_bytes": _POSITIVE_NUMBER, "tokens_per_s": _POSITIVE_NUMBER,
+                "memory_bandwidth_gbs": _POSITIVE_NUMBER, "device": _TEXT, "status": _one_of(STATUSES),
+                "title": _TEXT, "url": _ANY_TEXT, "date": _ANY_TEXT, "note": _ANY_TEXT},
 }
 _OPTIONAL = {"llama_cpp", "runtime.codec_threads", "runtime.codec_pipeline", "hardware.memory",
              "hardware.memory_class", "hardware.isa", "hardware.clusters", "hardware.source",
              *(f"hardware.{key}" for key in LEGACY_HARDWARE), "hardware.source.url", "hardware.source.date",
-             *(f"llama_cpp.{key}" for key in ("file_bytes", "url", "date", "build", "note", "regime"))}
+             *(f"llama_cpp.{key}" for key in ("file_bytes", "url", "date", "build", "note", "regime")),
+             "npu", "npu.source.url", "npu.source.date", "npu.run.url", "npu.run.date", "npu.run.note"}
 _NEW_HARDWARE = ("memory", "memory_class", "isa", "clusters", "source")
 
 
@@ -154,6 +176,33 @@ class LlamaRun:
 
 
 @dataclass(frozen=True)
+class NpuRun:
+    """A decoder's published decode speed on a Qualcomm NPU: what the NPU estimate is priced from."""
+
+    model: str
+    read_bytes: float
+    tokens_per_s: float
+    memory_bandwidth_gbs: float  # peak DRAM bandwidth of the device measured
+    device: str
+    status: str
+    title: str
+    url: str = ""
+    date: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Npu:
+    """A Qualcomm Hexagon NPU ([npu]): the SoC its bundles are compiled for and the runs its estimate uses."""
+
+    soc: str
+    htp_arch: int
+    tops: float
+    sources: tuple[Source, ...]
+    runs: tuple[NpuRun, ...]
+
+
+@dataclass(frozen=True)
 class Hardware:
     """A device's hardware facts and the llama.cpp runs published for it."""
 
@@ -195,6 +244,7 @@ class DeviceProfile:
     source: str
     codec_threads: int | None = None  # None: the same as threads
     codec_pipeline: bool = False
+    npu: Npu | None = None
 
     @property
     def memory_bandwidth_gbs(self) -> float:
@@ -219,7 +269,17 @@ def _valid(value, accepted: str) -> bool:
     if accepted == "an array of tables":
         return isinstance(value, list) and all(isinstance(v, dict) for v in value)
     if accepted == _PROVIDER_LIST:
-        return isinstance(value, list) and bool(value) and all(p in PROVIDERS for p in value)
+        if not (isinstance(value, list) and value and all(isinstance(p, str) for p in value)):
+            return False
+        try:
+            npu_graphs(value)
+        except UsageError:
+            return False
+        return True
+    if accepted == _SOC:
+        from .qnn import SOCS
+
+        return value in SOCS
     if accepted == _PLAN:
         return value in PLAN_NAMES
     return isinstance(value, str) and value in accepted[len("one of "):].split(", ")
@@ -272,6 +332,25 @@ def _hardware(data: dict, source: str) -> Hardware:
                     clusters=tuple(clusters), sources=tuple(sources), llama_cpp=tuple(runs), source=source)
 
 
+def _npu(data: dict, source: str) -> Npu | None:
+    if "npu" not in data:
+        return None
+    npu = data["npu"]
+    _check(npu, "npu", source, "npu.")
+    sources = []
+    for i, s in enumerate(npu["source"]):
+        _check(s, "npu.source", source, f"npu.source[{i}].")
+        sources.append(Source(**s))
+    runs = []
+    for i, r in enumerate(npu["run"]):
+        _check(r, "npu.run", source, f"npu.run[{i}].")
+        runs.append(NpuRun(**r))
+    if not sources or not runs:
+        raise ConfigError(f"{source}: [npu] needs at least one [[npu.source]] and one [[npu.run]]")
+    return Npu(soc=npu["soc"], htp_arch=npu["htp_arch"], tops=float(npu["tops"]), sources=tuple(sources),
+               runs=tuple(runs))
+
+
 def _top(data: dict, source: str, stem: str, *, runtime: bool) -> None:
     for key in data:
         if key not in _SCHEMA[""] or (key == "runtime" and not runtime):
@@ -282,6 +361,8 @@ def _top(data: dict, source: str, stem: str, *, runtime: bool) -> None:
             raise ConfigError(f"{source}: missing key '{key}' ({_SCHEMA[''][key]})")
         if not _valid(data[key], _SCHEMA[""][key]):
             raise ConfigError(f"{source}: '{key}' = {data[key]!r:.60} is not {_SCHEMA[''][key]}")
+    if "npu" in data and not _valid(data["npu"], "a table"):
+        raise ConfigError(f"{source}: 'npu' is not a table ([npu])")
     if "llama_cpp" in data and not _valid(data["llama_cpp"], "an array of tables"):
         raise ConfigError(f"{source}: 'llama_cpp' is not an array of tables ([[llama_cpp]] entries)")
     if data["name"] != stem:
@@ -298,7 +379,8 @@ def _parse(text: str, source: str, stem: str) -> DeviceProfile:
         plan=runtime["plan"], steps=runtime["steps"], cfg=float(runtime["cfg"]),
         max_context=runtime["max_context"], providers=tuple(runtime["providers"]),
         chunk_frames=runtime["chunk_frames"], hardware=_hardware(data, source), source=source,
-        codec_threads=runtime.get("codec_threads"), codec_pipeline=runtime.get("codec_pipeline", False))
+        codec_threads=runtime.get("codec_threads"), codec_pipeline=runtime.get("codec_pipeline", False),
+        npu=_npu(data, source))
 
 
 def _parse_reference(text: str, source: str, stem: str) -> Hardware:

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from . import defaults
 from .errors import UsageError, VoxtralEdgeError
+from .htp import HtpBackbone, HtpCodec, HtpFlow, is_htp
 from .machine import trim_heap, zeroed_buffer
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
@@ -108,7 +109,8 @@ class Synthesizer:
 
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
-                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, release_mapped: bool = True,
+                 providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, allow_fallback: bool = False,
+                 soc: str | None = None, record: dict | None = None, release_mapped: bool = True,
                  parallel_open: bool = False):
         self.manifest = m = manifest
         self.audio_layout = m["audio"]
@@ -123,7 +125,8 @@ class Synthesizer:
         self._pool: ThreadPoolExecutor | None = None
         settings = SessionSettings(threads=threads, codec_threads=codec_threads, providers=tuple(providers),
                                    saved_graphs=saved_graphs, profiling=profiling, release_mapped=release_mapped,
-                                   parallel_open=parallel_open)
+                                   parallel_open=parallel_open, allow_fallback=allow_fallback, soc=soc,
+                                   record=record)
         tokenizer_file = str(m.path(m["tokenizer"]["file"]))
         if parallel_open:
             with ThreadPoolExecutor(1) as pool:
@@ -143,6 +146,10 @@ class Synthesizer:
         self._voices: dict[str, np.ndarray] = {}
         self._kv: list[ort.OrtValue] | None = None
         self._kv_arrays: list[np.ndarray] = []
+        # graphs exported in the NPU form are called through their own conventions (voxtral_edge.htp)
+        self._htp_backbone = HtpBackbone(self.sessions["backbone_step"], m, self.max_context) \
+            if is_htp(m, "backbone_step") else None
+        self._htp_flow = HtpFlow(self.sessions["flow_head"], m) if is_htp(m, "flow_head") else None
         self._prefix_cache: dict[str, list[np.ndarray]] = {}
         self._holder: Utterance | None = None  # the utterance whose rows the KV cache holds
         self.last_result: Result | None = None
@@ -152,23 +159,25 @@ class Synthesizer:
     def open(cls, bundle: str | Path, *, threads: int | None = None, max_context: int | None = None,
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
-             profiling: str | None = None, release_mapped: bool = True,
-             parallel_open: bool = False) -> "Synthesizer":
+             profiling: str | None = None, allow_fallback: bool = False, soc: str | None = None,
+             record: dict | None = None, release_mapped: bool = True, parallel_open: bool = False) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
         `voxtral-edge optimize` made them (saved_graphs None), making them (True) or never (False).
         `threads` is the backbone's and flow head's intra-op thread budget, `codec_threads` the codec's
-        (default: the same); `providers` the execution providers by short name; `profiling` a path prefix
-        for onnxruntime's per-node profiles. `release_mapped` gives back the data-file pages onnxruntime
-        keeps mapped once a session is made; `parallel_open` loads the tokenizer and makes the codec's
-        session on a second thread (shorter open, higher peak memory; see `voxtral_edge.sessions`). With
-        `codec_pipeline`, `stream` decodes audio on a second thread while the next frames are computed
-        (same audio)."""
+        (default: the same); `providers` the execution providers by short name (`qnn`, `qnn:flow,codec`:
+        Qualcomm's NPU, see `voxtral_edge.sessions`; `allow_fallback` lets nodes it cannot run go to the CPU;
+        `soc` names the SoC, whose compiled graphs only are accepted); `profiling` a path prefix for
+        onnxruntime's per-node profiles; `record` collects the inputs of every call of a graph in the NPU
+        form (calibration). `release_mapped` gives back the data-file pages onnxruntime keeps mapped once a
+        session is made; `parallel_open` loads the tokenizer and makes the codec's session on a second
+        thread (shorter open, higher peak memory; see `voxtral_edge.sessions`). With `codec_pipeline`,
+        `stream` decodes audio on a second thread while the next frames are computed (same audio)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
-                   providers=providers, profiling=profiling, release_mapped=release_mapped,
-                   parallel_open=parallel_open)
+                   providers=providers, profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record,
+                   release_mapped=release_mapped, parallel_open=parallel_open)
 
     @property
     def kernel_fallbacks(self) -> dict[str, dict[str, str]]:
@@ -204,9 +213,12 @@ class Synthesizer:
     # -- the graphs, one call at a time (what the frame loop is made of) -----------------------------
     @property
     def kv_cache(self) -> list[np.ndarray]:
-        """The KV cache: one preallocated float32 array [1, kv_heads, max_context, head_dim] per layer and
-        kind (layer 0's keys, its values, layer 1's keys, ...), bound in place as both past and present of
-        the backbone, so that writing an array writes the cache (allocated on first use)."""
+        """The KV cache: one preallocated array [1, kv_heads, max_context, head_dim] per layer and kind
+        (layer 0's keys, its values, layer 1's keys, ...), bound in place as both past and present of
+        the backbone, so that writing an array writes the cache (allocated on first use). float32; in a
+        bundle in the NPU form, uint16 when it quantized the cache, and [.., the compiled positions, ..]."""
+        if self._htp_backbone is not None:
+            return self._htp_backbone.arrays
         self._kv_cache()
         return self._kv_arrays
 
@@ -238,6 +250,8 @@ class Synthesizer:
         if past_length + len(x) > self.max_context:
             raise VoxtralEdgeError(f"context full: {past_length + len(x)} positions needed, max_context is "
                                    f"{self.max_context}")
+        if self._htp_backbone is not None:
+            return self._htp_backbone.run(x, past_length)
         self._kv_cache()
         x = np.ascontiguousarray(x[None], dtype=f32)
         position = np.array([past_length], dtype=np.int64)
@@ -274,6 +288,8 @@ class Synthesizer:
 
     def _flow(self, h: np.ndarray, noise: np.ndarray, steps: int, cfg_alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """(codes [1, n_acoustic], latent [1, n_acoustic]) of one frame."""
+        if self._htp_flow is not None:
+            return self._htp_flow.run(h, noise, steps, cfg_alpha)
         # with alpha 1 the unconditional row has weight 0: the graph runs the conditional row alone
         weights = np.array([1.0] if cfg_alpha == 1 else [cfg_alpha, 1 - cfg_alpha], dtype=f32)
         codes, latent = self.sessions["flow_head"].run(["codes", "latent"], {
@@ -288,10 +304,16 @@ class Synthesizer:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [frames, n_codebooks] -> float32 audio, whole utterance (decoded in chunks that carry
         state, which gives the same samples and bounds the attention's memory)."""
-        codec = CodecStream(self)
+        codec = self.codec_stream()
         codes = np.asarray(codes, dtype=np.int64)
         parts = [codec.decode(codes[i:i + DECODE_CHUNK]) for i in range(0, len(codes), DECODE_CHUNK)]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=f32)
+
+    def codec_stream(self) -> CodecStream | HtpCodec:
+        """A new codec stream (its carried state at the start of an utterance): feed it frames in order."""
+        if is_htp(self.manifest, "codec_decoder"):
+            return HtpCodec(self.sessions["codec_decoder"], self.manifest)
+        return CodecStream(self)
 
     def teacher_forced(self, text: str, voice: str, codes: np.ndarray, noise: np.ndarray, *,
                        steps: int | None = None, cfg_alpha: float = defaults.CFG_ALPHA) -> np.ndarray:
@@ -594,7 +616,7 @@ class Synthesizer:
         run.prompt_tokens += len(prompt)
         hidden, logits = run.time("prefill_ms", self._prefill, prompt, x, u.voice)
         u.hidden, u.logits, u.position = hidden[-1], logits, len(prompt)
-        u.made, u.fed, u.ended, u.codec = 0, True, False, CodecStream(self)
+        u.made, u.fed, u.ended, u.codec = 0, True, False, self.codec_stream()
 
     def _next_frame(self, u: Utterance) -> np.ndarray | None:
         """u's next frame of codes (without specials), or None when its piece has ended (END_AUDIO, or

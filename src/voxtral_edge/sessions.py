@@ -2,8 +2,10 @@
 this machine's saved optimized graphs. The runtime asks for "the bundle's graphs with these settings"
 and never branches on a provider in its frame loop.
 
-    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, release_mapped, parallel_open)
+    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, allow_fallback, soc, record,
+                    release_mapped, parallel_open)
     open_sessions(manifest, settings)  -> {graph: InferenceSession}, each checked against the manifest
+    nodes_on_cpu(session)              the nodes of an NPU session that run on the CPU (--allow-fallback)
     create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
     session_options(threads)           the options every session starts from
     optimize_bundle(bundle, threads)   make (or check) this machine's saved graphs (`voxtral-edge optimize`)
@@ -11,9 +13,14 @@ and never branches on a provider in its frame loop.
                                        (`voxtral_edge.kernelcheck`): a graph whose kernel is wrong on this
                                        CPU opens with the session options of a fallback that passes, or not
 
-Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory and
-binds it in place, so only providers that compute in host memory can run its graphs; today that is the
-CPU. A profile or caller that names another is refused with the reason, before any session is made.
+Execution providers have short names (`PROVIDERS`): the runtime keeps its KV cache in host memory, so
+only providers that compute in host memory, or whose graphs take the cache as input and return the new
+rows (the NPU form), can run its graphs. `cpu` runs every graph; `qnn` (Qualcomm's NPU through the QNN
+execution provider, `voxtral_edge.qnn`) runs all three graphs there, `qnn:flow,codec` only those named
+(backbone, flow, codec), the others on the CPU. On the NPU every node must run there (CPU fallback
+disabled): a graph that cannot is refused naming the nodes that block it, unless `allow_fallback`.
+A profile or caller that names a provider the runtime cannot use is refused with the reason, before any
+session is made.
 
 Footprint. Creating a session costs memory twice over for a moment: onnxruntime maps the graph's data
 file, reads each quantized weight and packs it into the layout its kernel reads (MatMulNBits,
@@ -46,12 +53,14 @@ import onnxruntime as ort
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .kernelcheck import FALLBACK_KEYS, Family, KernelCheck, family_report, graph_families
 from .machine import file_mappings, release_file_pages, trim_heap
-from .manifest import Manifest
+from .manifest import GRAPHS, Manifest, graph_units
 from .onnxfile import MalformedOnnx
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
 
 # Short names -> onnxruntime's provider names, for the providers the runtime can run its graphs on.
-PROVIDERS = {"cpu": "CPUExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": "QNNExecutionProvider"}
+# The graphs' short names in `qnn:backbone,flow,codec`.
+GRAPH_NAMES = {"backbone": "backbone_step", "flow": "flow_head", "codec": "codec_decoder"}
 # The order sessions are made in: the peak resident memory of an open is lowest this way (see above).
 OPEN_ORDER = ("flow_head", "backbone_step", "codec_decoder")
 # With `parallel_open`, the graphs made on a second thread while the others are made in OPEN_ORDER.
@@ -60,6 +69,28 @@ BESIDE = ("codec_decoder",)
 # of this process maps or unmaps that file meanwhile (see machine.release_file_pages).
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
+
+
+def npu_graphs(providers: Sequence[str]) -> tuple[str, ...]:
+    """The graphs `providers` put on the NPU: `qnn` all three, `qnn:flow,codec` those named; UsageError for
+    an entry that is neither a provider nor qnn:GRAPHS."""
+    graphs: list[str] = []
+    for entry in providers:
+        name, _, listed = entry.partition(":")
+        if name not in PROVIDERS:
+            raise UsageError(f"execution provider {entry!r}: the runtime runs its graphs on {', '.join(PROVIDERS)} "
+                             f"(qnn:GRAPHS for some of {', '.join(GRAPH_NAMES)}, comma-separated)")
+        if name != "qnn":
+            if listed:
+                raise UsageError(f"execution provider {entry!r}: only qnn takes a graph list")
+            continue
+        wanted = listed.split(",") if listed else list(GRAPH_NAMES)
+        for short in wanted:
+            if short not in GRAPH_NAMES:
+                raise UsageError(f"execution provider {entry!r}: unknown graph {short!r} (expected "
+                                 f"{', '.join(GRAPH_NAMES)})")
+            graphs.append(GRAPH_NAMES[short])
+    return tuple(g for g in GRAPHS if g in graphs)
 
 
 def _file_lock(files: list[Path]) -> threading.Lock:
@@ -79,6 +110,12 @@ class SessionSettings:
                    them, True also makes them, False never touches them
     profiling      a path prefix: onnxruntime writes each session's per-node profile there (the file
                    names come back from `session.end_profiling()`); None: off
+    allow_fallback let nodes the NPU cannot run go to the CPU (warned, counted by nodes_on_cpu) instead
+                   of refusing the graph
+    soc            the SoC this runs on (voxtral_edge.qnn.SOCS): graphs compiled for another are refused;
+                   None: the one /sys/devices/soc0 names, if any
+    record         a dict: every call of a graph in the NPU form appends its inputs to record[graph]
+                   (the calibration of voxtral_edge.quant.htp); None: off
     release_mapped give back the data-file pages onnxruntime keeps mapped after packing (see above)
     parallel_open  make the codec's session (`BESIDE`) on a second thread while the others are made: a
                    shorter open on two cores or more, for a higher peak (the codec's memory is already
@@ -90,6 +127,9 @@ class SessionSettings:
     providers: tuple[str, ...] = ("cpu",)
     saved_graphs: bool | None = None
     profiling: str | None = None
+    allow_fallback: bool = False
+    soc: str | None = None
+    record: dict | None = None
     release_mapped: bool = True
     parallel_open: bool = False
 
@@ -124,6 +164,8 @@ def onnxruntime_providers(names: Sequence[str]) -> list[str]:
     cannot use or this onnxruntime does not have."""
     if not names:
         raise UsageError(f"no execution provider given; expected some of {', '.join(PROVIDERS)}")
+    npu_graphs(names)  # every entry is valid
+    names = [n for n in names if not n.startswith("qnn")] or ["cpu"]  # the NPU's sessions: voxtral_edge.qnn
     available = ort.get_available_providers()
     chosen = []
     for name in names:
@@ -163,13 +205,104 @@ def _save(manifest: Manifest, name: str, settings: SessionSettings, folder: Path
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _npu_session(manifest: Manifest, graph: dict, name: str, settings: SessionSettings) -> ort.InferenceSession:
+    """A graph (or one part of it) on the NPU: its compiled context when the bundle has one (refused if made
+    for another SoC or QNN), else the graph itself, compiled as the session is created."""
+    from . import qnn
+
+    target = qnn.soc(settings.soc) if settings.soc else qnn.detect_soc()
+    path = manifest.path(graph["file"])
+    if "compiled" in graph:
+        qnn.check_compiled(path, graph["compiled"], target)
+        target = qnn.soc(graph["compiled"]["soc"])
+    session, on_cpu = qnn.create_qnn_session(path, settings.options(name), target, settings.allow_fallback)
+    if on_cpu:
+        types = sorted({op for op, _ in on_cpu})
+        warnings.warn(f"{path}: {len(on_cpu)} node(s) run on the CPU, not the NPU (--allow-fallback): "
+                      f"{', '.join(types)}", stacklevel=4)
+    return session
+
+
+def nodes_on_cpu(session: ort.InferenceSession) -> list[tuple[str, str]]:
+    """(op type, name) of a session's nodes that run on the CPU; [] for a session on the CPU, whose nodes
+    all do (only NPU sessions record where their nodes went)."""
+    if isinstance(session, PartedSession):
+        return [node for part, _, _ in session.parts for node in nodes_on_cpu(part)]
+    try:
+        assigned = session.get_provider_graph_assignment_info()
+    except Exception:  # a CPU session: not recorded
+        return []
+    return [(n.op_type, n.name) for sub in assigned if sub.ep_name == "CPUExecutionProvider" for n in sub.get_nodes()]
+
+
+class RecordingSession:
+    """A session that keeps a copy of every call's inputs (the calibration of the NPU plans)."""
+
+    def __init__(self, session: ort.InferenceSession, calls: list):
+        self.session, self.calls = session, calls
+
+    def run(self, output_names, feeds, *args):
+        self.calls.append({k: v.copy() for k, v in feeds.items()})
+        return self.session.run(output_names, feeds, *args)
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+
+class PartedSession:
+    """A graph split into parts run one after the other (the NPU form of a backbone too large for one HTP
+    graph): part k's hidden_out is part k+1's hidden_in; inputs and outputs are the whole graph's."""
+
+    def __init__(self, parts: list[tuple[object, list[str], list[str]]]):
+        self.parts = parts  # (session, its input names, its output names)
+
+    def run(self, output_names, feeds, *args):
+        results, hidden = {}, None
+        for session, inputs, outputs in self.parts:
+            out = session.run(outputs, {n: hidden if n == "hidden_in" else feeds[n] for n in inputs}, *args)
+            results.update(zip(outputs, out))
+            hidden = results.get("hidden_out")
+        return [results[n] for n in output_names]
+
+    def get_inputs(self):
+        return [i for part, _, _ in self.parts for i in part.get_inputs() if i.name != "hidden_in"]
+
+    def get_outputs(self):
+        return [o for part, _, _ in self.parts for o in part.get_outputs() if o.name != "hidden_out"]
+
+
 def load_session(manifest: Manifest, name: str, settings: SessionSettings,
                  config: dict[str, str] | None = None) -> ort.InferenceSession:
-    """A session for one of the bundle's graphs, from this machine's saved graph where `settings` allow
-    (made again when it no longer matches the machine, the bundle or its own record), else from the
-    bundle's graph. `config`: session config entries of a kernel fallback; such a session is made from the
-    bundle's graph (a saved graph holds weights packed for the kernels the fallback avoids)."""
-    plain = manifest.path(manifest["graphs"][name]["file"])
+    """A session for one of the bundle's graphs: on the NPU when `settings` put it there (voxtral_edge.qnn);
+    else from this machine's saved graph where `settings` allow (made again when it no longer matches the
+    machine, the bundle or its own record), else from the bundle's graph. `config`: session config entries
+    of a kernel fallback; such a session is made from the bundle's graph (a saved graph holds weights packed
+    for the kernels the fallback avoids). A graph in parts gets a PartedSession."""
+    graph = manifest["graphs"][name]
+    units = graph_units(graph)
+    on_npu = name in npu_graphs(settings.providers)
+    for unit in units:
+        if "compiled" in unit and not on_npu:
+            raise UsageError(f"{manifest.path(unit['file'])}: compiled for the NPU ({unit['compiled']['soc']}); "
+                             f"run it there: --ep qnn")
+    if "htp" in graph:  # on the NPU, or on the CPU as it is (quantization simulated)
+        sessions = []
+        for k, unit in enumerate(units):
+            session = _npu_session(manifest, unit, name, settings) if on_npu else \
+                create_session(manifest.path(unit["file"]), settings.options(name), ("cpu",))
+            if settings.record is not None:
+                session = RecordingSession(session, settings.record.setdefault(
+                    name if len(units) == 1 else f"{name}.part{k}", []))
+            sessions.append(session)
+        if len(units) == 1:
+            return sessions[0]
+        return PartedSession([(s, u["inputs"], u["outputs"]) for s, u in zip(sessions, units)])
+    if on_npu:
+        return _npu_session(manifest, graph, name, settings)
+    plain = manifest.path(graph["file"])
     use_saved = opted_in(manifest, name) if settings.saved_graphs is None else settings.saved_graphs
     if config or not use_saved:
         return create_session(plain, settings.options(name, config), settings.providers)
@@ -253,9 +386,9 @@ def kernel_fallback(session: ort.InferenceSession) -> dict[str, str]:
 
 
 def data_files(manifest: Manifest, name: str) -> list[Path]:
-    """The files a session of this graph may map: the bundle's data file and this machine's saved ones."""
-    graph = manifest["graphs"][name]
-    files = [manifest.path(graph["data"])] if graph.get("data") else []
+    """The files a session of this graph may map: the bundle's data files (one per part of a graph in
+    parts) and this machine's saved ones."""
+    files = [manifest.path(unit["data"]) for unit in graph_units(manifest["graphs"][name]) if unit.get("data")]
     return files + [folder / f"{name}.onnx.data" for folder in cache_folders(manifest.bundle)]
 
 
@@ -285,7 +418,9 @@ def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSetting
     onnxruntime_providers(settings.providers)  # refused before any graph is read
     graphs = manifest["graphs"]
     order = sorted(graphs, key=lambda g: OPEN_ORDER.index(g) if g in OPEN_ORDER else -1)
-    configs = {name: kernel_config(manifest, name, settings) for name in order}
+    # the CPU's quantized kernels, checked unless the graph runs on the NPU or is in its form
+    configs = {name: {} if name in npu_graphs(settings.providers) or "htp" in graphs[name] else
+               kernel_config(manifest, name, settings) for name in order}
     beside = [g for g in order if g in BESIDE] if settings.parallel_open else []
     with ThreadPoolExecutor(1) if beside else nullcontext() as pool:
         later = {name: pool.submit(_checked_session, manifest, name, settings, configs[name]) for name in beside}

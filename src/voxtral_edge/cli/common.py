@@ -72,6 +72,20 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
     p.add_argument("--parallel-open", action="store_true",
                    help="load the tokenizer and make the codec's session on a second thread while the backbone's "
                         "and flow head's are made: a shorter open on two cores or more, for a higher peak memory")
+    add_npu_options(p)
+
+
+def add_npu_options(p: argparse.ArgumentParser) -> None:
+    """--ep, --allow-fallback, --soc: where the graphs run (see voxtral_edge.sessions and docs/deploy-qnn.md)."""
+    p.add_argument("--ep", metavar="PROVIDERS",
+                   help="execution providers: cpu (default), qnn (all three graphs on Qualcomm's NPU through "
+                        "onnxruntime-qnn: pip install 'voxtral-edge[qnn]'), or qnn:GRAPHS for only those of "
+                        "backbone,flow,codec (the others on the CPU); default: the profile's")
+    p.add_argument("--allow-fallback", action="store_true",
+                   help="on the NPU, run the nodes it cannot on the CPU (reported) instead of refusing the graph")
+    p.add_argument("--soc", metavar="SOC",
+                   help="the SoC this runs on (sa8295p, sa8255p, sa8775p, x-elite): a bundle compiled for another "
+                        "is refused (default: the profile's, else the one the kernel names)")
 
 
 def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
@@ -82,6 +96,10 @@ def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
         from ..profiles import load_profile
 
         profile = load_profile(args.profile)
+    if getattr(args, "ep", None) is not None:
+        args.providers = (args.ep,)
+    if hasattr(args, "soc") and args.soc is None and profile is not None and profile.npu is not None:
+        args.soc = profile.npu.soc
     fill = {"threads": None, "steps": None, "cfg": defaults.CFG_ALPHA, "max_context": None, "codec_threads": None,
             "chunk_frames": defaults.CHUNK_FRAMES, "providers": ("cpu",)}
     for option, default in fill.items():
@@ -97,6 +115,7 @@ def bundle_settings(args: argparse.Namespace) -> dict:
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
             "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
+            "allow_fallback": getattr(args, "allow_fallback", False), "soc": getattr(args, "soc", None),
             "parallel_open": args.parallel_open}
 
 

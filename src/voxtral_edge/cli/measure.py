@@ -41,8 +41,16 @@ def bench(args: argparse.Namespace) -> int:
     if args.estimate:
         from ..bench import BenchRun
 
-        run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
-        print_estimates([run], args.estimate, out=sys.stderr if args.json else sys.stdout)
+        from ..manifest import Manifest
+        from ..profiles import list_profiles, load_profile
+
+        out = sys.stderr if args.json else sys.stdout
+        manifest = Manifest.load(args.bundle, verify=False).data
+        if not any("htp" in g for g in manifest["graphs"].values()):  # the CPU estimate knows no NPU-form graph
+            run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
+            print_estimates([run], args.estimate, out=out)
+        targets = list_profiles() if args.estimate == "all" else [load_profile(args.estimate)]
+        print_npu_estimates(manifest, targets, steps=info["steps"], out=out)
     return 0
 
 
@@ -101,6 +109,25 @@ def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json
     if plot_path:
         print(f"wrote {plot(estimates, plot_path)}", file=sys.stderr)
     return estimates
+
+
+def print_npu_estimates(manifest: dict, targets: list, steps: int, out=None) -> None:
+    """For the profiles with an [npu] section, a frame's estimated time on the NPU (voxtral_edge.estimate_npu):
+    every graph there, and the flow head and codec there beside the CPU backbone estimated above."""
+    from ..estimate_npu import npu_frame_estimate
+
+    with_npu = [t for t in targets if t.npu is not None]
+    if not with_npu:
+        return
+    out = out or sys.stdout
+    print("\nNPU, an estimate from a published decoder measurement on the same HTP class (not measured here):", file=out)
+    print("\n| profile | placement | backbone ms | flow ms/frame | codec ms | frame ms | rtf | rests on |", file=out)
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
+    for t in with_npu:
+        for e in npu_frame_estimate(manifest, t, steps=steps, chunk_frames=t.chunk_frames).values():
+            backbone = "(CPU)" if e["backbone_ms"] is None else f"{e['backbone_ms']:.1f}"
+            print(f"| {t.name} | {e['where']} | {backbone} | {e['flow_ms']:.1f} | {e['codec_ms']:.1f} | "
+                  f"{e['frame_ms']:.1f} | {e['rtf']:.2f} | {e['reference']}, {e['ms_per_gb']:.0f} ms/GB |", file=out)
 
 
 def estimate(args: argparse.Namespace) -> int:
@@ -233,6 +260,8 @@ def plan_kernels() -> dict:
         for graph in GRAPHS:
             g = plan.graph(graph)
             for spec in ([g.spec] if g.spec else []) + [spec for _, spec in g.overrides]:
+                if spec.method == "qdq":  # the NPU form: no CPU kernel of these families
+                    continue
                 family = (Family("DynamicQuantizeMatMul") if spec.method == "dynamic-int8" else
                           Family("MatMulNBits", spec.bits, spec.block_size, spec.accuracy_level, not spec.symmetric))
                 users = found.setdefault(family, [])
@@ -318,4 +347,32 @@ def add_doctor(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
 
-COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize, add_doctor]
+def compile_command(args: argparse.Namespace) -> int:
+    from ..qnn import compile_bundle
+
+    report = compile_bundle(args.bundle, args.soc, args.out, force=args.force)
+    for name, r in report.items():
+        print(f"{name}: {r['context_bytes'] / 1e6:.1f} MB context binary, compiled in {r['seconds']:.1f} s")
+    print(f"wrote {args.out} for {args.soc}")
+    return 0
+
+
+def add_compile(sub) -> None:
+    from ..qnn import SOCS
+
+    p = add_command(
+        sub, "compile", compile_command, "compile a bundle's NPU graphs ahead for a Qualcomm SoC",
+        "Copy BUNDLE (exported with an NPU plan: w8a16, w4a16 or int4-w8a16) to OUT with each graph in the NPU "
+        "form compiled by onnxruntime's QNN execution provider for the SoC's Hexagon NPU: an EP context model "
+        "<graph>.onnx and its binary <graph>_qnn.bin, which the head unit opens without compiling. The manifest "
+        "records the SoC, its HTP architecture and the QNN version; opening OUT for another SoC or with another "
+        "QNN version is refused. Needs onnxruntime-qnn (pip install 'voxtral-edge[qnn]'); runs on an x86 host.",
+        "SoCs (HTP architecture):\n" + "".join(f"  {s.name:9s} v{s.htp_arch}\n" for s in SOCS.values())
+        + "\nexample:\n  voxtral-edge compile --bundle voxtral-w8a16 --soc sa8255p --out voxtral-w8a16-sa8255p")
+    p.add_argument("--bundle", required=True, metavar="DIR", help="bundle exported with an NPU plan")
+    p.add_argument("--soc", required=True, choices=sorted(SOCS), metavar="SOC", help="the SoC to compile for")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+
+
+COMMANDS = [add_bench, add_estimate, add_devices, add_verify, add_optimize, add_doctor, add_compile]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import VoxtralEdgeError
 from ..text.tables import LANGUAGES
-from .common import add_command, add_normalize_options, positive, read_text
+from .common import add_command, add_normalize_options, add_npu_options, positive, read_text
 
 
 def make_checkpoint(args: argparse.Namespace) -> int:
@@ -125,7 +125,10 @@ PLANS_HELP = (
     "  int4-all       backbone and flow head 4-bit, codec int8\n"
     "  int4-fast      int4 with the backbone in blocks of 128 (faster, a little less exact)\n"
     "  int4-all-fast  int4-all with the backbone in blocks of 128\n"
-    "  FILE.toml      per graph: method (nbits | dynamic-int8 | fp32), bits, block_size, symmetric,\n"
+    "  w8a16          for a Qualcomm NPU: every graph in the NPU form, weights int8, activations 16-bit\n"
+    "  w4a16          the same with the backbone's weights int4\n"
+    "  int4-w8a16     backbone int4 on the CPU, flow head and codec w8a16 on the NPU\n"
+    "  FILE.toml      per graph: method (nbits | dynamic-int8 | qdq | fp32), bits, block_size, symmetric,\n"
     "                 accuracy_level, skip (weight-name patterns kept fp32); see src/voxtral_edge/quant/plans.py")
 
 
@@ -139,7 +142,12 @@ def export(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
         plan, max_context = plan or profile.plan, max_context or profile.max_context
     plan = plan or "fp32"
-    out = export_bundle(args.checkpoint, args.out, max_context=max_context, plan=plan, force=args.force)
+    from ..quant.htp import NpuShapes
+
+    steps = args.steps or (profile.steps if args.profile is not None else None)
+    frames = args.chunk_frames or (profile.chunk_frames if args.profile is not None else NpuShapes.frames)
+    out = export_bundle(args.checkpoint, args.out, max_context=max_context, plan=plan, force=args.force,
+                        npu_shapes=NpuShapes(rows=args.npu_rows, steps=steps, frames=frames, parts=args.npu_parts))
     print(f"wrote bundle {out} ({plan})")
     return 0
 
@@ -151,7 +159,10 @@ def add_export(sub) -> None:
         "backbone_step.onnx (with its KV cache interface), flow_head.onnx, codec_decoder.onnx, the embedding "
         "tables as memory-mappable .npy files, the voices, tokenizer.json and manifest.json (every file with "
         "its sha256). Tensors are streamed, so the full-size model exports within 24 GB of memory; with a "
-        "--plan, each weight is quantized as it is written.",
+        "--plan, each weight is quantized as it is written. The NPU plans (w8a16, w4a16, int4-w8a16) export "
+        "their graphs in a form with static shapes that Qualcomm's NPU runs whole, calibrate them by speaking "
+        "one sentence in each of the nine languages with the float32 graphs, and quantize them statically "
+        "(docs/deploy-qnn.md); --npu-rows, --npu-parts, --steps and --chunk-frames fix those shapes.",
         PLANS_HELP + "\n\nexamples:\n  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-bundle\n"
         "  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-int4 --plan int4\n"
         "  voxtral-edge export --checkpoint path/to/Voxtral-4B-TTS-2603 --out voxtral-car --profile qualcomm-sa8295p")
@@ -163,12 +174,27 @@ def add_export(sub) -> None:
     p.add_argument("--plan", metavar="PLAN", help="quantization plan: a name below or a TOML plan file (default: the "
                                                   "profile's, else fp32)")
     p.add_argument("--profile", metavar="NAME|FILE", help="device profile whose plan and max context to use")
+    p.add_argument("--npu-rows", type=positive(int, 1, 256), default=16, metavar="N",
+                   help="NPU plans: positions per backbone call (a prompt goes in chunks of N; a decode step uses "
+                        "one row of N; default: 16)")
+    p.add_argument("--npu-parts", type=positive(int, 1, 64), default=1, metavar="N",
+                   help="NPU plans: the backbone in N graphs run one after the other (default: 1; the full-size "
+                        "backbone does not compile as one HTP graph, see docs/deploy-qnn.md)")
+    p.add_argument("--steps", type=positive(int, 1, 64), metavar="N",
+                   help="NPU plans: the Euler steps the flow head is compiled for (default: the profile's, else "
+                        "the model's)")
+    p.add_argument("--chunk-frames", type=positive(int, 1, 64), metavar="N",
+                   help="NPU plans: frames per codec call (default: the profile's, else 4)")
     p.add_argument("--force", action="store_true", help="replace BUNDLE if it exists")
 
 
 def quantize(args: argparse.Namespace) -> int:
+    from ..quant.plans import load_plan
     from ..quant.rewrite import quantize_bundle
 
+    if load_plan(args.plan).npu_graphs:
+        raise VoxtralEdgeError(f"--plan {args.plan}: the NPU plans rebuild the graphs in another form from the "
+                               f"checkpoint's tensors; use `voxtral-edge export --checkpoint DIR --plan {args.plan}`")
     out = quantize_bundle(args.bundle, args.out, args.plan, force=args.force)
     print(f"wrote bundle {out} ({args.plan})")
     return 0
@@ -191,7 +217,9 @@ def quality(args: argparse.Namespace) -> int:
     from ..quant.quality import quality_report, to_markdown, write_report
 
     report = quality_report(args.reference, args.candidate, voice=args.voice, frames=args.frames,
-                            steps=args.steps, seed=args.seed, threads=args.threads)
+                            steps=args.steps, seed=args.seed, threads=args.threads,
+                            providers=(args.ep,) if args.ep else ("cpu",), allow_fallback=args.allow_fallback,
+                            soc=args.soc)
     md, js = write_report(report, args.out)
     print(to_markdown(report))
     print(f"wrote {md} and {js}", file=sys.stderr)
@@ -214,6 +242,7 @@ def add_quality(sub) -> None:
     p.add_argument("--steps", type=positive(int), help="Euler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the injected noise (default: 0)")
     p.add_argument("--threads", type=positive(int), help="onnxruntime threads")
+    add_npu_options(p)
 
 
 COMMANDS = [add_normalize, add_export, add_quantize, add_quality, add_make_checkpoint, add_tokens, add_prompt]

@@ -59,17 +59,26 @@ def quantization_entry(plan: Plan, graphs: dict[str, GraphFile]) -> dict:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int | None = None,
-                  plan: str | Path | Plan = "fp32", force: bool = False, progress: bool = True) -> Path:
+                  plan: str | Path | Plan = "fp32", force: bool = False, progress: bool = True,
+                  npu_shapes=None, stage: bool = False) -> Path:
     """Export a checkpoint folder (released layout) to a bundle folder and return its path.
     `max_context` defaults to 4096 positions, or the model's max_seq_len if smaller. `plan` is a
-    plan (name or TOML file): weights are quantized one at a time as they are written."""
+    plan (name or TOML file): weights are quantized one at a time as they are written. A plan with graphs
+    for the NPU (method qdq: w8a16, w4a16, ...) goes through `voxtral_edge.quant.htp.export_npu_bundle`,
+    with `npu_shapes` (a `NpuShapes`: backbone rows per call, Euler steps, codec frames per call); `stage`
+    is its first step: those graphs in the NPU form but float32."""
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    if plan.npu_graphs and not stage:
+        from ..quant.htp import NpuShapes, export_npu_bundle
+
+        return export_npu_bundle(checkpoint, out, plan, max_context=max_context, shapes=npu_shapes or NpuShapes(),
+                                 force=force, progress=progress)
     ck = Checkpoint(checkpoint)
     cfg = ck.config
     out = Path(out)
     b = cfg.backbone
     max_context = min(MAX_CONTEXT, b.max_seq_len) if max_context is None else max_context
-    if b.head_dim % 16:
+    if b.head_dim % 16 and "backbone_step" not in plan.npu_graphs:
         raise VoxtralEdgeError(f"{ck.dir / 'params.json'}: head_dim {b.head_dim} is not a multiple of 16, which "
                                f"onnxruntime's GroupQueryAttention needs")
     if not 1 <= max_context <= b.max_seq_len:
@@ -94,12 +103,19 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
 
     with replacing_folder(out, force) as tmp:
         (tmp / "voices").mkdir()
-        graphs: dict[str, GraphFile] = {
-            "backbone_step": build_backbone(cfg, tensor, tmp / "backbone_step.onnx", max_context,
-                                            plan.graph("backbone_step")),
-            "flow_head": build_flow_head(cfg, tensor, tmp / "flow_head.onnx", plan.graph("flow_head")),
-            "codec_decoder": build_codec(cfg, tensor, tmp / "codec_decoder.onnx", plan.graph("codec_decoder")),
+        builders = {
+            "backbone_step": lambda path: build_backbone(cfg, tensor, path, max_context, plan.graph("backbone_step")),
+            "flow_head": lambda path: build_flow_head(cfg, tensor, path, plan.graph("flow_head")),
+            "codec_decoder": lambda path: build_codec(cfg, tensor, path, plan.graph("codec_decoder")),
         }
+        htp = {}
+        if plan.npu_graphs:  # those in the NPU form, float32, with the sizes the runtime calls them with
+            from .htp_graphs import npu_builders
+
+            npu = npu_builders(cfg, tensor, max_context, npu_shapes)
+            builders.update({g: npu[g][0] for g in plan.npu_graphs})
+            htp = {g: npu[g][1] for g in plan.npu_graphs}
+        graphs: dict[str, GraphFile] = {name: build(tmp / f"{name}.onnx") for name, build in builders.items()}
         embeddings = {
             "text": _write_table(ck, "mm_audio_embeddings.tok_embeddings.weight", tmp / "text_embeddings.npy", bar),
             "audio": _write_table(ck, "mm_audio_embeddings.audio_codebook_embeddings.embeddings.weight",
@@ -142,7 +158,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, max_context: int |
                       "n_acoustic_codebook": a.n_acoustic_codebook, "codebook_offsets": list(a.codebook_offsets),
                       "n_specials": N_AUDIO_SPECIALS, "empty_audio": EMPTY_AUDIO, "end_audio": END_AUDIO},
             "special_ids": SpeechSpecialIds.from_tekken(ck.tekken).to_dict(),
-            "graphs": {name: graph_entry(g) for name, g in graphs.items()},
+            "graphs": {name: dict(graph_entry(g), **({"htp": htp[name]} if name in htp else {}))
+                       for name, g in graphs.items()},
             "embeddings": embeddings,
             "voices": voices,
             "tokenizer": {"file": "tokenizer.json"},

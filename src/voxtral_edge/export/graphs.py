@@ -35,7 +35,7 @@ from .onnx_graph import MS_DOMAIN, GraphBuilder
 from .reference import alibi_slopes, weight_norm
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
-DTYPE_NAMES = {FLOAT: "float32", INT64: "int64"}
+DTYPE_NAMES = {FLOAT: "float32", INT64: "int64", TensorProto.INT32: "int32"}
 
 
 @dataclass

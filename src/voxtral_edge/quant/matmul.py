@@ -26,7 +26,8 @@ MS_DOMAIN = "com.microsoft"
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one graph's matmuls are quantized (method 'nbits' or 'dynamic-int8')."""
+    """How one graph's matmuls are quantized (method 'nbits' or 'dynamic-int8'; 'qdq': the whole graph in the
+    NPU form, statically quantized with 16-bit activations, see voxtral_edge.quant.htp)."""
 
     method: str = "nbits"
     bits: int = 4
@@ -36,6 +37,8 @@ class QuantSpec:
 
     @property
     def precision(self) -> str:
+        if self.method == "qdq":
+            return f"w{self.bits}a16"
         return "int8" if self.method == "dynamic-int8" else f"int{self.bits}"
 
 

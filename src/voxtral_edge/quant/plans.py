@@ -6,6 +6,10 @@
     int4-all       backbone 4-bit (blocks of 32), flow head 4-bit (blocks of 128), codec dynamic int8
     int4-fast      int4 with the backbone in blocks of 128: less memory to read, faster prefill
     int4-all-fast  int4-all with the backbone in blocks of 128
+    w8a16          for a Qualcomm NPU (HTP): every graph in the NPU form, 8-bit weights, 16-bit activations
+    w4a16          the same with the backbone's weights 4-bit
+    int4-w8a16     the backbone int4 on the CPU, flow head and codec w8a16 on the NPU (an NPU too slow for
+                   the backbone, such as the SA8295P's v68)
 
 The codec's matmuls are dynamic int8 in every int4 plan: on the `small` checkpoint its audio from the
 same codes keeps cosine 0.999998 / SNR 55 dB / log-mel distance 0.01 dB against fp32; at full size it
@@ -34,6 +38,9 @@ fp32:
     [backbone_step.override."semantic_head/*"]  # these weights another way (same keys as the graph's)
     method = "dynamic-int8"
 
+`method = "qdq"` (with `bits` 8 or 4) exports that graph in the NPU form and quantizes it statically
+(voxtral_edge.quant.htp); the other keys do not apply to it.
+
 Weight names are the graph's: `layers.3/wqkv`, `layers.3/feed_forward/w2`, `semantic_head/logits`,
 `acoustic_transformer.layers.0/attention/wq`, `tokens/input_projection`, ...
 """
@@ -49,7 +56,7 @@ from ..files import parse_toml
 from ..manifest import GRAPHS
 from .matmul import QuantSpec
 
-METHODS = ("nbits", "dynamic-int8", "fp32")
+METHODS = ("nbits", "dynamic-int8", "qdq", "fp32")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # The semantic head picks the semantic code by argmax: it stays fp32 unless a plan says otherwise.
 DEFAULT_SKIP = ("semantic_head/*",)
@@ -77,6 +84,11 @@ class GraphPlan:
         return "fp32" if self.spec is None else self.spec.precision
 
     @property
+    def npu(self) -> bool:
+        """Whether the graph is exported in the NPU form and statically quantized (method qdq)."""
+        return self.spec is not None and self.spec.method == "qdq"
+
+    @property
     def quantizes(self) -> bool:
         """Whether any weight of the graph is quantized."""
         return self.spec is not None or bool(self.overrides)
@@ -89,6 +101,8 @@ class GraphPlan:
             d = {"method": s.method, "bits": 8 if s.method == "dynamic-int8" else s.bits, "skip": list(self.skip)}
         if s is not None and s.method == "nbits":
             d.update(block_size=s.block_size, symmetric=s.symmetric, accuracy_level=s.accuracy_level)
+        if s is not None and s.method == "qdq":
+            d = {"method": "qdq", "bits": s.bits}
         if self.overrides:
             d["override"] = {pattern: GraphPlan(spec, ()).describe() for pattern, spec in self.overrides}
         return d
@@ -105,6 +119,11 @@ class Plan:
     def describe(self) -> dict:
         return {"plan": self.name, "graphs": {g: self.graph(g).describe() for g in GRAPHS}}
 
+    @property
+    def npu_graphs(self) -> tuple[str, ...]:
+        """The graphs exported in the NPU form."""
+        return tuple(g for g in GRAPHS if self.graph(g).npu)
+
 
 def _nbits(bits: int, block: int) -> GraphPlan:
     return GraphPlan(QuantSpec("nbits", bits, block, True, 4))
@@ -118,6 +137,7 @@ def _backbone(bits: int, block: int) -> GraphPlan:
 
 
 _INT8_HEAD = QuantSpec("nbits", 8, 32, True, 4)
+_W8A16, _W4A16 = GraphPlan(QuantSpec("qdq", 8)), GraphPlan(QuantSpec("qdq", 4))
 _DYNAMIC = GraphPlan(QuantSpec("dynamic-int8"))
 _CODEC = _DYNAMIC
 NAMED_PLANS = {
@@ -130,6 +150,10 @@ NAMED_PLANS = {
                                     "codec_decoder": _CODEC}),
     "int4-all-fast": Plan("int4-all-fast", {"backbone_step": _backbone(4, 128), "flow_head": _nbits(4, 128),
                                             "codec_decoder": _CODEC}),
+    "w8a16": Plan("w8a16", {"backbone_step": _W8A16, "flow_head": _W8A16, "codec_decoder": _W8A16}),
+    "w4a16": Plan("w4a16", {"backbone_step": _W4A16, "flow_head": _W8A16, "codec_decoder": _W8A16}),
+    "int4-w8a16": Plan("int4-w8a16", {"backbone_step": _backbone(4, 32), "flow_head": _W8A16,
+                                      "codec_decoder": _W8A16}),
 }
 
 
@@ -167,9 +191,9 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
     method = table.get("method", "nbits")
     if method not in METHODS:
         fail("method", f"{method!r} is not one of {', '.join(METHODS)}")
-    bits = table.get("bits", 8 if method == "dynamic-int8" else 4)
+    bits = table.get("bits", 8 if method in ("dynamic-int8", "qdq") else 4)
     if bits not in ((8,) if method == "dynamic-int8" else (4, 8)) or isinstance(bits, bool):
-        fail("bits", f"{bits!r} is not supported by {method} (4 or 8 for nbits, 8 for dynamic-int8)")
+        fail("bits", f"{bits!r} is not supported by {method} (4 or 8 for nbits and qdq, 8 for dynamic-int8)")
     block = table.get("block_size", 32)
     if block not in BLOCK_SIZES or isinstance(block, bool):
         fail("block_size", f"{block!r} is not one of {', '.join(map(str, BLOCK_SIZES))}")
@@ -184,6 +208,11 @@ def _graph_plan(path: Path, graph: str, table) -> GraphPlan:
         fail("skip", "must be a list of weight-name patterns")
     if method == "fp32":  # only the overridden weights are quantized
         return GraphPlan(None, (), _overrides(path, graph, table, fail))
+    if method == "qdq":  # the whole graph, statically: skip and override do not apply
+        if {"skip", "override"} & set(table):
+            fail("skip" if "skip" in table else "override", 'does not apply to method "qdq" (the whole graph is '
+                 'quantized statically)')
+        return GraphPlan(QuantSpec("qdq", bits), ())
     return GraphPlan(QuantSpec(method, bits, block, symmetric, level), tuple(skip),
                      _overrides(path, graph, table, fail))
 

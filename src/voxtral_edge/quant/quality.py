@@ -89,11 +89,16 @@ def _agreement(predicted: np.ndarray, codes: np.ndarray) -> dict:
 def quality_report(reference: str | Path, candidate: str | Path, *, sentences: list[str] | None = None,
                    voice: str | None = None, frames: int = 40, steps: int | None = None,
                    cfg_alpha: float = defaults.CFG_ALPHA,
-                   seed: int = 0, threads: int | None = None) -> dict:
-    """Measure `candidate` against `reference` (two bundles of the same model); returns the report dict."""
+                   seed: int = 0, threads: int | None = None, providers: tuple[str, ...] = ("cpu",),
+                   allow_fallback: bool = False, soc: str | None = None) -> dict:
+    """Measure `candidate` against `reference` (two bundles of the same model); returns the report dict.
+    The reference runs on the CPU; the candidate on `providers` (`qnn`: Qualcomm's NPU, here simulated)."""
     ref = Synthesizer.open(reference, threads=threads)
-    cand = Synthesizer.open(candidate, threads=threads)
-    if ref.manifest["model"] != cand.manifest["model"] or ref.manifest["audio"] != cand.manifest["audio"]:
+    cand = Synthesizer.open(candidate, threads=threads, providers=providers, allow_fallback=allow_fallback, soc=soc)
+    def dims(m):  # the model, whatever KV length each bundle was exported with
+        return {**m["model"], "backbone": {k: v for k, v in m["model"]["backbone"].items() if k != "max_context"}}
+
+    if dims(ref.manifest) != dims(cand.manifest) or ref.manifest["audio"] != cand.manifest["audio"]:
         raise VoxtralEdgeError(f"{candidate}: not the same model as {reference} (dimensions or audio layout differ)")
     voice = voice or sorted(ref.voices)[0]
     steps = ref.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -135,7 +140,8 @@ def quality_report(reference: str | Path, candidate: str | Path, *, sentences: l
     mean = lambda key, sub: float(np.mean([u[key][sub] for u in utterances]))  # noqa: E731
     return {
         "reference": {"bundle": str(reference), "quantization": ref.manifest["quantization"]},
-        "candidate": {"bundle": str(candidate), "quantization": cand.manifest["quantization"]},
+        "candidate": {"bundle": str(candidate), "quantization": cand.manifest["quantization"],
+                      "providers": list(providers)},
         "settings": {"voice": voice, "frames": frames, "steps": steps, "cfg_alpha": cfg_alpha, "seed": seed},
         "graphs": {
             "backbone_step": {"hidden_states": compare(h_cand, h_ref), "semantic_logits": compare(logits_cand, logits_ref)},
@@ -157,7 +163,8 @@ def to_markdown(report: dict) -> str:
     g, e = report["graphs"], report["end_to_end"]
     ref_plan, cand_plan = report["reference"]["quantization"]["plan"], report["candidate"]["quantization"]["plan"]
     lines = [f"# Quality: {cand_plan} against {ref_plan}", "",
-             f"reference `{report['reference']['bundle']}`, candidate `{report['candidate']['bundle']}`; "
+             f"reference `{report['reference']['bundle']}`, candidate `{report['candidate']['bundle']}` on "
+             f"{', '.join(report['candidate'].get('providers', ['cpu']))}; "
              f"voice {report['settings']['voice']}, {report['settings']['frames']} frames, "
              f"{report['settings']['steps']} Euler steps, cfg {report['settings']['cfg_alpha']}", "",
              "## Per graph, same inputs", "", "| output | cosine | max abs error | max error / scale |",

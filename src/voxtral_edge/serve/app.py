@@ -194,7 +194,9 @@ class Service:
         c = self.config
         return cache_key(bundle=self.bundle_sha256, runtime=__version__, text=r.text, voice=r.voice, seed=r.seed,
                          steps=r.steps, cfg=r.cfg, max_frames=r.max_frames, chunk_frames=c.chunk_frames,
-                         first_chunk_frames=c.first_chunk_frames)
+                         first_chunk_frames=c.first_chunk_frames,
+                         # the NPU computes other samples than the CPU
+                         providers=list(c.synth_options.get("providers", ("cpu",))))
 
     def start(self, r: "SpeechRequest"):
         try:
