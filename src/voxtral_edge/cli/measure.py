@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_bundle_options, add_command, apply_profile, positive
+from .common import add_bundle_options, add_command, apply_profile, bundle_settings, positive
 
 
 def devices(args: argparse.Namespace) -> int:
@@ -29,12 +29,9 @@ def bench(args: argparse.Namespace) -> int:
     from .. import bench as measure
 
     apply_profile(args)
-    info, rows = measure.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg,
-                                   frames=args.frames, repeats=args.repeats, chunk_frames=args.chunk_frames,
-                                   max_context=args.max_context, verify=not args.no_verify,
-                                   saved_graphs=False if args.no_saved_graphs else None,
-                                   codec_threads=args.codec_threads, codec_pipeline=args.codec_pipeline,
-                                   providers=tuple(args.providers), parallel_open=args.parallel_open)
+    info, rows = measure.run_bench(args.bundle, steps=args.steps, cfg_alpha=args.cfg, frames=args.frames,
+                                   repeats=args.repeats, chunk_frames=args.chunk_frames,
+                                   **bundle_settings(args))  # every bundle option, --allow-fallback and --soc too
     print(measure.to_json_lines(info, rows) if args.json else measure.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
