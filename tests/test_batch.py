@@ -328,7 +328,7 @@ def test_a_profile_sets_the_batch_and_the_command_line_wins(tmp_path):
     assert load_profile(path).batch == 3 and load_profile("x86-avx512").batch == 1
     args = argparse.Namespace(profile=str(path), batch=None, threads=None, steps=None, cfg=None, max_context=None,
                               codec_threads=None, chunk_frames=None, providers=None, no_verify=False,
-                              no_saved_graphs=False)
+                              no_saved_graphs=False, parallel_open=False)
     assert bundle_settings(apply_profile(args))["batch"] == 3
     args.batch = 2
     assert bundle_settings(apply_profile(args))["batch"] == 2

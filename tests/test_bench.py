@@ -9,7 +9,7 @@ from voxtral_edge import bench
 
 def test_bench_rows_markdown_and_json(tiny_bundle_dirs, tmp_path):
     info, rows = bench.run_bench(tiny_bundle_dirs[0], frames=3, repeats=2, steps=2, verify=False)
-    assert [r.test.split(" pp")[0] for r in rows] == ["load", "load: verify", "prefill", "backbone",
+    assert [r.test.split(" pp")[0] for r in rows] == ["load", "load: verify", "load: CPU", "prefill", "backbone",
                                                       "flow head (2 steps)", "flow head step", "codec", "frame",
                                                       "first audio", "rtf", "frames/s (aggregate)",
                                                       "frame, one row of 1", "rtf (aggregate)", "peak RSS",

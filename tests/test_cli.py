@@ -208,6 +208,11 @@ def test_a_profile_fills_in_what_the_command_line_left_unset(capsys, monkeypatch
     assert run(capsys, "bench", "--bundle", bundle, "--frames", "2", "--repeats", "1", "--cfg", "0", "--json")[0] == 0
     cfgs = {options["cfg_alpha"] for kind, options in calls if kind == "start"}
     assert cfgs == {0.0}  # --cfg 0 is guidance 0, not the default
+    calls.clear()  # bench opens the bundle with every bundle option say has, the NPU's too
+    assert run(capsys, "bench", "--bundle", bundle, "--frames", "2", "--repeats", "1", "--allow-fallback",
+               "--soc", "sa8255p", "--max-context", "180", "--json")[0] == 0
+    opening = next(options for kind, options in calls if kind == "open")
+    assert (opening["allow_fallback"], opening["soc"], opening["max_context"]) == (True, "sa8255p", 180)
     code, out, _ = run(capsys, "export", "--checkpoint", str(tiny_checkpoint_dir), "--out", str(tmp_path / "b"),
                        "--profile", str(profile))
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())

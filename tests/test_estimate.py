@@ -15,8 +15,8 @@ import pytest
 from voxtral_edge.bench import BenchRun, read_runs
 from voxtral_edge.cli import main
 from voxtral_edge.errors import ConfigError, UsageError
-from voxtral_edge.estimate import (CODEC_ROWS_PER_FRAME, FLOW_ROWS, KAPPA_MEMORY, efficiencies, estimate, estimate_all,
-                                   graph_work, kernel_ratios, read_llama, validate)
+from voxtral_edge.estimate import (CODEC_ROWS_PER_FRAME, FLOW_ROWS, FULL_SIZE, KAPPA_MEMORY, efficiencies, estimate,
+                                   estimate_all, graph_work, kernel_ratios, read_llama, validate)
 from voxtral_edge.profiles import list_profiles, load_profile, reference_devices
 
 if sys.version_info >= (3, 11):
@@ -242,3 +242,52 @@ def test_estimate_plot(tmp_path):
     out = tmp_path / "frames.png"
     assert main(["estimate", "--from", str(AVX2), "--device", "raspberry-pi-5", "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_npu_plans_by_hand():
+    """Issue 24's machinery prices the NPU plans of a profile with [npu] (issue 22): each graph's weights at the
+    plan's bits and the uint16 KV cache at every slot, at the ms per GB of the profile's published decoder runs
+    (scaled by DRAM bandwidth; the first the middle, the others the ends), the CPU's backbone for int4-w8a16."""
+    from voxtral_edge.estimate_npu import npu_estimates
+
+    run = next(r for r in read_runs(AVX512) if (r.plan, r.steps) == ("int4", 7))
+    profile = load_profile("qualcomm-sa8255p")
+    cpu = estimate_all(run, [profile])[0]
+    rates = [1000 / t / 1.61 * bw / 76.8 for t, bw in ((17.47, 102.4), (18.4176, 135.2), (11.87, 135.2))]
+    assert not run.graphs  # saved before runs recorded their graph sizes: the full-size int4 bundle's
+    weights = {g: size / per_weight for g, (size, per_weight) in FULL_SIZE["int4"].items()}
+    kv = 2 * 26 * 8 * 128 * 2 * 2048 / 1e9  # K and V, uint16, the profile's max_context
+    flow, codec = 7 * weights["flow_head"] / 1e9, weights["codec_decoder"] / 4 / 1e9
+    by_plan = {e.plan: e for e in npu_estimates(run, profile, cpu)}
+    assert set(by_plan) == {"w8a16", "w4a16", "int4-w8a16"}
+    for plan, bits in (("w8a16", 8), ("w4a16", 4)):
+        backbone = weights["backbone_step"] * bits / 8 / 1e9 + kv
+        e = by_plan[plan]
+        assert (e.low_ms, e.mid_ms, e.high_ms) == pytest.approx(
+            tuple((backbone + flow + codec) * r for r in (min(rates), rates[0], max(rates))))
+        assert e.stages["flow head"]["mid_ms"] == pytest.approx(flow * rates[0]) and e.threads == 0
+    e = by_plan["int4-w8a16"]
+    assert e.mid_ms == pytest.approx(cpu.stages["backbone"]["mid_ms"] + (flow + codec) * rates[0])
+    assert e.high_ms == pytest.approx(cpu.stages["backbone"]["high_ms"] + (flow + codec) * max(rates))
+    assert e.threads == cpu.threads and any("perf.yaml" in s for s in e.sources)
+    # a run whose backbone is not int4 prices no int4-w8a16, and a profile without [npu] none at all
+    graphs = {g: {"bytes": size, "bytes_per_weight": per_weight} for g, (size, per_weight) in FULL_SIZE["int4"].items()}
+    int8 = BenchRun(info={**run.info, "plan": "int8", "graphs": graphs, "kv_bytes_per_position": 1}, rows=run.rows,
+                    source="int8")
+    assert {e.plan for e in npu_estimates(int8, profile, cpu)} == {"w8a16", "w4a16"}
+    with pytest.raises(ValueError, match="no \\[npu\\]"):
+        npu_estimates(run, load_profile("raspberry-pi-5"), cpu)
+
+
+def test_the_estimate_command_prints_the_npu_plans(capsys):
+    assert main(["estimate", "--from", str(AVX512), "--device", "qualcomm-sa8295p", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    plans = [(e["plan"], e["steps"]) for e in lines]
+    assert plans[:2] == [("int4", 7), ("int4-all", 4)]  # the CPU's rows first
+    assert {("w8a16", 7), ("w4a16", 4), ("int4-w8a16", 7), ("int4-w8a16", 4)} <= set(plans)
+    npu = next(e for e in lines if (e["plan"], e["steps"]) == ("w8a16", 7))
+    assert npu["bound"] == "memory (NPU)" and npu["low_ms"] == npu["high_ms"]  # one published run: no range known
+    assert any("SA8295P ADP" in s for s in npu["sources"])
+    assert main(["estimate", "--from", str(AVX512), "--device", "all", "--plan", "w4a16@7"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| w4a16 | 7 | NPU |") == sum(p.npu is not None for p in list_profiles()) == 4

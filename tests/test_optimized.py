@@ -219,3 +219,40 @@ def test_a_copied_bundle_uses_its_saved_graphs_after_one_hash(tiny_bundle_dirs, 
     hashed.clear()
     Synthesizer.open(copy)  # the records took the new stat
     assert hashed == []
+
+
+@pytest.mark.parametrize("field, value", [("onnxruntime", "1.31.0"), ("machine", "aarch64"), ("cpu_flags", "neon")])
+def test_a_record_made_by_another_onnxruntime_or_machine_is_made_again(int4_bundle, fresh, opened, field, value):
+    """A saved graph whose record names another onnxruntime version or CPU (copied here with the bundle, say)
+    is neither trusted nor given to onnxruntime: it is made again on this machine."""
+    bundle = fresh(int4_bundle)
+    plain = _speak(bundle, _noise(), saved_graphs=False)
+    Synthesizer.open(bundle, saved_graphs=True)
+    folder = cache_folders(bundle)[0]
+    record = json.loads((folder / "backbone_step.json").read_text())
+    record["machine"][field] = value
+    (folder / "backbone_step.json").write_text(json.dumps(record))
+    assert saved_graph(Manifest.load(bundle), "backbone_step", folder) is None
+    opened.clear()
+    again = _speak(bundle, _noise())
+    assert (str(Manifest.load(bundle).path("backbone_step.onnx")), False) in opened  # made from the bundle
+    assert json.loads((folder / "backbone_step.json").read_text())["machine"] == optimized.machine_fingerprint()
+    np.testing.assert_array_equal(again[0], plain[0])
+    np.testing.assert_array_equal(again[1], plain[1])
+
+
+def test_a_truncated_saved_graph_is_made_again(int4_bundle, fresh, opened):
+    bundle = fresh(int4_bundle)
+    plain = _speak(bundle, _noise(), saved_graphs=False)
+    Synthesizer.open(bundle, saved_graphs=True)
+    folder = cache_folders(bundle)[0]
+    data = folder / "backbone_step.onnx.data"
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)  # as a write cut short by a full disk or a power loss leaves it
+    assert saved_graph(Manifest.load(bundle), "backbone_step", folder) is None
+    opened.clear()
+    again = _speak(bundle, _noise())
+    assert (str(Manifest.load(bundle).path("backbone_step.onnx")), False) in opened
+    assert saved_graph(Manifest.load(bundle), "backbone_step", folder)  # and saved whole again
+    np.testing.assert_array_equal(again[0], plain[0])
+    np.testing.assert_array_equal(again[1], plain[1])

@@ -7,6 +7,7 @@ divide by the frames made). Rows:
     load          s        opening the bundle: manifest check (sha256 of the files the verified stamp does not
                            vouch for, unless --no-verify) and sessions, once
     load: verify  s        the manifest check alone (part of load)
+    load: CPU     s        the CPU time of the whole load, every thread (less sensitive to a busy machine)
     prefill       tok/s    a whole prompt (voice + text) from position 0 / its time, like llama.cpp's pp test
     backbone      ms/frame one backbone step
     flow head     ms/frame all Euler steps of a frame (and ms/step)
@@ -26,17 +27,21 @@ divide by the frames made). Rows:
     RSS file      MB       at the end: file pages mapped and resident (weights read in place, embeddings);
                            clean, so the kernel can drop them under pressure and read them again
 
-Each row gives the median and the spread (min..max) over the repeats.
+Each row gives the median and the spread (min..max) over the repeats. The provenance also carries
+`codes_sha256`, a hash of the last run's codes: two runs that made the same codes show the same hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from . import __version__, defaults
 from .errors import UsageError
@@ -123,7 +128,8 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               max_context: int | None = None, text: str = BENCH_TEXT, verify: bool = True,
               saved_graphs: bool | None = None, codec_threads: int | None = None,
               codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",), allow_fallback: bool = False,
-              soc: str | None = None, batch: int = 1) -> tuple[dict, list[Row]]:
+              soc: str | None = None, release_mapped: bool = True, parallel_open: bool = False,
+              batch: int = 1) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows). On the NPU (`providers` qnn...) the provenance counts the
     nodes each graph runs on the CPU (none unless allow_fallback)."""
     from .manifest import Manifest
@@ -131,13 +137,14 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     from .runtime import Synthesizer
     from .sessions import nodes_on_cpu, npu_graphs
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     manifest = Manifest.load(bundle, verify=verify)
     verify_s = time.perf_counter() - start
     synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs,
                         codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers,
-                        allow_fallback=allow_fallback, soc=soc, batch=batch)
-    load_s = time.perf_counter() - start
+                        allow_fallback=allow_fallback, soc=soc, release_mapped=release_mapped,
+                        parallel_open=parallel_open, batch=batch)
+    load_s, load_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
     synth.synthesize(text, voice, seed=0, steps=steps, cfg_alpha=cfg_alpha, max_frames=2)  # warm-up, voice cached
@@ -181,6 +188,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
         per.setdefault("row", []).append(1e3 * (end - first) / max(frames - 1, 1))
         per.setdefault("rtf_aggregate", []).append((end - start) / max(sum(r.duration for r in results), 1e-9))
     rows = [Row("load", "s", load_s, load_s, load_s), Row("load: verify", "s", verify_s, verify_s, verify_s),
+            Row("load: CPU", "s", load_cpu, load_cpu, load_cpu),
             summarize(f"prefill pp{len(prompt)}", "tok/s", per["prefill"]),
             summarize("backbone", "ms/frame", per["backbone"]),
             summarize(f"flow head ({steps} steps)", "ms/frame", per["flow"]),
@@ -201,7 +209,9 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
                 first_audio_tokens=len(prompt) - voice_positions(prompt, synth.ids).stop - 1,
                 codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline, batch=batch,
                 providers=list(providers), nodes_on_cpu={g: len(nodes_on_cpu(s)) for g, s in synth.sessions.items()
-                                                         if g in npu_graphs(providers)})
+                                                         if g in npu_graphs(providers)},
+                parallel_open=parallel_open, release_mapped=release_mapped,
+                codes_sha256=hashlib.sha256(np.ascontiguousarray(runs[-1].codes, dtype=np.int64)).hexdigest()[:16])
     return info, rows
 
 

@@ -145,10 +145,15 @@ class Estimate:
 
 # -- the work ----------------------------------------------------------------------------------------------
 
+def kv_bytes_per_position(run) -> float:
+    """The float32 KV cache's bytes per position of `run`'s bundle (a run saved before it was recorded: full size)."""
+    return run.kv_bytes_per_position if run.graphs else FULL_SIZE_KV_BYTES
+
+
 def graph_work(run) -> dict[str, Work]:
     """Each graph's work per call, from a bench run (voxtral_edge.bench.BenchRun): the graph sizes it
     recorded, or for a run saved before they were recorded, those of the full-size bundle of its plan."""
-    graphs, kv = run.graphs, run.kv_bytes_per_position
+    graphs, kv = run.graphs, kv_bytes_per_position(run)
     if not graphs:
         if run.plan not in FULL_SIZE:
             raise UsageError(f"{run.source}: this run ({run.plan}) records no graph sizes and is not of a plan whose "
@@ -159,7 +164,6 @@ def graph_work(run) -> dict[str, Work]:
                              f"full-size {FULL_SIZE_GB[run.plan]:.2f} GB whose graph sizes are known: run "
                              f"`voxtral-edge bench --json` again with this version, which records them")
         graphs = {g: {"bytes": b, "bytes_per_weight": w} for g, (b, w) in FULL_SIZE[run.plan].items()}
-        kv = FULL_SIZE_KV_BYTES
     missing = [g for g in GRAPHS if g not in graphs]
     if missing:
         raise UsageError(f"{run.source}: the run records no size for {', '.join(missing)}")
@@ -479,7 +483,8 @@ def to_markdown(estimates: list[Estimate], *, sources: bool = False) -> str:
         verdict = "yes" if e.rtf_high <= 1 else "no" if e.rtf_low > 1 else "maybe"
         st = e.stages
         lines.append(
-            f"| {e.device} | {e.plan} | {e.steps} | {e.threads} | {e.mid_ms:.0f} ({e.low_ms:.0f}..{e.high_ms:.0f}) | "
+            f"| {e.device} | {e.plan} | {e.steps} | {e.threads or 'NPU'} | "
+            f"{e.mid_ms:.0f} ({e.low_ms:.0f}..{e.high_ms:.0f}) | "
             f"{e.rtf_mid:.2f} ({e.rtf_low:.2f}..{e.rtf_high:.2f}) | {verdict} | {e.dominant}, {e.bound} | "
             f"{st['backbone']['mid_ms']:.1f} | {st['flow head']['mid_ms']:.1f} | "
             f"{st['codec']['mid_ms']:.1f}{' (beside)' if e.codec_beside else ''} |")

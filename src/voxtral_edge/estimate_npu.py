@@ -18,7 +18,11 @@ the codec once per chunk. Assumed, not known: that the HTP is as efficient per b
 reference decoder (the flow head's 6 rows and the codec's convolutions may do better or worse), and that
 computing `rows` positions in a decode step costs no more than one (HMX works on tiles of 32 rows).
 
-    npu_frame_estimate(manifest, profile, steps, chunk_frames) -> {placement: {...}}
+The range: each of the profile's runs (scaled as above) prices the frame; the first run gives the middle,
+the fastest and slowest runs the ends (one run: no range is known, and the three are equal).
+
+    npu_frame_estimate(manifest, profile, steps, chunk_frames) -> {placement: {...}}   (an NPU-form bundle)
+    npu_estimates(run, profile, cpu) -> [Estimate]   (a `bench --json` run: the NPU plans, as `estimate` prints them)
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from __future__ import annotations
 GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 # bytes per weight in a CPU-form graph's files, by precision (blocks of 32 with fp32 scales; dynamic int8 ~1)
 _CPU_BYTES = {"fp32": 4.0, "int8": 1.1, "int4": 0.625}
+
+
+def npu_rates(profile) -> list[tuple[float, str]]:
+    """(ms per GB read, the run's name) for each [[npu.run]] of `profile`, scaled to its DRAM bandwidth."""
+    if profile.npu is None:
+        raise ValueError(f"profile {profile.name}: no [npu] section")
+    return [(1000 / r.tokens_per_s / (r.read_bytes / 1e9) * r.memory_bandwidth_gbs / profile.memory_bandwidth_gbs,
+             f"{r.model} on the {r.device}") for r in profile.npu.runs]
 
 
 def _graph_bytes(manifest: dict, graph: str) -> int:
@@ -51,11 +63,7 @@ def npu_frame_estimate(manifest: dict, profile, *, steps: int, chunk_frames: int
     (all three graphs there) and "cpu backbone" (flow head and codec on the NPU: backbone_ms None, frame_ms
     and rtf of the NPU's part only, to add to a CPU estimate of the backbone). `position`: KV slots the
     backbone reads (default: the bundle's max_context)."""
-    if profile.npu is None:
-        raise ValueError(f"profile {profile.name}: no [npu] section")
-    run = profile.npu.runs[0]
-    ms_per_gb = (1000 / run.tokens_per_s / (run.read_bytes / 1e9)
-                 * run.memory_bandwidth_gbs / profile.memory_bandwidth_gbs)
+    (ms_per_gb, reference), *_ = npu_rates(profile)
     b = manifest["model"]["backbone"]
     positions = b["max_context"] if position is None else position
     kv_gb = 2 * b["n_layers"] * b["n_kv_heads"] * b["head_dim"] * 2 * positions / 1e9
@@ -69,5 +77,52 @@ def npu_frame_estimate(manifest: dict, profile, *, steps: int, chunk_frames: int
     out["cpu backbone"] = {"backbone_ms": None, "flow_ms": flow, "codec_ms": codec, "frame_ms": flow + codec,
                            "where": "flow head and codec on the NPU (+ the backbone on the CPU)"}
     for e in out.values():
-        e.update(rtf=e["frame_ms"] / frame_ms, ms_per_gb=ms_per_gb, reference=f"{run.model} on the {run.device}")
+        e.update(rtf=e["frame_ms"] / frame_ms, ms_per_gb=ms_per_gb, reference=reference)
+    return out
+
+
+# the NPU plans a `bench --json` run of a CPU bundle is priced in: (backbone bits, backbone on the NPU)
+NPU_PLANS = {"w8a16": (8, True), "w4a16": (4, True), "int4-w8a16": (None, False)}
+
+
+def npu_estimates(run, profile, cpu):
+    """The NPU plans' frame times on `profile` ([npu]) from the work of `run`'s bundle (voxtral_edge.bench.BenchRun:
+    its graphs' weights, steps and chunk size), as voxtral_edge.estimate.Estimate rows: `w8a16` and `w4a16` with
+    every graph on the NPU, `int4-w8a16` with the backbone on the CPU (the backbone stage of `cpu`, the CPU
+    estimate of the same run on the same profile, whose plan must keep an int4 backbone) beside the flow head and
+    codec on the NPU. The backbone reads its uint16 KV cache at every one of the profile's max_context slots."""
+    from .estimate import Estimate, graph_work, kv_bytes_per_position
+
+    work = graph_work(run)
+    rates = npu_rates(profile)
+    ends = {"low_ms": min(r for r, _ in rates), "mid_ms": rates[0][0], "high_ms": max(r for r, _ in rates)}
+    kv_gb = kv_bytes_per_position(run) / 2 * profile.max_context / 1e9  # float32 on the CPU, uint16 on the NPU
+    sources = [f"{'; '.join(s.status + ': ' + s.title for s in profile.npu.sources)}",
+               *(f"{ms:.0f} ms per GB read: {name} ({r.status}: {r.title}, {r.url})"
+                 for (ms, name), r in zip(rates, profile.npu.runs)),
+               f"work: the weights of the {run.plan} bundle from {run.source} at the NPU plan's bits, the KV cache "
+               f"uint16 at {profile.max_context} positions",
+               "an estimate, not a measurement: the HTP assumed as efficient per byte on these graphs as on the "
+               "published decoder's (voxtral_edge.estimate_npu)"]
+    out = []
+    for plan, (bits, backbone_on_npu) in NPU_PLANS.items():
+        if not backbone_on_npu and not run.plan.startswith("int4"):
+            continue  # the CPU backbone of int4-w8a16 is int4: only an int4 run's estimate prices it
+        gb = {"flow head": work["flow_head"].weights * work["flow_head"].calls_per_frame / 1e9,
+              "codec": work["codec_decoder"].weights * work["codec_decoder"].calls_per_frame / 1e9}
+        if backbone_on_npu:
+            gb["backbone"] = work["backbone_step"].weights * bits / 8 / 1e9 + kv_gb
+        stages = {name: {end: g * rate for end, rate in ends.items()} | {"bound": "memory (NPU)"}
+                  for name, g in gb.items()}
+        if not backbone_on_npu:
+            stages["backbone"] = {**cpu.stages["backbone"], "bound": f"{cpu.stages['backbone']['bound']} (CPU)"}
+        stages = {k: stages[k] for k in ("backbone", "flow head", "codec")}
+        dominant = max(stages, key=lambda k: stages[k]["mid_ms"])
+        out.append(Estimate(device=profile.name, plan=plan, steps=run.steps, chunk_frames=run.chunk_frames,
+                            threads=0 if backbone_on_npu else cpu.threads,
+                            low_ms=sum(st["low_ms"] for st in stages.values()),
+                            mid_ms=sum(st["mid_ms"] for st in stages.values()),
+                            high_ms=sum(st["high_ms"] for st in stages.values()),
+                            stages=stages, dominant=dominant, bound=stages[dominant]["bound"], codec_beside=False,
+                            sources=sources + ([] if backbone_on_npu else cpu.sources)))
     return out

@@ -1,17 +1,30 @@
 """What this machine is and what this process holds: the CPU, its features, the cores it may use, the
-memory free and resident, and how much more it may take before a limit (RLIMIT_AS, its cgroup) stops it. One home for the checks that bench, rendering, saved graphs and the
-benchmarks make (Linux first; elsewhere each answers what the platform tells, or a stated fallback).
+memory free and resident, and how much more it may take before a limit (RLIMIT_AS, its cgroup) stops it.
+One home for the checks that bench, rendering, saved graphs and the benchmarks make (Linux first;
+elsewhere each answers what the platform tells, or a stated fallback).
+
+And the few ways the runtime keeps its own footprint down (what each saves: benchmarks/README.md,
+"Footprint"):
+
+    release_file_pages(paths, keep)  give back the resident pages of files this process maps but no
+                                  longer reads (clean file pages only; read again, they come back)
+    trim_heap()                   hand the C heap's free memory back to the system
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import mmap
 import os
 import platform
+import re
 import resource
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
 
 
 def _cpuinfo() -> list[str]:
@@ -199,3 +212,57 @@ def memory_headroom(proc: Path = Path("/proc/self"), cgroup: tuple[str, Path] | 
         if limit and limit != "max" and used and int(limit) < 1 << 60:  # v1 writes "no limit" as nearly 2^63
             room.append((int(limit) - int(used) + int(stat.get(names[2], 0)), f"cgroup {folder} ({version})"))
     return min(room) if room else None
+
+
+_MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ")  # the first line of each mapping in smaps
+
+
+def file_mappings(paths: Iterable[str | Path]) -> dict[tuple[int, int], int]:
+    """This process's mappings of these files: {(start, end): bytes of its own (anonymous, copied-on-write)
+    pages} (Linux's smaps; {} elsewhere)."""
+    targets = {os.path.realpath(p) for p in paths}
+    found, current = {}, None
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                if match := _MAPPING.match(line):
+                    fields = line.split(None, 5)  # range, perms, offset, device, inode, path
+                    current = None
+                    if len(fields) == 6 and fields[5].rstrip("\n") in targets:
+                        current = (int(match.group(1), 16), int(match.group(2), 16))
+                        found[current] = 0
+                elif current is not None and line.startswith("Anonymous:"):
+                    found[current] = int(line.split()[1]) * 1024
+    except OSError:
+        return {}
+    return found
+
+
+def release_file_pages(paths: Iterable[str | Path], keep: Iterable[tuple[int, int]] = ()) -> int:
+    """Drop from this process the resident pages of its mappings of `paths` (but those in `keep`, the
+    ranges of `file_mappings` taken earlier) that hold clean file pages only: the page cache keeps them and a
+    later read maps them back, so nothing is lost; a mapping holding a page of its own (written, copied on
+    write) is left alone. Returns the bytes of the mappings released (0 where this is not Linux).
+
+    Callers make sure no other thread maps or unmaps these files meanwhile (a range unmapped and reused
+    between reading the mappings and dropping them would lose its new contents)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    keep = set(keep)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    released = 0
+    for (start, end), own in file_mappings(paths).items():
+        if own == 0 and (start, end) not in keep and libc.madvise(start, end - start, mmap.MADV_DONTNEED) == 0:
+            released += end - start
+    return released
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; nothing elsewhere): the
+    temporaries of parsing the tokenizer and of packing weights are freed but stay resident otherwise."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        pass

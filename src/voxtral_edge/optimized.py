@@ -23,11 +23,14 @@ the bundle's manifest and its files (a file whose stat changed is hashed again);
 onnxruntime refuses it (1.32 packs each saved weight again at load and compares), it is made again.
 
 The saved data file holds the original weights beside the packed ones (about 2.2x the bundle's file
-for the int4 backbone): onnxruntime reads the originals at every load to check the packed blobs, and
-refuses a file whose originals differ, so they cannot be left out. Because of that check the packing
-is paid at every load anyway: measured on the full-size int4 bundle (benchmarks/README.md), opening
-from the saved graphs is no faster, the peak resident memory is the same, and the packed weights move
-from private heap (3.8 -> 0.6 GB anonymous) to clean file pages. Hence opt-in.
+for the int4 backbone), and they cannot be left out: at every load onnxruntime 1.32 packs each original
+again and looks its saved blob up by a hash of that packing. A saved blob that differs from the packing
+is refused (an error, handled below); an original that differs finds no blob, and onnxruntime then
+computes with its own packing of that original without a word (measured: originals zeroed in the data
+file gave other outputs, no error, no log line). Because of that check the packing is paid at every
+load anyway: measured on the full-size int4 bundle (benchmarks/README.md, "Footprint"), opening from the
+saved graphs is no faster, the peak resident memory is the same, and the packed weights move from
+private heap to clean file pages. Hence opt-in.
 """
 
 from __future__ import annotations

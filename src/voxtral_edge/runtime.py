@@ -41,6 +41,7 @@ from tokenizers import Tokenizer
 from . import defaults
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .htp import HtpBackbone, HtpCodec, HtpFlow, is_htp
+from .machine import trim_heap
 from .manifest import Manifest
 from .prompt import SpeechSpecialIds, speech_prompt, voice_positions
 from .sessions import SessionSettings, kernel_fallback, open_sessions
@@ -114,7 +115,8 @@ class Synthesizer:
     def __init__(self, manifest: Manifest, threads: int | None = None, max_context: int | None = None, *,
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
                  providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, allow_fallback: bool = False,
-                 soc: str | None = None, record: dict | None = None, batch: int = 1):
+                 soc: str | None = None, record: dict | None = None, release_mapped: bool = True,
+                 parallel_open: bool = False, batch: int = 1):
         self.manifest = m = manifest
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise UsageError(f"batch must be an integer >= 1, found {batch!r}")
@@ -137,10 +139,20 @@ class Synthesizer:
         # the codec may have its own thread budget: on its own thread (codec_pipeline) it runs beside the others
         self.codec_pipeline = bool(codec_pipeline)
         self._pool: ThreadPoolExecutor | None = None
-        self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, SessionSettings(
-            threads=threads, codec_threads=codec_threads, providers=tuple(providers), saved_graphs=saved_graphs,
-            profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record))
-        self.tokenizer = Tokenizer.from_file(str(m.path(m["tokenizer"]["file"])))
+        settings = SessionSettings(threads=threads, codec_threads=codec_threads, providers=tuple(providers),
+                                   saved_graphs=saved_graphs, profiling=profiling, release_mapped=release_mapped,
+                                   parallel_open=parallel_open, allow_fallback=allow_fallback, soc=soc,
+                                   record=record)
+        tokenizer_file = str(m.path(m["tokenizer"]["file"]))
+        if parallel_open:
+            with ThreadPoolExecutor(1) as pool:
+                tokenizer = pool.submit(Tokenizer.from_file, tokenizer_file)
+                self.sessions: dict[str, ort.InferenceSession] = open_sessions(m, settings)
+                self.tokenizer = tokenizer.result()
+        else:  # the tokenizer first: its parse temporaries come and go while the process is still small
+            self.tokenizer = Tokenizer.from_file(tokenizer_file)
+            trim_heap()
+            self.sessions = open_sessions(m, settings)
         self.ids = SpeechSpecialIds.from_dict(m["special_ids"])
         self.text_embeddings = EmbeddingTable(m.path(m["embeddings"]["text"]["file"]), m["embeddings"]["text"]["dtype"])
         self.audio_embeddings = EmbeddingTable(m.path(m["embeddings"]["audio"]["file"]),
@@ -166,7 +178,8 @@ class Synthesizer:
              verify: bool = True, saved_graphs: bool | None = None, codec_threads: int | None = None,
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
              profiling: str | None = None, allow_fallback: bool = False, soc: str | None = None,
-             record: dict | None = None, batch: int = 1) -> "Synthesizer":
+             record: dict | None = None, release_mapped: bool = True, parallel_open: bool = False,
+             batch: int = 1) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
@@ -176,14 +189,17 @@ class Synthesizer:
         Qualcomm's NPU, see `voxtral_edge.sessions`; `allow_fallback` lets nodes it cannot run go to the CPU;
         `soc` names the SoC, whose compiled graphs only are accepted); `profiling` a path prefix for
         onnxruntime's per-node profiles; `record` collects the inputs of every call of a graph in the NPU
-        form (calibration). With `codec_pipeline`, `stream` decodes audio on a second thread while the next
-        frames are computed (same audio). `batch` is the number of utterances that can make their frames
-        together (`step_many`, `run_many`): the KV cache has that many rows, fixed for the session (a bundle
-        exported before batching, or with graphs in the NPU form, takes 1)."""
+        form (calibration). `release_mapped` gives back the data-file pages onnxruntime keeps mapped once a
+        session is made; `parallel_open` loads the tokenizer and makes the codec's session on a second
+        thread (shorter open, higher peak memory; see `voxtral_edge.sessions`). With `codec_pipeline`,
+        `stream` decodes audio on a second thread while the next frames are computed (same audio). `batch` is
+        the number of utterances that can make their frames together (`step_many`, `run_many`): the KV cache
+        has that many rows, fixed for the session (a bundle exported before batching, or with graphs in the NPU
+        form, takes 1)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
                    providers=providers, profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record,
-                   batch=batch)
+                   release_mapped=release_mapped, parallel_open=parallel_open, batch=batch)
 
     @property
     def kernel_fallbacks(self) -> dict[str, dict[str, str]]:

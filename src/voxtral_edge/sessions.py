@@ -2,7 +2,8 @@
 this machine's saved optimized graphs. The runtime asks for "the bundle's graphs with these settings"
 and never branches on a provider in its frame loop.
 
-    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, allow_fallback, soc, record)
+    SessionSettings(threads, codec_threads, providers, saved_graphs, profiling, allow_fallback, soc, record,
+                    release_mapped, parallel_open)
     open_sessions(manifest, settings)  -> {graph: InferenceSession}, each checked against the manifest
     nodes_on_cpu(session)              the nodes of an NPU session that run on the CPU (--allow-fallback)
     create_session(path, options, providers)   one graph file (also for the benchmarks' own graphs)
@@ -20,15 +21,30 @@ execution provider, `voxtral_edge.qnn`) runs all three graphs there, `qnn:flow,c
 disabled): a graph that cannot is refused naming the nodes that block it, unless `allow_fallback`.
 A profile or caller that names a provider the runtime cannot use is refused with the reason, before any
 session is made.
+
+Footprint. Creating a session costs memory twice over for a moment: onnxruntime maps the graph's data
+file, reads each quantized weight and packs it into the layout its kernel reads (MatMulNBits,
+DynamicQuantizeMatMul), and frees the original once packed; the peak resident memory of a process is
+reached while it does that. So `open_sessions` makes the sessions in the order that keeps that peak low
+(`OPEN_ORDER`: first the flow head, whose weights sit in a Loop body and are all held until the last is
+packed, while the process is still small; the codec, whose packing holds little more than it keeps,
+last), gives the C heap's free pages back after each, and, with `release_mapped` (the default), gives
+back the pages of the data file that onnxruntime keeps mapped but no longer reads: MatMulNBits copies its
+scales into the packed weight yet keeps the original scales mapped (0.37 GB at blocks of 32 for the
+full-size backbone). Only clean file pages are dropped (the page cache keeps them; a later read maps
+them back), so outputs cannot change. Figures: benchmarks/README.md, "Footprint".
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +52,7 @@ import onnxruntime as ort
 
 from .errors import BundleError, UsageError, VoxtralEdgeError
 from .kernelcheck import FALLBACK_KEYS, Family, KernelCheck, family_report, graph_families
+from .machine import file_mappings, release_file_pages, trim_heap
 from .manifest import GRAPHS, Manifest, graph_units
 from .onnxfile import MalformedOnnx
 from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_graph, saving_options
@@ -44,6 +61,14 @@ from .optimized import cache_folders, forget_saved, keep_saved, opted_in, saved_
 PROVIDERS = {"cpu": "CPUExecutionProvider", "qnn": "QNNExecutionProvider"}
 # The graphs' short names in `qnn:backbone,flow,codec`.
 GRAPH_NAMES = {"backbone": "backbone_step", "flow": "flow_head", "codec": "codec_decoder"}
+# The order sessions are made in: the peak resident memory of an open is lowest this way (see above).
+OPEN_ORDER = ("flow_head", "backbone_step", "codec_decoder")
+# With `parallel_open`, the graphs made on a second thread while the others are made in OPEN_ORDER.
+BESIDE = ("codec_decoder",)
+# One lock per data file, held while a session is made from it and its pages released: no other session
+# of this process maps or unmaps that file meanwhile (see machine.release_file_pages).
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
 
 
 def npu_graphs(providers: Sequence[str]) -> tuple[str, ...]:
@@ -68,6 +93,12 @@ def npu_graphs(providers: Sequence[str]) -> tuple[str, ...]:
     return tuple(g for g in GRAPHS if g in graphs)
 
 
+def _file_lock(files: list[Path]) -> threading.Lock:
+    key = "\0".join(sorted(str(f) for f in files))
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(key, threading.Lock())
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """How the sessions of a bundle are made.
@@ -85,6 +116,10 @@ class SessionSettings:
                    None: the one /sys/devices/soc0 names, if any
     record         a dict: every call of a graph in the NPU form appends its inputs to record[graph]
                    (the calibration of voxtral_edge.quant.htp); None: off
+    release_mapped give back the data-file pages onnxruntime keeps mapped after packing (see above)
+    parallel_open  make the codec's session (`BESIDE`) on a second thread while the others are made: a
+                   shorter open on two cores or more, for a higher peak (the codec's memory is already
+                   there when the backbone's packing peaks)
     """
 
     threads: int | None = None
@@ -95,6 +130,8 @@ class SessionSettings:
     allow_fallback: bool = False
     soc: str | None = None
     record: dict | None = None
+    release_mapped: bool = True
+    parallel_open: bool = False
 
     def graph_threads(self, graph: str) -> int | None:
         return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
@@ -348,31 +385,67 @@ def kernel_fallback(session: ort.InferenceSession) -> dict[str, str]:
     return found
 
 
-def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSettings()) -> dict[str, ort.InferenceSession]:
-    """One session per graph of the bundle, each with the inputs and outputs its manifest lists
-    (BundleError naming the file otherwise; UsageError for providers that cannot be used), each of its
-    quantized kernels checked against known answers first (`kernel_config`; KernelError when wrong and
-    no fallback helps)."""
-    onnxruntime_providers(settings.providers)  # refused before any graph is read
-    sessions = {}
-    for name, graph in manifest["graphs"].items():
-        path = manifest.path(graph["file"])
-        # the CPU's quantized kernels, checked unless the graph runs on the NPU or is in its form
-        config = {} if name in npu_graphs(settings.providers) or "htp" in graph else \
-            kernel_config(manifest, name, settings)
-        try:
+def data_files(manifest: Manifest, name: str) -> list[Path]:
+    """The files a session of this graph may map: the bundle's data files (one per part of a graph in
+    parts) and this machine's saved ones."""
+    files = [manifest.path(unit["data"]) for unit in graph_units(manifest["graphs"][name]) if unit.get("data")]
+    return files + [folder / f"{name}.onnx.data" for folder in cache_folders(manifest.bundle)]
+
+
+def _lean_session(manifest: Manifest, name: str, settings: SessionSettings,
+                  config: dict[str, str]) -> ort.InferenceSession:
+    """`load_session`, then the footprint's clean-up: the pages of the data file this session mapped and
+    no longer reads (`release_mapped`), the C heap's free pages."""
+    if not settings.release_mapped:
+        session = load_session(manifest, name, settings, config)
+    else:
+        files = data_files(manifest, name)
+        with _file_lock(files):
+            before = file_mappings(files)  # other sessions' mappings of the same files are left alone
             session = load_session(manifest, name, settings, config)
-        except VoxtralEdgeError:
-            raise
-        except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
-            raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
-        have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
-        want = (set(graph["inputs"]), set(graph["outputs"]))
-        if have != want:
-            raise BundleError(f"{path}: inputs/outputs {sorted(have[0])} -> {sorted(have[1])} differ from the "
-                              f"manifest's {sorted(want[0])} -> {sorted(want[1])}")
-        sessions[name] = session
-    return sessions
+            release_file_pages(files, keep=before)
+    trim_heap()
+    return session
+
+
+def open_sessions(manifest: Manifest, settings: SessionSettings = SessionSettings()) -> dict[str, ort.InferenceSession]:
+    """One session per graph of the bundle (made in `OPEN_ORDER`, returned in the manifest's), each with
+    the inputs and outputs its manifest lists (BundleError naming the file otherwise; UsageError for
+    providers that cannot be used), each of its quantized kernels checked against known answers first
+    (`kernel_config`; KernelError when wrong and no fallback helps). The checks all run before the first
+    session is made, on this thread: a wrong kernel is refused before any weight is packed, and their
+    small sessions come and go while the process is still small."""
+    onnxruntime_providers(settings.providers)  # refused before any graph is read
+    graphs = manifest["graphs"]
+    order = sorted(graphs, key=lambda g: OPEN_ORDER.index(g) if g in OPEN_ORDER else -1)
+    # the CPU's quantized kernels, checked unless the graph runs on the NPU or is in its form
+    configs = {name: {} if name in npu_graphs(settings.providers) or "htp" in graphs[name] else
+               kernel_config(manifest, name, settings) for name in order}
+    beside = [g for g in order if g in BESIDE] if settings.parallel_open else []
+    with ThreadPoolExecutor(1) if beside else nullcontext() as pool:
+        later = {name: pool.submit(_checked_session, manifest, name, settings, configs[name]) for name in beside}
+        made = {name: _checked_session(manifest, name, settings, configs[name]) for name in order if name not in later}
+        made.update({name: future.result() for name, future in later.items()})
+    return {name: made[name] for name in graphs}
+
+
+def _checked_session(manifest: Manifest, name: str, settings: SessionSettings,
+                     config: dict[str, str]) -> ort.InferenceSession:
+    """The session of one graph (with a kernel fallback's `config` entries), with the inputs and outputs
+    its manifest lists."""
+    graph, path = manifest["graphs"][name], manifest.path(manifest["graphs"][name]["file"])
+    try:
+        session = _lean_session(manifest, name, settings, config)
+    except VoxtralEdgeError:
+        raise
+    except Exception as e:  # onnxruntime raises its own types for a graph it cannot load
+        raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from None
+    have = ({i.name for i in session.get_inputs()}, {o.name for o in session.get_outputs()})
+    want = (set(graph["inputs"]), set(graph["outputs"]))
+    if have != want:
+        raise BundleError(f"{path}: inputs/outputs {sorted(have[0])} -> {sorted(have[1])} differ from the "
+                          f"manifest's {sorted(want[0])} -> {sorted(want[1])}")
+    return session
 
 
 def optimize_bundle(bundle: str | Path, threads: int | None = None) -> dict[str, dict]:

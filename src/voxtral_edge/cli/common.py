@@ -74,6 +74,9 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
     p.add_argument("--no-saved-graphs", action="store_true",
                    help="build the sessions from the bundle's graphs, neither using nor saving this machine's "
                         "optimized graphs (see `voxtral-edge optimize`)")
+    p.add_argument("--parallel-open", action="store_true",
+                   help="load the tokenizer and make the codec's session on a second thread while the backbone's "
+                        "and flow head's are made: a shorter open on two cores or more, for a higher peak memory")
     add_npu_options(p)
 
 
@@ -118,7 +121,7 @@ def bundle_settings(args: argparse.Namespace) -> dict:
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
             "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
             "allow_fallback": getattr(args, "allow_fallback", False), "soc": getattr(args, "soc", None),
-            "batch": args.batch}
+            "parallel_open": args.parallel_open, "batch": args.batch}
 
 
 def add_normalize_options(p: argparse.ArgumentParser, default: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_bundle_options, add_command, apply_profile, positive
+from .common import add_bundle_options, add_command, apply_profile, bundle_settings, positive
 
 
 def devices(args: argparse.Namespace) -> int:
@@ -29,12 +29,9 @@ def bench(args: argparse.Namespace) -> int:
     from .. import bench as measure
 
     apply_profile(args)
-    info, rows = measure.run_bench(args.bundle, threads=args.threads, steps=args.steps, cfg_alpha=args.cfg,
-                                   frames=args.frames, repeats=args.repeats, chunk_frames=args.chunk_frames,
-                                   max_context=args.max_context, verify=not args.no_verify,
-                                   saved_graphs=False if args.no_saved_graphs else None,
-                                   codec_threads=args.codec_threads, codec_pipeline=args.codec_pipeline,
-                                   providers=tuple(args.providers), batch=args.batch)
+    info, rows = measure.run_bench(args.bundle, steps=args.steps, cfg_alpha=args.cfg, frames=args.frames,
+                                   repeats=args.repeats, chunk_frames=args.chunk_frames,
+                                   **bundle_settings(args))  # every bundle option, --allow-fallback and --soc too
     print(measure.to_json_lines(info, rows) if args.json else measure.to_markdown(info, rows))
     if args.plot:
         print(f"wrote {measure.plot(info, rows, args.plot)}", file=sys.stderr)
@@ -46,11 +43,12 @@ def bench(args: argparse.Namespace) -> int:
 
         out = sys.stderr if args.json else sys.stdout
         manifest = Manifest.load(args.bundle, verify=False).data
-        if not any("htp" in g for g in manifest["graphs"].values()):  # the CPU estimate knows no NPU-form graph
+        if not any("htp" in g for g in manifest["graphs"].values()):  # the CPU's and the NPU plans' estimates
             run = BenchRun(info=info, rows={r.test: {"median": r.median} for r in rows}, source="this run")
             print_estimates([run], args.estimate, out=out)
-        targets = list_profiles() if args.estimate == "all" else [load_profile(args.estimate)]
-        print_npu_estimates(manifest, targets, steps=info["steps"], out=out)
+        else:  # a bundle in the NPU form: its own graphs priced on the NPU (the CPU estimate knows no such graph)
+            targets = list_profiles() if args.estimate == "all" else [load_profile(args.estimate)]
+            print_npu_estimates(manifest, targets, steps=info["steps"], out=out)
     return 0
 
 
@@ -85,15 +83,13 @@ def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json
 
     from ..errors import UsageError
     from ..estimate import estimate_all, kernel_ratios, plot, to_markdown
+    from ..estimate_npu import NPU_PLANS, npu_estimates
     from ..profiles import list_profiles, load_profile
 
     profiles = list_profiles() if device == "all" else [load_profile(device)]
-    chosen = [r for r in runs if not plans or r.plan in plans or f"{r.plan}@{r.steps}" in plans]
-    if not chosen:
-        raise UsageError(f"--plan {' '.join(plans)}: the runs are of {', '.join(f'{r.plan}@{r.steps}' for r in runs)}")
     out = out or sys.stdout
     estimates = []
-    for run in chosen:
+    for run in runs:
         fresh = fresh_isa = None
         if llama is not None:
             fresh_isa = isa or run.isa
@@ -103,7 +99,13 @@ def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json
             fresh = kernel_ratios(run, llama)
             print(f"{run.plan}@{run.steps}: kernel ratios on this host ({fresh_isa}), ours / llama.cpp's: "
                   + ", ".join(f"{g} {k:.2f}" for g, k in fresh.items()), file=sys.stderr)
-        estimates += estimate_all(run, profiles, fresh_kappa=fresh, fresh_isa=fresh_isa)
+        cpu = estimate_all(run, profiles, fresh_kappa=fresh, fresh_isa=fresh_isa)
+        estimates += cpu + [e for p, c in zip(profiles, cpu) if p.npu is not None for e in npu_estimates(run, p, c)]
+    chosen = [e for e in estimates if not plans or e.plan in plans or f"{e.plan}@{e.steps}" in plans]
+    if not chosen:
+        raise UsageError(f"--plan {' '.join(plans)}: the runs are of {', '.join(f'{r.plan}@{r.steps}' for r in runs)}"
+                         f" (and the NPU plans {', '.join(NPU_PLANS)} on the profiles with an [npu] section)")
+    estimates = sorted(chosen, key=lambda e: e.plan in NPU_PLANS)  # the CPU's rows first
     if json_lines:
         for e in estimates:
             print(json.dumps(e.as_dict()), file=out)
@@ -116,7 +118,7 @@ def print_estimates(runs, device: str, *, plans=None, llama=None, isa=None, json
 
 def print_npu_estimates(manifest: dict, targets: list, steps: int, out=None) -> None:
     """For the profiles with an [npu] section, a frame's estimated time on the NPU (voxtral_edge.estimate_npu):
-    every graph there, and the flow head and codec there beside the CPU backbone estimated above."""
+    every graph there, and the flow head and codec there (the backbone on the CPU comes on top)."""
     from ..estimate_npu import npu_frame_estimate
 
     with_npu = [t for t in targets if t.npu is not None]
@@ -183,6 +185,9 @@ def add_estimate(sub) -> None:
         "bench does not enter, so runs from different machines give the same estimates. With --llama (the "
         "llama.cpp yardstick measured on the same machine as the run) the run also measures how our kernels "
         "compare with llama.cpp's on its instruction set, which the devices of that set then use. "
+        "Profiles with an [npu] section (a Qualcomm Hexagon NPU) also get the NPU plans w8a16, w4a16 and "
+        "int4-w8a16 (the backbone on the CPU), priced from published decoder runs on the same NPU class "
+        "(voxtral_edge.estimate_npu; docs/deploy-qnn.md). "
         "--validate prints the held-out check instead: each device with a published llama.cpp run predicted "
         "from the other devices alone. The model and its limits: voxtral_edge.estimate and benchmarks/README.md.",
         "examples:\n  voxtral-edge bench --bundle voxtral-int4 --json > int4.jsonl\n"
@@ -197,7 +202,7 @@ def add_estimate(sub) -> None:
     p.add_argument("--device", default="all", metavar="PROFILE|all",
                    help="a shipped profile's name or a profile file (default: all shipped profiles)")
     p.add_argument("--plan", nargs="+", metavar="PLAN[@STEPS]",
-                   help="only the runs of these plans (e.g. int4 int4-all@4)")
+                   help="only the estimates of these plans (e.g. int4 int4-all@4 w8a16@7)")
     p.add_argument("--llama", metavar="FILE", help="llama.cpp on the same machine as the run: the output of "
                    "benchmarks/llama_cpp_baseline.py --json, or WORK/llama.json or results.json of benchmarks/run.py")
     p.add_argument("--isa", choices=ISAS, help="the run's instruction set, for a run saved before it was recorded")
