@@ -343,6 +343,7 @@ def test_with_aging_a_risen_job_shares_the_rows_and_no_job_in_progress_is_interr
     leaves, beside the prompt in progress, within the bounds it has without batching; no navigation prompt
     is interrupted, and every stream is what its request gives alone."""
     from test_serve import LONG, alone as streamed_alone, wait_for
+    from test_serve_robust import aging_gaps
 
     from voxtral_edge.serve.scheduler import Job, Scheduler
 
@@ -374,11 +375,7 @@ def test_with_aging_a_risen_job_shares_the_rows_and_no_job_in_progress_is_interr
     flooding.clear()
     wait_for(lambda: all(not j.active for j in navs), what="the flood to end")
     scheduler.stop()
-    starts = [media.submitted_step] + media_chunks[:-1]  # (the last wake is the end)
-    gaps = [b - a for a, b in zip(starts, media_chunks)]
-    assert media_chunks[0] - media.submitted_step >= rise  # strict priority until it rose
-    assert gaps[0] <= rise + nav_frames + 1
-    assert all(gap <= rise + nav_frames + chunk_frames for gap in gaps[1:]), gaps
+    gaps = aging_gaps(media, media_chunks, rise, nav_frames, chunk_frames)
     assert all(j.suspensions == 0 for j in navs)  # no prompt was interrupted
     voices = [[voice for voice, _ in step] for step in stepped]
     assert ["casual_male", "casual_male"] in voices and ["casual_male", "neutral_female"] in voices

@@ -44,6 +44,18 @@ def metrics(url: str, **kwargs) -> dict:
             for family in text_string_to_metric_families(response.text) for s in family.samples}
 
 
+
+def aging_gaps(media, media_chunks, rise, nav_frames, chunk_frames) -> list[int]:
+    """The steps before each of a media job's chunks under a navigation flood, checked against the aging
+    guarantee: no audio before it rose, its first chunk within the rise and the prompt in progress, every
+    later one within a rise, a prompt and a chunk."""
+    starts = [media.submitted_step] + media_chunks[:-1]  # (the last wake is the end)
+    gaps = [b - a for a, b in zip(starts, media_chunks)]
+    assert media_chunks[0] - media.submitted_step >= rise  # strict priority until it rose
+    assert gaps[0] <= rise + nav_frames + 1
+    assert all(gap <= rise + nav_frames + chunk_frames for gap in gaps[1:]), gaps
+    return gaps
+
 def test_aging_bounds_how_long_a_flood_of_navigation_delays_media(bundle):
     """A navigation prompt always waiting: without aging media never makes a frame; with it, media makes
     each chunk within its rise (media + message + assistant bounds) plus the rest of the navigation prompt
@@ -89,11 +101,7 @@ def test_aging_bounds_how_long_a_flood_of_navigation_delays_media(bundle):
     flooding.clear()
     wait_for(lambda: all(not j.active for j in navs), what="the flood to end")
     scheduler.stop()
-    starts = [media.submitted_step] + media_chunks[:-1]  # (the last wake is the end)
-    gaps = [b - a for a, b in zip(starts, media_chunks)]
-    assert media_chunks[0] - media.submitted_step >= rise  # strict priority until it rose
-    assert gaps[0] <= rise + nav_frames + 1
-    assert all(gap <= rise + nav_frames + chunk_frames for gap in gaps[1:]), gaps
+    gaps = aging_gaps(media, media_chunks, rise, nav_frames, chunk_frames)
     assert len(navs) > 2 * len(gaps) and all(j.suspensions == 0 for j in navs)  # no prompt was interrupted
     assert media.risen == len(gaps) - 1 and media.suspensions >= len(gaps) - 2
     assert b"".join(recording.chunks) == alone(bundle, LONG, "neutral_female", 7, 12)  # paused often, never changed
