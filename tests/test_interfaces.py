@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -139,6 +138,31 @@ def test_speechd_speak_asks_the_service_then_the_bundle(bundle, tmp_path):
     assert len(wav_samples(alone.getvalue())) == round(len(plain) / 2 ** 0.5)
 
 
+def wait_for_socket(path, daemon: subprocess.Popen, timeout: float) -> None:
+    """Until the daemon accepts a connection on its unix socket; fails with its stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if daemon.poll() is not None:
+            pytest.fail(f"speech-dispatcher exited with {daemon.returncode} before listening on {path}: "
+                        f"{daemon.stderr.read()}")
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"speech-dispatcher did not listen on {path} within {timeout} s")
+        time.sleep(0.05)
+
+
+def daemon_log(logdir) -> str:
+    """The daemon's own log, for a failure's message."""
+    log = logdir / "speech-dispatcher.log"
+    return "\n--- speech-dispatcher.log (tail) ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]) \
+        if log.exists() else ""
+
+
 def test_spd_say_speaks_through_voxtral_edge(bundle, tmp_path):
     assert shutil.which("spd-say") and shutil.which("aplay"), "this test needs speech-dispatcher and aplay (Debian: " \
         "apt-get install speech-dispatcher alsa-utils; .ci/run installs them)"
@@ -153,18 +177,30 @@ def test_spd_say_speaks_through_voxtral_edge(bundle, tmp_path):
                    env=env, check=True, capture_output=True, timeout=60)
     conf = home / ".config" / "speech-dispatcher" / "speechd.conf"
     with open(conf, "a") as f:
-        f.write('AudioOutputMethod "alsa"\nLogDir "{}"\n'.format(tmp_path))
+        f.write(f'AudioOutputMethod "alsa"\nLogDir "{tmp_path}"\n')
+    # The daemon is started here and kept until the end (-t 0), not autospawned by spd-say: an autospawned
+    # daemon ends 5 s after its last client, and a second spd-say that arrives while it ends spawns one
+    # that finds the old one's pid file and exits, so the connection is refused (seen on a CI machine).
+    sock = run / "speechd.sock"
+    env["SPEECHD_ADDRESS"] = f"unix_socket:{sock}"
+    daemon = subprocess.Popen(["speech-dispatcher", "--run-single", "--timeout", "0", "--communication-method",
+                               "unix_socket", "--socket-path", str(sock), "--pid-file", str(run / "speechd.pid"),
+                               "--log-dir", str(tmp_path)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
     try:
+        wait_for_socket(sock, daemon, timeout=60)
         listed = subprocess.run(["spd-say", "-o", "voxtral-edge", "-L"], env=env, capture_output=True, text=True,
                                 timeout=60)
         spoken = subprocess.run(["spd-say", "-w", "-o", "voxtral-edge", "-y", "casual_male", "Turn left."], env=env,
                                 capture_output=True, text=True, timeout=240)
     finally:
-        pid = run / "speech-dispatcher" / "pid" / "speech-dispatcher.pid"
-        if pid.exists():
-            with contextlib.suppress(ProcessLookupError):  # the daemon may have ended by itself
-                os.kill(int(pid.read_text().split()[0]), signal.SIGTERM)
-    assert spoken.returncode == 0, spoken.stderr
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    assert spoken.returncode == 0, spoken.stderr + daemon_log(tmp_path)
     rows = [line.split() for line in listed.stdout.splitlines()[1:]]
     assert ["casual_male", "en", "MALE1"] in rows and ["fr_female", "fr", "FEMALE1"] in rows
     played = np.frombuffer(raw.read_bytes(), "<i2")
