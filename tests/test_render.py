@@ -190,6 +190,30 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_item_rendered(rendered_cata
     assert (tmp_path / "out" / "index.jsonl").read_bytes() == (one / "index.jsonl").read_bytes()
 
 
+def test_a_worker_found_dead_when_given_a_job_is_replaced(rendered_catalog, render_rows, tiny_bundle_dirs, tmp_path,
+                                                          monkeypatch):
+    # the death lands between two looks at the worker: the driver's next job meets a closed pipe (a CI run
+    # once died here with BrokenPipeError), so the job must go back to the queue and the worker be replaced
+    from voxtral_edge.render.local import LocalPool
+
+    _, one = rendered_catalog
+    rows = render_rows[:4]
+    small = write_csv_catalog(tmp_path / "catalog.csv", rows)
+    start = LocalPool.start
+
+    def start_then_lose_a_worker(pool):
+        start(pool)
+        victim = pool.processes[0].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join()  # dead and reaped before the first job is sent
+
+    monkeypatch.setattr(LocalPool, "start", start_then_lose_a_worker)
+    summary = render(small, tiny_bundle_dirs[0], tmp_path / "out", settings=SETTINGS, workers=1, progress=False)
+    assert summary.restarts == 1 and (summary.rendered, summary.failed) == (4, 0)
+    assert clips(tmp_path / "out") == {name: (one / name).read_bytes() for name in clips(tmp_path / "out")}
+    assert sorted(clips(tmp_path / "out")) == sorted(f"{row['id']}.wav" for row in rows)
+
+
 def test_items_that_fail_on_their_own_go_to_errors_jsonl(render_rows, tiny_bundle_dirs, tmp_path, capsys):
     # 20 positions hold a prompt for casual_male (9 voice tokens) but not for neutral_female (14)
     rows = [r for r in render_rows if r["voice"] != "fr_female"][::3]

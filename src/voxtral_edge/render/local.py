@@ -109,12 +109,18 @@ class LocalPool:
         """(job, outcome) for every job, in the order they finish."""
         pending, attempts = deque(jobs), {}
         while pending or any(w.jobs for w in self.processes):
+            broken = []  # workers whose pipe refused a job: they died since they were last seen
             for worker in self.processes:  # every free row gets the next job
                 while len(worker.jobs) < self.batch and pending:
                     job = pending.popleft()
+                    try:
+                        worker.conn.send(job)
+                    except OSError:  # never the dead worker's: back at the head, not counted as an attempt
+                        pending.appendleft(job)
+                        broken.append(worker)
+                        break
                     worker.jobs[job["id"]] = job
-                    worker.conn.send(job)
-            busy = [w for w in self.processes if w.jobs]
+            busy = [w for w in self.processes if w.jobs or w in broken]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             for worker in busy:
                 lost = False
@@ -128,7 +134,8 @@ class LocalPool:
                     job = worker.jobs.pop(outcome["id"])
                     self.peak_rss = max(self.peak_rss, outcome.pop("rss", 0))
                     yield job, outcome
-                if worker.jobs and (lost or worker.process.sentinel in ready or not worker.process.is_alive()):
+                if (worker.jobs or worker in broken) and (lost or worker.process.sentinel in ready
+                                                          or not worker.process.is_alive()):
                     held = list(worker.jobs.values())
                     self._replace(worker)
                     for job in reversed(held):  # back at the head of the queue, in their order
