@@ -6,15 +6,15 @@ machine whose load changes during the run changes every B alike), one process pe
     python benchmarks/batch.py --bundle work/bench/bundle-int4-all --steps 4 --article benchmarks/data/article.txt \
         --batches 1 4 --article-max-context 340
 
-Prints one markdown row per bundle and B: aggregate frames/s (all B utterances' frames / wall time, prefills
-included) and its ratio to B = 1, the per-frame latency of one row (80 ms is real time), the aggregate
+Prints one markdown row per bundle and B: aggregate frames/s (all B utterances' frames after the first step,
+which prefills every row, / the time since: `bench`'s definition) and its ratio to B = 1, the per-frame latency of one row (80 ms is real time), the aggregate
 real-time factor, and the peak RSS of the process (its growth over B = 1 is the KV cache's rows and the
 batch's buffers). Medians over the rounds; `--json FILE` keeps every run's rows.
 
 With `--article FILE`, instead: `say FILE --batch B` on the first bundle for each B (its sentences B at a time;
 B = 1 is `say` as it was, the text in pieces one after the other), and its wall time against the audio's
 length. The weights being random, no sentence ends by itself: `--article-max-context` leaves each sentence
-each sentence the room its prompt leaves (about 155 frames, 12 s, at 340 positions with casual_male: each of
+the room its prompt leaves (about 155 frames, 12 s, at 340 positions with casual_male: each of
 the 10 sentences is then one prompt).
 """
 
