@@ -18,6 +18,7 @@ from voxtral_edge.chain import Chain, Output
 from voxtral_edge.chain.loudness import Loudness
 from voxtral_edge.chain.resample import Resample
 from voxtral_edge.chain.timescale import TimeScale
+from voxtral_edge.machine import usable_cores
 
 R = 24000
 
@@ -59,7 +60,7 @@ def main() -> None:
     print("| stage | ms per s of audio |\n| --- | ---: |")
     for name, make in rows:
         print(f"| {name} | {ms_per_second(make, x):.1f} |")
-    print(f"\nload average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {args.seconds:g} s of audio per run")
+    print(f"\nload average {os.getloadavg()[0]:.2f} on {usable_cores()} cores; {args.seconds:g} s of audio per run")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 
+from voxtral_edge.machine import usable_cores
 from voxtral_edge.text import normalize
 
 SENTENCES = {
@@ -45,7 +46,7 @@ def main() -> None:
     n = parser.parse_args().n
     for lang in SENTENCES:
         normalize("1", lang)  # rules compiled and num2words loaded once, as in a running service
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"load average {os.getloadavg()[0]:.1f} on {usable_cores()} cores")
     for lang, pattern in SENTENCES.items():
         make = lambda i, p=pattern: p.format(a=i % 997 + 3, b=i % 89 + 1, c=i % 41 + 1, h=i % 24, m=i % 60,  # noqa: E731
                                              d=i % 9, e=i % 10, f=i % 130 + 10)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voxtral_edge.defaults import CFG_ALPHA
+
 P, ROWS, STEPS, FRAMES = 2048, 16, 7, 4  # the qualcomm profiles' max_context and chunk, the model's steps
 
 
@@ -78,7 +80,7 @@ def quantize_step(checkpoint: str, work: Path, graph: str, bits: int, part: int 
         g = hg.build_flow_head_htp(config, ck.tensor, src, STEPS)
         feeds = [{"noise": rng.standard_normal((1, config.audio.n_acoustic_codebook)).astype(np.float32),
                   "h": rng.standard_normal((1, config.backbone.dim)).astype(np.float32),
-                  "cfg_weights": np.array([[1.2], [-0.2]], np.float32)} for _ in range(4)]
+                  "cfg_weights": np.array([[CFG_ALPHA], [1 - CFG_ALPHA]], np.float32)} for _ in range(4)]
         entry = {"file": "flow_head.onnx", "htp": {"steps": STEPS}}
     else:
         g = hg.build_codec_htp(config, ck.tensor, src, FRAMES)

@@ -27,7 +27,6 @@ the fastest and slowest runs the ends (one run: no range is known, and the three
 
 from __future__ import annotations
 
-GRAPHS = ("backbone_step", "flow_head", "codec_decoder")
 # bytes per weight in a CPU-form graph's files, by precision (blocks of 32 with fp32 scales; dynamic int8 ~1)
 _CPU_BYTES = {"fp32": 4.0, "int8": 1.1, "int4": 0.625}
 
