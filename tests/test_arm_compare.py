@@ -132,3 +132,23 @@ def test_a_quantized_plan_is_close_within_the_probe_tolerance_and_forced_agreeme
     forced[6, 0] += 1
     assert not compare.close(compare.compare_runs(codes, audio, other, audio, codes, forced), {})
     assert compare.format_line("tiny", "fp32", "max", c).endswith("DIFFERS")  # no probes given: not close
+
+
+def test_the_report_names_every_quantized_kernel_a_bundle_runs(tiny_bundle_dirs, tmp_path):
+    """The report's compute ops include every quantized kernel family (the kernel self-test's, read from the
+    graphs) that onnxruntime's profile shows run, for the int4 plan: MatMulNBits in the backbone, MatMulInteger
+    in the batched flow head, DynamicQuantizeMatMul in the codec."""
+    from voxtral_edge.kernelcheck import graph_families
+    from voxtral_edge.quant.rewrite import quantize_bundle
+    from voxtral_edge.runtime import Synthesizer
+
+    bundle = quantize_bundle(tiny_bundle_dirs[0], tmp_path / "int4", "int4", progress=False)
+    synth = Synthesizer.open(bundle, threads=1, profiling=str(tmp_path / "profile-"))
+    synth.synthesize("Turn left.", next(iter(synth.voices)), seed=0, max_frames=3)
+    families = set()
+    for graph, session in synth.sessions.items():
+        ran = compare.compute_ops(sorted(compare.kernels_run(Path(session.end_profiling()))))
+        wanted = {f.op_type for f in graph_families(bundle / f"{graph}.onnx")}
+        assert wanted <= set(ran), (graph, wanted, ran)
+        families |= wanted
+    assert families == {"MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul"}

@@ -188,8 +188,9 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 # The op types that do the arithmetic (the rest move, slice or compare tensors).
-COMPUTE_OPS = ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits", "DynamicQuantizeMatMul", "GroupQueryAttention",
-               "Softmax", "RMSNormalization", "QuickGelu", "Conv", "ConvTranspose")
+COMPUTE_OPS = ("MatMul", "FusedMatMul", "Gemm", "MatMulNBits", "DynamicQuantizeMatMul", "MatMulInteger",
+               "MatMulIntegerToFloat", "GroupQueryAttention", "Softmax", "RMSNormalization", "QuickGelu", "Conv",
+               "ConvTranspose")
 
 
 def compute_ops(kernels: list[str]) -> list[str]:
