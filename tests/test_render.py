@@ -22,6 +22,7 @@ from voxtral_edge.errors import UsageError
 from voxtral_edge.render import Settings, load_catalog, render
 from voxtral_edge.runtime import Synthesizer
 from voxtral_edge.text import normalize
+from voxtral_edge.text.lexicon import Lexicon
 
 SETTINGS = Settings(max_frames=RENDER_MAX_FRAMES)
 
@@ -131,6 +132,61 @@ def test_a_rerun_skips_what_is_done_and_renders_what_changed(rendered_catalog, r
                      workers=1, progress=False)
     assert (summary.rendered, summary.skipped) == (30, 0)
     assert all(r["frames"] == RENDER_MAX_FRAMES - 1 for r in index(out))
+
+
+def test_a_lexicon_respells_as_say_does_and_a_changed_entry_renders_only_its_items(rendered_catalog, render_rows,
+                                                                                  tiny_bundle_dirs, tmp_path):
+    """Starting from clips rendered without a lexicon: only the items it respells are rendered again (the
+    Spanish entry leaves the French "Radar" alone), each as the Synthesizer speaks it with the lexicon; an SSML
+    item takes the whole lexicon with it. Changing an entry renders again only what it touches."""
+    _, one = rendered_catalog
+    out = tmp_path / "out"
+    shutil.copytree(one, out)
+    rows = [dict(r) for r in render_rows] + [{"id": "en_ssml", "text": "<speak>Low fuel.</speak>",
+                                               "voice": "casual_male", "lang": "en"}]
+    catalog = write_csv_catalog(tmp_path / "catalog.csv", rows)
+    path = tmp_path / "lexicon.toml"
+
+    def run(fuel: str):
+        path.write_text(f'[en]\n"fuel" = "{fuel}"\n[es]\n"Radar" = "Rah-dar"\n', encoding="utf-8")
+        lexicon = Lexicon.load(path)
+        summary = render(catalog, tiny_bundle_dirs[0], out, workers=1, progress=False,
+                         settings=Settings(max_frames=RENDER_MAX_FRAMES, lexicon=lexicon))
+        return lexicon, summary, {r["id"]: r for r in index(out)}
+
+    lexicon, summary, records = run("fyool")
+    assert (summary.rendered, summary.skipped, summary.failed) == (3, 28, 0)
+    before = {r["id"]: r for r in index(one)}
+    synth = Synthesizer.open(tiny_bundle_dirs[0])
+    for row in rows:
+        record = records[row["id"]]
+        if row["id"] not in ("en_03", "es_06", "en_ssml"):
+            assert record == before[row["id"]]  # older records stay up to date
+            continue
+        want = synth.synthesize(row["text"], row["voice"], seed=seed_of(row), steps=row.get("steps", 7),
+                                cfg_alpha=row.get("cfg", 1.2), max_frames=RENDER_MAX_FRAMES, lang=row["lang"],
+                                lexicon=lexicon)
+        with wave.open(str(out / record["file"])) as w:
+            assert w.readframes(w.getnframes()) == to_pcm16(want.audio), row["id"]
+        assert record["spoken_text"] == want.spoken_text and record["text"] == row["text"]
+    assert "fyool" in records["en_03"]["spoken_text"] and "Rah-dar" in records["es_06"]["spoken_text"]
+    assert records["fr_06"]["spoken_text"] == before["fr_06"]["spoken_text"]
+    assert records["en_03"]["settings"]["respelled"] == "Low fyool."
+    assert records["en_ssml"]["settings"]["lexicon"] == lexicon.to_data()
+
+    _, summary, again = run("fewel")
+    assert (summary.rendered, summary.skipped) == (2, 29)  # en_03 and the SSML item
+    assert {i for i in again if again[i] != records[i]} == {"en_03", "en_ssml"}
+    assert "fewel" in again["en_03"]["spoken_text"]
+
+
+def test_render_names_a_bad_lexicon_and_exits_2(tmp_path, tiny_bundle_dirs, capsys):
+    catalog = write_csv_catalog(tmp_path / "c.csv", [{"id": "a", "text": "Hi.", "voice": "casual_male"}])
+    (tmp_path / "lexicon.toml").write_text('[xx]\n"a" = "b"\n', encoding="utf-8")
+    code = main(["render", str(catalog), "--bundle", str(tiny_bundle_dirs[0]), "--out", str(tmp_path / "out"),
+                 "--lexicon", str(tmp_path / "lexicon.toml")])
+    assert code == 2 and "lexicon.toml: table [xx]: expected a language" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_interrupted_run_resumes_to_the_same_index(rendered_catalog, tiny_bundle_dirs, tmp_path):

@@ -14,10 +14,12 @@ from .common import add_command, positive
 
 def render(args: argparse.Namespace) -> int:
     from ..render import Settings, render as run
+    from ..text.lexicon import load_lexicon
 
     settings = Settings(format=args.format, steps=args.steps, cfg=defaults.CFG_ALPHA if args.cfg is None else args.cfg,
                         max_frames=args.max_frames, max_context=args.max_context, normalize=not args.raw,
-                        sample_rate=args.sample_rate, speed=args.speed, loudness=args.loudness)
+                        sample_rate=args.sample_rate, speed=args.speed, loudness=args.loudness,
+                        lexicon=load_lexicon(args.lexicon))
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda message, *_, **__: print(f"voxtral-edge: warning: {message}", file=sys.stderr)
@@ -82,6 +84,9 @@ def add_render(sub) -> None:
     p.add_argument("--raw", action="store_true",
                    help="speak the texts as written (default: normalized, in the item's lang or its voice's "
                         "language, as `voxtral-edge normalize` prints them)")
+    p.add_argument("--lexicon", metavar="FILE",
+                   help="pronunciation overrides applied when normalizing (default: ~/.config/voxtral-edge/"
+                        "lexicon.toml when it exists); a changed entry renders again only the items it respells")
     p.add_argument("--max-frames", type=positive(int), metavar="N", help="stop each clip after N frames of 80 ms")
     p.add_argument("--max-context", type=positive(int), metavar="N",
                    help="KV cache positions per worker (default: the bundle's); fewer take less memory")

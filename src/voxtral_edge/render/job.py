@@ -2,7 +2,8 @@
 worker that turns jobs into encoded audio with one open Synthesizer, and the run's settings.
 
 Everything that can change a clip's bytes is in the job and is recorded in the index: text, voice, lang,
-seed, steps, cfg, max_frames, max_context, normalize, format, the bundle's identity (its manifest's sha256)
+seed, steps, cfg, max_frames, max_context, normalize, format, the lexicon's effect on the item (its respelled
+text; for SSML, the lexicon itself), the bundle's identity (its manifest's sha256)
 and the runtime's versions (which include the text front-end's rules). Thread counts and worker counts are not: they do not change the samples.
 """
 
@@ -23,6 +24,9 @@ from ..errors import BundleError, UsageError, VoxtralEdgeError
 from ..manifest import MANIFEST, Manifest
 from ..machine import rss_bytes
 from ..runtime import DECODE_CHUNK, RunawayWarning, Synthesizer, Utterance
+from ..text.lexicon import Lexicon
+from ..text.normalize import voice_language
+from ..text.ssml import is_ssml
 from .catalog import Item
 
 FORMATS = ("wav", "pcm", "flac", "opus", "mp3")
@@ -41,6 +45,7 @@ class Settings:
     sample_rate: int | None = None  # None: the model's
     speed: float = 1.0
     loudness: float | None = None  # LUFS; None: as made
+    lexicon: Lexicon | None = None  # the user's respellings (voxtral_edge.text.lexicon), applied when normalizing
 
 
 def bundle_identity(bundle: str | Path) -> str:
@@ -80,6 +85,13 @@ def make_job(item: Item, settings: Settings, manifest: Manifest, bundle_id: str,
                     "sample_rate": int(settings.sample_rate or manifest["audio"]["sample_rate"])}
     if settings.speed != 1 or settings.loudness is not None:  # only then: older records stay up to date
         job_settings.update(speed=settings.speed, loudness=settings.loudness)
+    if settings.lexicon and settings.normalize:  # recorded only where it changes the item, as say applies it
+        if is_ssml(item.text):  # each span in its own language: the whole lexicon goes with the item
+            job_settings["lexicon"] = settings.lexicon.to_data()
+        else:
+            respelled = settings.lexicon.apply(item.text, item.lang or voice_language(item.voice))
+            if respelled != item.text:
+                job_settings["respelled"] = respelled
     Output(job_settings["sample_rate"], settings.speed, settings.loudness, settings.format)  # refused here if bad
     if settings.format in ("flac", "opus", "mp3"):
         job_settings["libsndfile"] = encoder_version(settings.format)
@@ -120,10 +132,11 @@ class ItemRenderer:
                     continue
                 s = job["settings"]
                 try:  # a whole clip per codec call after the first, as synthesize decodes
-                    u = self.synth.start(job["text"], job["voice"], chunk_frames=DECODE_CHUNK,
+                    lexicon = Lexicon.from_data(s["lexicon"]) if "lexicon" in s else None
+                    u = self.synth.start(s.get("respelled", job["text"]), job["voice"], chunk_frames=DECODE_CHUNK,
                                          first_chunk_frames=DECODE_CHUNK, seed=job["seed"], steps=s["steps"],
                                          cfg_alpha=s["cfg"], max_frames=s["max_frames"], normalize=s["normalize"],
-                                         lang=job["lang"])
+                                         lang=job["lang"], lexicon=lexicon)
                 except VoxtralEdgeError as e:
                     refused.append({"id": job["id"], "error": str(e)})
                     yield None  # (its outcome goes out before another job is waited for)

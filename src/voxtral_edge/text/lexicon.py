@@ -50,6 +50,19 @@ class Lexicon:
     def __bool__(self) -> bool:
         return any(self.rules.values())
 
+    def to_data(self) -> list[list]:
+        """The rules as plain data (JSON, pickle): [language, pattern, flags, respelling] in order."""
+        return [[lang, pattern.pattern, int(pattern.flags), respelling]
+                for lang, rules in self.rules.items() for pattern, respelling in rules]
+
+    @classmethod
+    def from_data(cls, data: list[list], source: str = "lexicon") -> "Lexicon":
+        """The lexicon `to_data` describes."""
+        rules: dict[str, list] = {}
+        for lang, pattern, flags, respelling in data:
+            rules.setdefault(lang, []).append((re.compile(pattern, flags), respelling))
+        return cls({lang: tuple(r) for lang, r in rules.items()}, source)
+
     @classmethod
     def from_dict(cls, data: dict, source: str = "lexicon") -> "Lexicon":
         rules: dict[str, list] = {}
