@@ -110,8 +110,7 @@ def test_rows_join_and_leave_without_reallocation(tiny_bundle_dirs):
     max_frames = [3, 9, 5, 7, 4]  # rows free at different frames: each is taken at once by the next item
     us = [synth.start(t, v, seed=s, max_frames=m) for (t, v, s, _), m in zip(items, max_frames)]
     steps = []
-    original = synth._step_many
-    synth._step_many = lambda batch, pool=None: (steps.append([us.index(u) for u in batch]), original(batch, pool))[1]
+    synth.on_step = lambda batch: steps.append([us.index(u) for u in batch])
     done = [u for u, chunk in synth.run_many(us) if chunk is None]
     # an utterance of m frames ends at its step m + 1; the next item takes its row at the step after
     assert [us.index(u) for u in done] == [0, 1, 2, 4, 3]
@@ -171,8 +170,8 @@ def test_long_text_is_spoken_sentence_by_sentence_side_by_side_in_order(tiny_bun
     synth = Synthesizer.open(tiny_bundle_dirs[0], max_context=96, batch=2)
     sentences = synth.sentences(text, "casual_male")
     assert sentences == ["Turn left now.", "Keep right!", "Stop here?"]
-    steps, original = [], synth._step_many
-    synth._step_many = lambda batch, pool=None: (steps.append(len(batch)), original(batch, pool))[1]
+    steps = []
+    synth.on_step = lambda batch: steps.append(len(batch))
     stream = synth.stream_sentences(text, "casual_male", seed=40, chunk_frames=3)
     first = next(stream)
     assert len(steps) == 1 and len(first) == synth.samples_per_frame  # out after the first step

@@ -32,7 +32,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -171,6 +171,9 @@ class Synthesizer:
         self._rows: list[Utterance | None] = [None] * batch  # the utterance holding each row of the KV cache
         self._steps = 0  # batched steps made: each utterance records its last, the least recent is set aside first
         self.last_result: Result | None = None
+        # called with the utterances of every step (step, step_many, run_many, stream...) before it is made:
+        # a place to count or log what shares the backbone's calls; it must not step or close them
+        self.on_step: Callable[[list[Utterance]], None] | None = None
         self._lock = threading.RLock()  # reentrant: a run_many consumer may close what it took
 
     @classmethod
@@ -729,6 +732,8 @@ class Synthesizer:
         if len(utterances) > self.batch or len(set(map(id, utterances))) < len(utterances):
             raise UsageError(f"step_many: {len(utterances)} utterances for a batch of {self.batch} rows (each at "
                              f"most once)")
+        if self.on_step is not None:
+            self.on_step(list(utterances))
         live = [u for u in utterances if not u.done]
         self._seat(live)
         chunks = {}
