@@ -290,4 +290,4 @@ def test_the_estimate_command_prints_the_npu_plans(capsys):
     assert any("SA8295P ADP" in s for s in npu["sources"])
     assert main(["estimate", "--from", str(AVX512), "--device", "all", "--plan", "w4a16@7"]) == 0
     table = capsys.readouterr().out
-    assert table.count("| w4a16 | 7 | NPU |") == sum(p.npu is not None for p in list_profiles()) == 4
+    assert table.count("| w4a16 | 7 | NPU |") == sum(p.npu is not None for p in list_profiles()) == 5

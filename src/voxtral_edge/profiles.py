@@ -40,7 +40,7 @@ with the reason), in [[hardware.source]] and in each run's `status`:
     [npu]                             # optional: a Qualcomm Hexagon NPU (voxtral_edge.qnn, voxtral_edge.estimate_npu)
     soc = "sa8295p"                   # one of voxtral_edge.qnn.SOCS: what its bundles are compiled for
     htp_arch = 68                     # the Hexagon (HTP) architecture
-    tops = 40.0                       # the vendor's AI TOPS figure
+    tops = 40.0                       # optional: the vendor's AI TOPS figure (not used by the estimate)
     [[npu.source]]                    # as [[hardware.source]]
     [[npu.run]]                       # a published decoder measurement on this HTP class; the first one
     model = "Llama-v3.2-3B-Instruct w4"  # prices the NPU estimate (ms per GB read)
@@ -94,7 +94,7 @@ LEGACY_HARDWARE = ("cores", "fp32_gflops", "int8_gops")
 _POSITIVE_INT, _POSITIVE_NUMBER, _TEXT = "a positive integer", "a positive number", "a non-empty string"
 _BOOL, _ANY_TEXT = "true or false", "a string"
 _PROVIDER_LIST = f"a non-empty list of {', '.join(PROVIDERS)} or qnn:GRAPHS"
-_SOC = "one of sa8295p, sa8255p, sa8775p, x-elite"
+_SOC = "one of sa8295p, sa8255p, sa8775p, x-elite, 8-elite"
 _PLAN = f"one of {', '.join(PLAN_NAMES)}"
 
 
@@ -131,7 +131,7 @@ _OPTIONAL = {"llama_cpp", "runtime.codec_threads", "runtime.codec_pipeline", "ru
              "hardware.memory_class", "hardware.isa", "hardware.clusters", "hardware.source",
              *(f"hardware.{key}" for key in LEGACY_HARDWARE), "hardware.source.url", "hardware.source.date",
              *(f"llama_cpp.{key}" for key in ("file_bytes", "url", "date", "build", "note", "regime")),
-             "npu", "npu.source.url", "npu.source.date", "npu.run.url", "npu.run.date", "npu.run.note"}
+             "npu", "npu.tops", "npu.source.url", "npu.source.date", "npu.run.url", "npu.run.date", "npu.run.note"}
 _NEW_HARDWARE = ("memory", "memory_class", "isa", "clusters", "source")
 
 
@@ -198,7 +198,7 @@ class Npu:
 
     soc: str
     htp_arch: int
-    tops: float
+    tops: float | None  # the vendor's AI TOPS figure, where one is published (the estimate does not use it)
     sources: tuple[Source, ...]
     runs: tuple[NpuRun, ...]
 
@@ -349,8 +349,8 @@ def _npu(data: dict, source: str) -> Npu | None:
         runs.append(NpuRun(**r))
     if not sources or not runs:
         raise ConfigError(f"{source}: [npu] needs at least one [[npu.source]] and one [[npu.run]]")
-    return Npu(soc=npu["soc"], htp_arch=npu["htp_arch"], tops=float(npu["tops"]), sources=tuple(sources),
-               runs=tuple(runs))
+    return Npu(soc=npu["soc"], htp_arch=npu["htp_arch"], tops=float(npu["tops"]) if "tops" in npu else None,
+               sources=tuple(sources), runs=tuple(runs))
 
 
 def _top(data: dict, source: str, stem: str, *, runtime: bool) -> None:

@@ -43,6 +43,8 @@ SOCS = {
     "sa8775p": Soc("sa8775p", 73, None, "Qualcomm Auto Platform Overview: SA8650 platform, related SA8775 and "
                                         "SA8255, HTP v73 (no soc_model id in QnnTypes.h)"),
     "x-elite": Soc("x-elite", 73, 60, "QnnTypes.h QNN_SOC_MODEL_SC8380XP = 60 (Snapdragon X Elite), HTP v73"),
+    "8-elite": Soc("8-elite", 79, 69, "QnnTypes.h QNN_SOC_MODEL_SM8750 = 69; executorch qc_schema.py "
+                                      "'SM8750 = 69  # v79' (Snapdragon 8 Elite)"),
 }
 
 

@@ -89,7 +89,7 @@ def add_npu_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-fallback", action="store_true",
                    help="on the NPU, run the nodes it cannot on the CPU (reported) instead of refusing the graph")
     p.add_argument("--soc", metavar="SOC",
-                   help="the SoC this runs on (sa8295p, sa8255p, sa8775p, x-elite): a bundle compiled for another "
+                   help="the SoC this runs on (sa8295p, sa8255p, sa8775p, x-elite, 8-elite): a bundle compiled for another "
                         "is refused (default: the profile's, else the one the kernel names)")
 
 
