@@ -105,6 +105,49 @@ def test_wyoming_with_its_own_client(synth, bundle):
     assert "unknown voice 'nobody'" in Error.from_event(error).text
 
 
+def test_the_wyoming_command_serves_what_say_says(bundle):
+    """`voxtral-edge wyoming` itself (a process of its own, on a free loopback port, stopped at the end): its
+    audio for a request equals `say`'s with the same options, and it names what it serves."""
+    from wyoming.audio import AudioChunk
+    from wyoming.client import AsyncTcpClient
+    from wyoming.tts import Synthesize
+
+    port = free_port()
+    options = ["--sample-rate", "16000", "--max-context", "96"]
+    server = subprocess.Popen([*CLI, "wyoming", "--uri", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle),
+                               "--voice", "casual_male", "--seed", "0", "--log-level", "warning", *options],
+                              stderr=subprocess.PIPE, text=True)
+
+    async def ask():
+        deadline = time.monotonic() + 120
+        while True:  # until it listens
+            try:
+                client = AsyncTcpClient("127.0.0.1", port)
+                await client.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                await asyncio.sleep(0.2)
+        try:
+            await client.write_event(Synthesize("Turn left.").event())
+            events = []
+            while not events or events[-1].type != "audio-stop":
+                events.append(await asyncio.wait_for(client.read_event(), 120))
+            return events
+        finally:
+            await client.disconnect()
+
+    try:
+        events = asyncio.run(ask())
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    audio = b"".join(AudioChunk.from_event(e).audio for e in events if e.type == "audio-chunk")
+    assert audio and audio == say(bundle, "Turn left.", *options)
+    assert f"serving Wyoming on tcp://127.0.0.1:{port} (voices: casual_male, fr_female, neutral_female)" in err
+
+
 # -- speech-dispatcher --------------------------------------------------------------------------------------
 def test_module_config_lists_voices_and_languages(bundle):
     text = module_config(bundle, ["casual_male", "fr_female", "neutral_female"], service=None)
