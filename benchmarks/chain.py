@@ -1,8 +1,9 @@
 """Cost of the audio chain's stages per second of audio: `python benchmarks/chain.py [--seconds 10]`.
 
 A voiced test signal at the model's 24 kHz is fed in 80 ms chunks (as a stream gives them) through each
-stage alone and through a few whole chains; prints milliseconds of CPU per second of audio (the best of 3
-runs) and the load average: on a shared machine the figures are upper bounds. The model's own cost is
+stage alone and through a few whole chains; prints milliseconds of CPU (this process's, every thread) and
+of wall time per second of audio (each the best of 3 runs) and the load average: on a shared machine the wall
+figures are upper bounds, the CPU figures much less so. The model's own cost is
 about 100-650 ms per 80 ms frame on a desktop core (benchmarks/README.md), so a stage is small beside it.
 """
 
@@ -30,16 +31,17 @@ def voiced(seconds: float) -> np.ndarray:
     return (0.4 * x / np.abs(x).max()).astype(np.float32)
 
 
-def ms_per_second(make, x: np.ndarray) -> float:
-    best = float("inf")
+def ms_per_second(make, x: np.ndarray) -> tuple[float, float]:
+    """(CPU, wall) milliseconds per second of audio, each the best of 3 runs."""
+    cpu = wall = float("inf")
     for _ in range(3):
         stage = make()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for i in range(0, len(x), 1920):
             stage.feed(x[i:i + 1920])
         stage.finish()
-        best = min(best, time.perf_counter() - t0)
-    return 1e3 * best / (len(x) / R)
+        cpu, wall = min(cpu, time.process_time() - c0), min(wall, time.perf_counter() - t0)
+    return 1e3 * cpu / (len(x) / R), 1e3 * wall / (len(x) / R)
 
 
 def main() -> None:
@@ -57,9 +59,10 @@ def main() -> None:
              ("chain: 16 kHz, flac", lambda: Chain(Output(16000, format="flac"), R)),
              ("chain: 48 kHz, opus", lambda: Chain(Output(48000, format="opus"), R)),
              ("chain: 44.1 kHz, mp3", lambda: Chain(Output(44100, format="mp3"), R))]
-    print("| stage | ms per s of audio |\n| --- | ---: |")
+    print("| stage | ms of CPU per s of audio | ms of wall time |\n| --- | ---: | ---: |")
     for name, make in rows:
-        print(f"| {name} | {ms_per_second(make, x):.1f} |")
+        cpu, wall = ms_per_second(make, x)
+        print(f"| {name} | {cpu:.1f} | {wall:.1f} |")
     print(f"\nload average {os.getloadavg()[0]:.2f} on {usable_cores()} cores; {args.seconds:g} s of audio per run")
 
 
