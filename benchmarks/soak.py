@@ -383,7 +383,8 @@ def report(args, started: float, samples: list[dict], records: list[dict], metri
           f"{floors[1]} (most at any sample {max(fds)}); not sockets: {files[0]} -> {files[-1]} (most {max(files)}); "
           f"threads {first['threads']} -> {last['threads']} (most {max(s['threads'] for s in steady)})")
     wanted = ("voxtral_syntheses_total", "voxtral_shared_total", "voxtral_cache_hits_total", "voxtral_preemptions_total",
-              "voxtral_aging_rises_total", "voxtral_deadline_drops_total", "voxtral_frames_total")
+              "voxtral_aging_rises_total", "voxtral_deadline_drops_total", "voxtral_frames_total",
+              "voxtral_heap_trims_total")
     print("server counters: " + ", ".join(f"{m.group(1)} {float(m.group(2)):.0f}" for m in re.finditer(
         r"^(\w+) (\S+)$", metrics_text, re.M) if m.group(1) in wanted))
     if args.json:

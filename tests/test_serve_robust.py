@@ -217,3 +217,34 @@ def test_metrics_in_prometheus_text_format_behind_the_api_key(bundle):
     assert m[("voxtral_first_audio_seconds_count", (("class", "navigation"),))] == 1
     assert {labels for name, labels in m if name == "voxtral_queue_depth"} == {
         (("class", p),) for p in ("navigation", "assistant", "message", "media", "background")}
+
+
+def test_the_worker_out_of_work_gives_the_heaps_free_pages_back_once_per_burst(bundle, monkeypatch):
+    """malloc_trim runs when the worker has no job, after steps were made (never twice for one burst, never
+    before the first), without the scheduler's lock held; /metrics counts it."""
+    import voxtral_edge.serve.scheduler as scheduler_module
+
+    calls = []
+    monkeypatch.setattr(scheduler_module, "TRIM_INTERVAL_S", 0.0)
+    with running(ServiceConfig(bundle=bundle, cache_dir=None)) as (url, server):
+        scheduler = server.service.scheduler
+
+        def probe():  # another thread tries the scheduler's lock while the worker trims
+            free = []
+            def attempt():
+                free.append(scheduler._wake.acquire(blocking=False))
+                if free[0]:
+                    scheduler._wake.release()
+            other = threading.Thread(target=attempt)
+            other.start()
+            other.join()
+            calls.append(free[0])
+
+        monkeypatch.setattr(scheduler_module, "trim_heap", probe)
+        assert calls == [] and metrics(url)[("voxtral_heap_trims_total", ())] == 0
+        for n in (1, 2):
+            assert speech(url, {"input": SENTENCE, "voice": "casual_male", "max_frames": 3}).status_code == 200
+            wait_for(lambda: scheduler.idle and len(calls) == n)
+            assert metrics(url)[("voxtral_heap_trims_total", ())] == n
+        assert len(calls) == 2  # no steps since: no more trims however long the worker waits
+    assert calls == [True, True]  # the lock was free at each trim: requests are taken meanwhile

@@ -67,7 +67,8 @@ class _Counters:
                                                       "deadline"),
                 ("voxtral_frames", "steps", "Frames made (80 ms of audio each)"),
                 ("voxtral_compute_seconds", "compute_seconds", "Seconds the worker spent making frames (its rate "
-                                                               "is the worker's utilization)")):
+                                                               "is the worker's utilization)"),
+                ("voxtral_heap_trims", "trims", "Times the worker, out of work, gave the C heap's free pages back")):
             yield CounterMetricFamily(name, help, value=counters.get(key, 0))
         stats = cache.snapshot() if cache is not None else {}
         yield CounterMetricFamily("voxtral_cache_hits", "Speech requests answered from the phrase cache",
