@@ -260,6 +260,21 @@ def test_the_codec_on_its_own_thread_gives_the_same_audio(tiny_bundle_dirs, chun
     assert len(synth.last_result.audio) == sum(map(len, heard)) and len(synth.last_result.codes) == 3
 
 
+def test_without_the_memory_arena_the_audio_is_the_same(tiny_bundle_dirs):
+    """memory_arena=False (the service's sessions) reaches every session, and the codes and waveform equal
+    those of the default sessions, which keep onnxruntime's arena, bit for bit."""
+    noise = np.random.default_rng(5).standard_normal((30, 5)).astype(np.float32)
+    results = {}
+    for arena in (True, False):
+        synth = Synthesizer.open(tiny_bundle_dirs[2], memory_arena=arena)
+        assert {g: s.get_session_options().enable_cpu_mem_arena for g, s in synth.sessions.items()} == \
+            dict.fromkeys(synth.sessions, arena)
+        results[arena] = synth.synthesize(TEXT, "neutral_female", noise=noise, max_frames=30)
+    assert len(results[False].codes) > 3
+    np.testing.assert_array_equal(results[False].codes, results[True].codes)
+    np.testing.assert_array_equal(results[False].audio, results[True].audio)
+
+
 def test_a_stream_stopped_early_keeps_what_was_heard(tiny_bundle_dirs):
     synth = Synthesizer.open(tiny_bundle_dirs[0])
     stream = synth.stream(TEXT, "casual_male", chunk_frames=2, first_chunk_frames=2, seed=3, max_frames=30)

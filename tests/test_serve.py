@@ -567,3 +567,19 @@ def test_marks_of_an_ssml_request(server):
     assert marks["marks"][1]["time_s"] == pytest.approx(here / 16000)
     missing = httpx.get(url + "/v1/audio/marks/nope", timeout=10)
     assert missing.status_code == 404 and "X-Marks header" in missing.json()["error"]["message"]
+
+
+def test_serve_makes_its_sessions_without_the_memory_arena_unless_asked(tiny_bundle_dirs, monkeypatch):
+    """`voxtral-edge serve` opens its bundle with memory_arena False (a process that runs for months gives each
+    step's tensors back), `--memory-arena` turns the arena back on; `say` and `bench` keep it by default."""
+    import voxtral_edge.serve.server as server
+    from voxtral_edge.cli import build_parser, main
+    from voxtral_edge.cli.common import apply_profile, bundle_settings
+
+    seen = []
+    monkeypatch.setattr(server, "serve", lambda config, **kw: seen.append(config.synth_options["memory_arena"]))
+    for extra in ([], ["--memory-arena"], ["--no-memory-arena"]):
+        assert main(["serve", "--bundle", str(tiny_bundle_dirs[0]), "--no-cache", *extra]) == 0
+    assert seen == [False, True, False]
+    for command in (["say", "hello", "--voice", "v", "--bundle", "b"], ["bench", "--bundle", "b"]):
+        assert bundle_settings(apply_profile(build_parser().parse_args(command)))["memory_arena"] is True

@@ -129,7 +129,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
               saved_graphs: bool | None = None, codec_threads: int | None = None,
               codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",), allow_fallback: bool = False,
               soc: str | None = None, release_mapped: bool = True, parallel_open: bool = False,
-              batch: int = 1) -> tuple[dict, list[Row]]:
+              batch: int = 1, memory_arena: bool = True) -> tuple[dict, list[Row]]:
     """Measure a bundle; returns (provenance, rows). On the NPU (`providers` qnn...) the provenance counts the
     nodes each graph runs on the CPU (none unless allow_fallback)."""
     from .manifest import Manifest
@@ -143,7 +143,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
     synth = Synthesizer(manifest, threads=threads, max_context=max_context, saved_graphs=saved_graphs,
                         codec_threads=codec_threads, codec_pipeline=codec_pipeline, providers=providers,
                         allow_fallback=allow_fallback, soc=soc, release_mapped=release_mapped,
-                        parallel_open=parallel_open, batch=batch)
+                        parallel_open=parallel_open, batch=batch, memory_arena=memory_arena)
     load_s, load_cpu = time.perf_counter() - start, time.process_time() - start_cpu
     voice = voice or sorted(synth.voices)[0]
     steps = synth.manifest["model"]["flow_head"]["n_decoding_steps"] if steps is None else steps
@@ -210,7 +210,7 @@ def run_bench(bundle: str | Path, *, threads: int | None = None, steps: int | No
                 codec_threads=codec_threads or threads or "ort-default", codec_pipeline=codec_pipeline, batch=batch,
                 providers=list(providers), nodes_on_cpu={g: len(nodes_on_cpu(s)) for g, s in synth.sessions.items()
                                                          if g in npu_graphs(providers)},
-                parallel_open=parallel_open, release_mapped=release_mapped,
+                parallel_open=parallel_open, release_mapped=release_mapped, memory_arena=memory_arena,
                 codes_sha256=hashlib.sha256(np.ascontiguousarray(runs[-1].codes, dtype=np.int64)).hexdigest()[:16])
     return info, rows
 

@@ -116,7 +116,7 @@ class Synthesizer:
                  saved_graphs: bool | None = None, codec_threads: int | None = None, codec_pipeline: bool = False,
                  providers: tuple[str, ...] = ("cpu",), profiling: str | None = None, allow_fallback: bool = False,
                  soc: str | None = None, record: dict | None = None, release_mapped: bool = True,
-                 parallel_open: bool = False, batch: int = 1):
+                 parallel_open: bool = False, batch: int = 1, memory_arena: bool = True):
         self.manifest = m = manifest
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise UsageError(f"batch must be an integer >= 1, found {batch!r}")
@@ -142,7 +142,7 @@ class Synthesizer:
         settings = SessionSettings(threads=threads, codec_threads=codec_threads, providers=tuple(providers),
                                    saved_graphs=saved_graphs, profiling=profiling, release_mapped=release_mapped,
                                    parallel_open=parallel_open, allow_fallback=allow_fallback, soc=soc,
-                                   record=record)
+                                   record=record, memory_arena=memory_arena)
         tokenizer_file = str(m.path(m["tokenizer"]["file"]))
         if parallel_open:
             with ThreadPoolExecutor(1) as pool:
@@ -182,7 +182,7 @@ class Synthesizer:
              codec_pipeline: bool = False, providers: tuple[str, ...] = ("cpu",),
              profiling: str | None = None, allow_fallback: bool = False, soc: str | None = None,
              record: dict | None = None, release_mapped: bool = True, parallel_open: bool = False,
-             batch: int = 1) -> "Synthesizer":
+             batch: int = 1, memory_arena: bool = True) -> "Synthesizer":
         """Check the bundle against its manifest (sizes always; sha256 of every file not vouched for by this
         user's verified stamp unless verify=False: see `voxtral_edge.manifest`), then build one onnxruntime
         session per graph (`voxtral_edge.sessions`): from this machine's saved optimized graphs when
@@ -198,11 +198,13 @@ class Synthesizer:
         `stream` decodes audio on a second thread while the next frames are computed (same audio). `batch` is
         the number of utterances that can make their frames together (`step_many`, `run_many`): the KV cache
         has that many rows, fixed for the session (a bundle exported before batching, or with graphs in the NPU
-        form, takes 1)."""
+        form, takes 1). `memory_arena` False makes the sessions without onnxruntime's CPU memory arena (each
+        run's tensors come from the C heap and go back to it: see `voxtral_edge.sessions`)."""
         return cls(Manifest.load(bundle, verify=verify), threads=threads, max_context=max_context,
                    saved_graphs=saved_graphs, codec_threads=codec_threads, codec_pipeline=codec_pipeline,
                    providers=providers, profiling=profiling, allow_fallback=allow_fallback, soc=soc, record=record,
-                   release_mapped=release_mapped, parallel_open=parallel_open, batch=batch)
+                   release_mapped=release_mapped, parallel_open=parallel_open, batch=batch,
+                   memory_arena=memory_arena)
 
     @property
     def kernel_fallbacks(self) -> dict[str, dict[str, str]]:

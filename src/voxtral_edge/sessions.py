@@ -120,6 +120,10 @@ class SessionSettings:
     parallel_open  make the codec's session (`BESIDE`) on a second thread while the others are made: a
                    shorter open on two cores or more, for a higher peak (the codec's memory is already
                    there when the backbone's packing peaks)
+    memory_arena   onnxruntime's CPU memory arena (its default): each session keeps the chunks its runs
+                   needed and reuses them, never giving one back, and the pages of a chunk become resident
+                   as its free blocks are handed out; off, each run's tensors come from the C heap and go
+                   back to it (the service: a process that runs for months, see `voxtral_edge.serve`)
     """
 
     threads: int | None = None
@@ -132,6 +136,7 @@ class SessionSettings:
     record: dict | None = None
     release_mapped: bool = True
     parallel_open: bool = False
+    memory_arena: bool = True
 
     def graph_threads(self, graph: str) -> int | None:
         return self.codec_threads if graph == "codec_decoder" and self.codec_threads else self.threads
@@ -139,6 +144,7 @@ class SessionSettings:
     def options(self, graph: str, config: dict[str, str] | None = None) -> ort.SessionOptions:
         """`graph`'s session options, with `config` entries added (a kernel fallback's)."""
         options = session_options(self.graph_threads(graph))
+        options.enable_cpu_mem_arena = self.memory_arena
         for key, value in (config or {}).items():
             options.add_session_config_entry(key, value)
         if self.profiling is not None:

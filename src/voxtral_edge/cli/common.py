@@ -77,6 +77,9 @@ def add_bundle_options(p: argparse.ArgumentParser, *, pipeline: bool = True) -> 
     p.add_argument("--parallel-open", action="store_true",
                    help="load the tokenizer and make the codec's session on a second thread while the backbone's "
                         "and flow head's are made: a shorter open on two cores or more, for a higher peak memory")
+    p.add_argument("--memory-arena", action=argparse.BooleanOptionalAction, default=None,
+                   help="onnxruntime's CPU memory arena: each session keeps the memory its runs needed and reuses "
+                        "it, never giving it back (default: on, but off for `serve`, a process that runs for months)")
     add_npu_options(p)
 
 
@@ -115,13 +118,15 @@ def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def bundle_settings(args: argparse.Namespace) -> dict:
-    """Synthesizer.open's keyword arguments from the bundle options (after apply_profile)."""
+def bundle_settings(args: argparse.Namespace, memory_arena: bool = True) -> dict:
+    """Synthesizer.open's keyword arguments from the bundle options (after apply_profile); `memory_arena` is
+    the command's default for --memory-arena."""
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
             "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
             "allow_fallback": getattr(args, "allow_fallback", False), "soc": getattr(args, "soc", None),
-            "parallel_open": args.parallel_open, "batch": args.batch}
+            "parallel_open": args.parallel_open, "batch": args.batch,
+            "memory_arena": memory_arena if getattr(args, "memory_arena", None) is None else args.memory_arena}
 
 
 def add_normalize_options(p: argparse.ArgumentParser, default: str) -> None:
