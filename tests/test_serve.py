@@ -570,16 +570,29 @@ def test_marks_of_an_ssml_request(server):
 
 
 def test_serve_makes_its_sessions_without_the_memory_arena_unless_asked(tiny_bundle_dirs, monkeypatch):
-    """`voxtral-edge serve` opens its bundle with memory_arena False (a process that runs for months gives each
-    step's tensors back), `--memory-arena` turns the arena back on; `say` and `bench` keep it by default."""
+    """The service opens its bundle with memory_arena False (a process that runs for months gives each step's
+    tensors back) unless its synth_options say otherwise, as `serve --memory-arena` does; `say` and `bench`
+    keep the runtime's default (the arena on)."""
     import voxtral_edge.serve.server as server
     from voxtral_edge.cli import build_parser, main
     from voxtral_edge.cli.common import apply_profile, bundle_settings
+    from voxtral_edge.serve.app import Service
 
+    arenas = {}
+    for options in ({}, {"memory_arena": True}):
+        service = Service(ServiceConfig(bundle=tiny_bundle_dirs[0], synth_options=options))
+        service.load()
+        try:
+            arenas[bool(options)] = {s.get_session_options().enable_cpu_mem_arena
+                                     for s in service.synth.sessions.values()}
+        finally:
+            service.stop()
+    assert arenas == {False: {False}, True: {True}}
     seen = []
-    monkeypatch.setattr(server, "serve", lambda config, **kw: seen.append(config.synth_options["memory_arena"]))
+    monkeypatch.setattr(server, "serve", lambda config, **kw: seen.append(config.synth_options.get("memory_arena")))
     for extra in ([], ["--memory-arena"], ["--no-memory-arena"]):
         assert main(["serve", "--bundle", str(tiny_bundle_dirs[0]), "--no-cache", *extra]) == 0
-    assert seen == [False, True, False]
+    assert seen == [None, True, False]  # unset: the service's default above
     for command in (["say", "hello", "--voice", "v", "--bundle", "b"], ["bench", "--bundle", "b"]):
-        assert bundle_settings(apply_profile(build_parser().parse_args(command)))["memory_arena"] is True
+        assert "memory_arena" not in bundle_settings(apply_profile(build_parser().parse_args(command)))
+    assert Synthesizer.open(tiny_bundle_dirs[0]).sessions["backbone_step"].get_session_options().enable_cpu_mem_arena

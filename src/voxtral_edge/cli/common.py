@@ -118,15 +118,15 @@ def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def bundle_settings(args: argparse.Namespace, memory_arena: bool = True) -> dict:
-    """Synthesizer.open's keyword arguments from the bundle options (after apply_profile); `memory_arena` is
-    the command's default for --memory-arena."""
+def bundle_settings(args: argparse.Namespace) -> dict:
+    """Synthesizer.open's keyword arguments from the bundle options (after apply_profile); --memory-arena only
+    when given (else the default of what opens the bundle: the runtime's, or the service's)."""
     return {"threads": args.threads, "max_context": args.max_context, "verify": not args.no_verify,
             "saved_graphs": False if args.no_saved_graphs else None, "codec_threads": args.codec_threads,
             "codec_pipeline": getattr(args, "codec_pipeline", False), "providers": tuple(args.providers),
             "allow_fallback": getattr(args, "allow_fallback", False), "soc": getattr(args, "soc", None),
             "parallel_open": args.parallel_open, "batch": args.batch,
-            "memory_arena": memory_arena if getattr(args, "memory_arena", None) is None else args.memory_arena}
+            **({} if getattr(args, "memory_arena", None) is None else {"memory_arena": args.memory_arena})}
 
 
 def add_normalize_options(p: argparse.ArgumentParser, default: str) -> None:

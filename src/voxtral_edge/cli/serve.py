@@ -26,7 +26,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--bundle {args.bundle}: not a folder (give a bundle made by `voxtral-edge export`)")
     config = ServiceConfig(
         bundle=Path(args.bundle), model_name=args.served_model_name, api_key=args.api_key,
-        synth_options=bundle_settings(args, memory_arena=False), seed=args.seed, steps=args.steps, cfg=args.cfg,
+        synth_options=bundle_settings(args), seed=args.seed, steps=args.steps, cfg=args.cfg,
         chunk_frames=args.chunk_frames,
         cache_dir=None if args.no_cache else Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
         cache_bytes=int(args.cache_mb * (1 << 20)), queue_limit=args.queue_limit,

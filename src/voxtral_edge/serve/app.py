@@ -62,6 +62,9 @@ FIELDS = ("model", "input", "voice", "response_format", "speed", "sample_rate", 
           "instructions", "seed", "steps", "cfg", "priority", "max_frames", "deadline_ms")
 DEADLINES_MS = {"navigation": 5000}  # a request of these classes without deadline_ms gets this one
 MAX_DEADLINE_MS = 3_600_000
+# Synthesizer.open's options where the service's differ from the runtime's, unless synth_options names them:
+# no onnxruntime CPU memory arena (a process that runs for months; see TRIM_INTERVAL_S in serve/scheduler.py)
+SERVICE_SYNTH_OPTIONS = {"memory_arena": False}
 
 
 @dataclass
@@ -72,6 +75,7 @@ class ServiceConfig:
     model_name: str | None = None  # the id clients send as "model" (default: the bundle's checkpoint name)
     api_key: str | None = None
     synth_options: dict = field(default_factory=dict)  # Synthesizer.open's: threads, max_context, providers...
+    #                                                    (over SERVICE_SYNTH_OPTIONS)
     seed: int = 0  # a request without a seed gets this one: the same prompt sounds the same, and is cached
     steps: int | None = None
     cfg: float = CFG_ALPHA
@@ -129,7 +133,7 @@ class Service:
     def load(self) -> None:
         c = self.config
         try:
-            synth = Synthesizer.open(c.bundle, **c.synth_options)
+            synth = Synthesizer.open(c.bundle, **{**SERVICE_SYNTH_OPTIONS, **c.synth_options})
             self.bundle_sha256 = hashlib.sha256((synth.manifest.bundle / MANIFEST).read_bytes()).hexdigest()
             self.model_name = c.model_name or synth.manifest["source"]["checkpoint"]
             self.cache = PhraseCache(c.cache_dir, c.cache_bytes) if c.cache_dir is not None else None

@@ -49,7 +49,7 @@ DEFAULT_PRIORITY = "message"
 AGING_FRAMES = {"assistant": 25, "message": 50, "media": 100, "background": 250}
 PACE_WEIGHT = 0.1  # of the newest step in the running means of a step's time
 # When the worker runs out of work, at most this often, it gives the C heap's free pages back to the system.
-# The service's sessions run without onnxruntime's memory arena (`voxtral-edge serve`, --memory-arena): an
+# The service's sessions run without onnxruntime's memory arena (app.SERVICE_SYNTH_OPTIONS, --memory-arena): an
 # arena keeps every chunk it ever needed and its pages become resident as its free blocks are handed out, so
 # the RSS followed the high-water mark of its fragmentation (a 2-hour soak: +3.6 MiB/h, stepwise, with glibc's
 # bytes in use flat). Without it each step's tensors go back to glibc, whose free pages this gives back.
